@@ -1,0 +1,102 @@
+//! PEM loading with `rustls-pki-types` (`rustls-pemfile` is unmaintained, RUSTSEC-2025-0134).
+//!
+//! Files are read whole, then parsed from memory, so an I/O failure and a syntax failure
+//! produce different, actionable errors.
+
+use std::path::{Path, PathBuf};
+
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::Error;
+
+/// Name used in errors for PEM given as a string rather than a file.
+pub(crate) const INLINE: &str = "(inline PEM)";
+
+/// Reads a whole file, naming it in the error.
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Every `CERTIFICATE` section of `pem`, in order (leaf first for a server chain).
+///
+/// Other section kinds (keys, parameters) are skipped. An empty result is an error.
+pub(crate) fn certificates(
+    pem: &[u8],
+    origin: &Path,
+) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| pem_error(origin, source))?;
+    if certs.is_empty() {
+        return Err(Error::NoCertificate {
+            path: origin.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The first private key of `pem`: PKCS#8 (`PRIVATE KEY`), PKCS#1 (`RSA PRIVATE KEY`)
+/// or SEC1 (`EC PRIVATE KEY`).
+pub(crate) fn private_key(pem: &[u8], origin: &Path) -> Result<PrivateKeyDer<'static>, Error> {
+    match PrivateKeyDer::from_pem_slice(pem) {
+        Ok(key) => Ok(key),
+        Err(pem::Error::NoItemsFound) => Err(Error::NoPrivateKey {
+            path: origin.to_path_buf(),
+        }),
+        Err(source) => Err(pem_error(origin, source)),
+    }
+}
+
+fn pem_error(origin: &Path, source: pem::Error) -> Error {
+    Error::Pem {
+        path: PathBuf::from(origin),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_input_has_no_certificate_and_no_key() {
+        let origin = Path::new("x.pem");
+        assert!(matches!(
+            certificates(b"", origin),
+            Err(Error::NoCertificate { .. })
+        ));
+        assert!(matches!(
+            private_key(b"", origin),
+            Err(Error::NoPrivateKey { .. })
+        ));
+    }
+
+    #[test]
+    fn truncated_section_is_a_pem_error() {
+        let origin = Path::new("x.pem");
+        let broken = b"-----BEGIN CERTIFICATE-----\nMIIB\n";
+        assert!(matches!(
+            certificates(broken, origin),
+            Err(Error::Pem { .. })
+        ));
+    }
+
+    #[test]
+    fn key_section_is_not_a_certificate() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = key.serialize_pem();
+        let origin = Path::new("k.pem");
+        assert!(matches!(
+            certificates(pem.as_bytes(), origin),
+            Err(Error::NoCertificate { .. })
+        ));
+        assert!(matches!(
+            private_key(pem.as_bytes(), origin),
+            Ok(PrivateKeyDer::Pkcs8(_))
+        ));
+    }
+}
