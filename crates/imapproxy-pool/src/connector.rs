@@ -1,0 +1,499 @@
+//! Opening a backend connection: TCP, TLS or STARTTLS, greeting, CAPABILITY, and login.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use imapproxy_codec::Secret;
+use imapproxy_codec::capability::parse_capabilities;
+use imapproxy_codec::framer::{Direction, Framer, Status};
+use imapproxy_tls::{BackendTls, TlsMode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::error::Error;
+use crate::stream::BackendStream;
+
+/// Upper bound on one response the connector reads itself (greeting, CAPABILITY, ID, login).
+/// The relay never goes through this path, so a small bound costs nothing.
+const MAX_RESPONSE: usize = 256 * 1024;
+
+/// Where and how to reach one backend.
+#[derive(Clone, Debug)]
+pub struct BackendTarget {
+    /// `host:port`.
+    pub addr: String,
+    /// Transport security towards the backend.
+    pub tls: TlsMode,
+    /// TLS client settings; required when `tls` is not [`TlsMode::None`].
+    pub tls_client: Option<BackendTls>,
+    /// Name verified in the backend's certificate (defaults to the host part of `addr`).
+    pub server_name: String,
+    /// Bound on TCP connect plus TLS handshake.
+    pub connect_timeout: Duration,
+    /// Bound on every exchange the connector performs (greeting, CAPABILITY, login).
+    pub io_timeout: Duration,
+}
+
+impl BackendTarget {
+    /// A plain-TCP target with default timeouts (connect 5 s, I/O 30 s).
+    pub fn plain(addr: impl Into<String>) -> Self {
+        let addr = addr.into();
+        let server_name = host_part(&addr).to_owned();
+        Self {
+            addr,
+            tls: TlsMode::None,
+            tls_client: None,
+            server_name,
+            connect_timeout: Duration::from_secs(5),
+            io_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+fn host_part(addr: &str) -> &str {
+    let host = match addr.rsplit_once(':') {
+        Some((h, _)) => h,
+        None => addr,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// A user's credentials, held only as long as a login needs them.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    /// Login name as the client gave it.
+    pub username: String,
+    /// Password; redacted in every `Debug` output.
+    pub password: Secret<Vec<u8>>,
+}
+
+/// One response read by the connector: the untagged lines before it and the tagged line.
+#[derive(Debug, Default)]
+pub struct Response {
+    /// Untagged (`*`) and continuation lines received before the tagged status, raw.
+    pub untagged: Vec<Vec<u8>>,
+    /// The tagged status line, raw, including CRLF.
+    pub tagged: Vec<u8>,
+}
+
+impl Response {
+    /// The status word of the tagged line (`OK`, `NO`, `BAD`).
+    pub fn status(&self) -> Option<Status> {
+        status_of(&self.tagged)
+    }
+
+    /// True for a tagged `OK`.
+    pub fn is_ok(&self) -> bool {
+        matches!(self.status(), Some(Status::Ok))
+    }
+
+    /// The response code of the tagged line (`[CODE ...]`), upper-cased first word.
+    pub fn code(&self) -> Option<String> {
+        response_code(&self.tagged)
+    }
+}
+
+fn status_of(line: &[u8]) -> Option<Status> {
+    let mut words = line.splitn(3, |b| *b == b' ');
+    let _tag = words.next()?;
+    let word = words.next()?;
+    let word = word.strip_suffix(b"\r\n").unwrap_or(word);
+    match word.to_ascii_uppercase().as_slice() {
+        b"OK" => Some(Status::Ok),
+        b"NO" => Some(Status::No),
+        b"BAD" => Some(Status::Bad),
+        b"BYE" => Some(Status::Bye),
+        b"PREAUTH" => Some(Status::PreAuth),
+        _ => None,
+    }
+}
+
+fn response_code(line: &[u8]) -> Option<String> {
+    let start = memchr::memchr(b'[', line)? + 1;
+    let rest = line.get(start..)?;
+    let end = rest.iter().position(|b| *b == b']' || *b == b' ')?;
+    Some(String::from_utf8_lossy(&rest[..end]).to_ascii_uppercase())
+}
+
+/// An open backend connection that has been greeted and whose capabilities are known, not yet
+/// logged in (or logged in, after [`BackendConn::login`]).
+#[derive(Debug)]
+pub struct BackendConn {
+    stream: BackendStream,
+    buf: Vec<u8>,
+    capabilities: Vec<String>,
+    next_tag: u32,
+    io_timeout: Duration,
+    addr: String,
+}
+
+impl BackendConn {
+    /// Connects to `target`: TCP (with `TCP_NODELAY`), TLS or STARTTLS as configured, reads the
+    /// greeting and learns the capabilities.
+    pub async fn connect(target: &BackendTarget) -> Result<Self, Error> {
+        let addr = target.addr.clone();
+        let tcp = tokio::time::timeout(target.connect_timeout, TcpStream::connect(&target.addr))
+            .await
+            .map_err(|_| Error::Timeout {
+                addr: addr.clone(),
+                step: "connect",
+            })?
+            .map_err(|source| Error::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        // Every exchange is a small request and a reply: Nagle plus delayed ACK would add
+        // ~40 ms to each (see DESIGN.md, "Performance").
+        tcp.set_nodelay(true)?;
+        let stream = match target.tls {
+            TlsMode::Implicit => {
+                let tls = tls_client(target)?;
+                let s = tls
+                    .connect(tcp, &target.server_name, target.connect_timeout)
+                    .await?;
+                BackendStream::Tls(Box::new(s))
+            }
+            _ => BackendStream::Plain(tcp),
+        };
+        let mut conn = Self {
+            stream,
+            buf: Vec::new(),
+            capabilities: Vec::new(),
+            next_tag: 0,
+            io_timeout: target.io_timeout,
+            addr,
+        };
+        let greeting = conn.read_message().await?;
+        match status_of(&greeting) {
+            Some(Status::Ok) => {}
+            // RFC 9051 §7.1.4: a PREAUTH greeting would hand the client someone's session.
+            Some(Status::PreAuth) => {
+                return Err(Error::Protocol("backend greeted with PREAUTH".into()));
+            }
+            _ => return Err(Error::Refused),
+        }
+        if let Some(caps) = parse_capabilities(&greeting) {
+            conn.capabilities = caps;
+        }
+        if target.tls == TlsMode::StartTls {
+            let resp = conn.command("STARTTLS").await?;
+            if !resp.is_ok() {
+                return Err(Error::Protocol("backend refused STARTTLS".into()));
+            }
+            if !conn.buf.is_empty() {
+                // Anything sent in the clear after the STARTTLS reply is an injection attempt.
+                return Err(Error::Protocol("data after STARTTLS response".into()));
+            }
+            let tls = tls_client(target)?;
+            let BackendStream::Plain(tcp) = conn.stream else {
+                return Err(Error::Protocol("STARTTLS on a TLS connection".into()));
+            };
+            let s = tls
+                .connect(tcp, &target.server_name, target.connect_timeout)
+                .await?;
+            conn.stream = BackendStream::Tls(Box::new(s));
+            conn.capabilities.clear();
+        }
+        if conn.capabilities.is_empty() {
+            conn.refresh_capabilities().await?;
+        }
+        Ok(conn)
+    }
+
+    /// The backend's current capabilities (pre-login until [`BackendConn::login`] succeeds).
+    pub fn capabilities(&self) -> &[String] {
+        &self.capabilities
+    }
+
+    /// Whether the backend advertises `cap` (case-insensitive).
+    pub fn has_capability(&self, cap: &str) -> bool {
+        self.capabilities
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(cap))
+    }
+
+    /// Sends `CAPABILITY` and stores the answer.
+    pub async fn refresh_capabilities(&mut self) -> Result<(), Error> {
+        let resp = self.command("CAPABILITY").await?;
+        if let Some(caps) = resp.untagged.iter().find_map(|l| parse_capabilities(l)) {
+            self.capabilities = caps;
+        }
+        Ok(())
+    }
+
+    fn tag(&mut self) -> String {
+        self.next_tag += 1;
+        format!("P{}", self.next_tag)
+    }
+
+    /// Sends one command line (without tag and CRLF) under the connector's own tag and reads
+    /// its response.
+    pub async fn command(&mut self, command: &str) -> Result<Response, Error> {
+        let tag = self.tag();
+        let line = format!("{tag} {command}\r\n");
+        self.write_all(line.as_bytes()).await?;
+        self.read_response(&tag).await
+    }
+
+    /// Logs in with `creds`, first sending `ID` with `id_fields` (RFC 2971) in the same write so
+    /// that the backend records the real client (Dovecot honours `x-originating-ip` from
+    /// `login_trusted_networks`). Uses `AUTHENTICATE PLAIN` with SASL-IR when offered, `LOGIN`
+    /// otherwise. On success the capabilities are the backend's post-login ones.
+    pub async fn login(
+        &mut self,
+        creds: &Credentials,
+        id_fields: &[(String, String)],
+    ) -> Result<(), Error> {
+        let mut out = Vec::with_capacity(256);
+        let id_tag = if id_fields.is_empty() || !self.has_capability("ID") {
+            None
+        } else {
+            let tag = self.tag();
+            out.extend_from_slice(tag.as_bytes());
+            out.extend_from_slice(b" ID (");
+            for (i, (k, v)) in id_fields.iter().enumerate() {
+                if i > 0 {
+                    out.push(b' ');
+                }
+                push_quoted(&mut out, k.as_bytes());
+                out.push(b' ');
+                push_quoted(&mut out, v.as_bytes());
+            }
+            out.extend_from_slice(b")\r\n");
+            Some(tag)
+        };
+        let login_tag = self.tag();
+        let user = creds.username.as_bytes();
+        let pass = creds.password.expose().as_slice();
+        let literal_login = !(quotable(user) && quotable(pass));
+        if self.has_capability("AUTH=PLAIN") && self.has_capability("SASL-IR") {
+            let mut plain = Vec::with_capacity(user.len() + pass.len() + 2);
+            plain.push(0);
+            plain.extend_from_slice(user);
+            plain.push(0);
+            plain.extend_from_slice(pass);
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&plain);
+            out.extend_from_slice(login_tag.as_bytes());
+            out.extend_from_slice(b" AUTHENTICATE PLAIN ");
+            out.extend_from_slice(b64.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        } else if !literal_login {
+            out.extend_from_slice(login_tag.as_bytes());
+            out.extend_from_slice(b" LOGIN ");
+            push_quoted(&mut out, user);
+            out.push(b' ');
+            push_quoted(&mut out, pass);
+            out.extend_from_slice(b"\r\n");
+        } else {
+            return self
+                .login_with_literals(out, id_tag, &login_tag, creds)
+                .await;
+        }
+        self.write_all(&out).await?;
+        if let Some(tag) = id_tag {
+            // The ID answer carries the backend's name: read and drop it.
+            self.read_response(&tag).await?;
+        }
+        let resp = self.read_response(&login_tag).await?;
+        self.finish_login(resp).await
+    }
+
+    async fn login_with_literals(
+        &mut self,
+        mut out: Vec<u8>,
+        id_tag: Option<String>,
+        login_tag: &str,
+        creds: &Credentials,
+    ) -> Result<(), Error> {
+        let user = creds.username.as_bytes();
+        let pass = creds.password.expose().as_slice();
+        let non_sync = self.has_capability("LITERAL+")
+            || (self.has_capability("LITERAL-") && user.len() <= 4096 && pass.len() <= 4096);
+        out.extend_from_slice(login_tag.as_bytes());
+        out.extend_from_slice(b" LOGIN ");
+        if non_sync {
+            out.extend_from_slice(format!("{{{}+}}\r\n", user.len()).as_bytes());
+            out.extend_from_slice(user);
+            out.extend_from_slice(format!(" {{{}+}}\r\n", pass.len()).as_bytes());
+            out.extend_from_slice(pass);
+            out.extend_from_slice(b"\r\n");
+            self.write_all(&out).await?;
+        } else {
+            out.extend_from_slice(format!("{{{}}}\r\n", user.len()).as_bytes());
+            self.write_all(&out).await?;
+            if let Some(tag) = &id_tag {
+                self.read_response(tag).await?;
+            }
+            self.expect_continuation().await?;
+            let mut part = user.to_vec();
+            part.extend_from_slice(format!(" {{{}}}\r\n", pass.len()).as_bytes());
+            self.write_all(&part).await?;
+            self.expect_continuation().await?;
+            let mut last = pass.to_vec();
+            last.extend_from_slice(b"\r\n");
+            self.write_all(&last).await?;
+            let resp = self.read_response(login_tag).await?;
+            return self.finish_login(resp).await;
+        }
+        if let Some(tag) = id_tag {
+            self.read_response(&tag).await?;
+        }
+        let resp = self.read_response(login_tag).await?;
+        self.finish_login(resp).await
+    }
+
+    async fn expect_continuation(&mut self) -> Result<(), Error> {
+        let msg = self.read_message().await?;
+        if msg.starts_with(b"+") {
+            Ok(())
+        } else {
+            Err(Error::AuthFailed {
+                code: response_code(&msg),
+            })
+        }
+    }
+
+    async fn finish_login(&mut self, resp: Response) -> Result<(), Error> {
+        if !resp.is_ok() {
+            return Err(Error::AuthFailed { code: resp.code() });
+        }
+        match parse_capabilities(&resp.tagged) {
+            Some(caps) => self.capabilities = caps,
+            None => self.refresh_capabilities().await?,
+        }
+        Ok(())
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let io = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        tokio::time::timeout(self.io_timeout, io)
+            .await
+            .map_err(|_| Error::Timeout {
+                addr: self.addr.clone(),
+                step: "write",
+            })??;
+        Ok(())
+    }
+
+    /// Reads responses until the tagged one for `tag`.
+    pub async fn read_response(&mut self, tag: &str) -> Result<Response, Error> {
+        let mut resp = Response::default();
+        loop {
+            let msg = self.read_message().await?;
+            let is_ours = msg.len() > tag.len()
+                && msg.starts_with(tag.as_bytes())
+                && msg.get(tag.len()) == Some(&b' ');
+            if is_ours {
+                resp.tagged = msg;
+                return Ok(resp);
+            }
+            if msg.starts_with(b"* BYE") {
+                return Err(Error::Refused);
+            }
+            resp.untagged.push(msg);
+        }
+    }
+
+    /// Reads one whole response message (literals included), bounded by [`MAX_RESPONSE`].
+    async fn read_message(&mut self) -> Result<Vec<u8>, Error> {
+        let mut framer = Framer::new(Direction::Server);
+        let mut scanned = 0;
+        loop {
+            if let Some((n, _frame)) = framer.advance(&self.buf[scanned..]) {
+                let rest = self.buf.split_off(scanned + n);
+                return Ok(std::mem::replace(&mut self.buf, rest));
+            }
+            scanned = self.buf.len();
+            if self.buf.len() >= MAX_RESPONSE {
+                return Err(Error::TooLarge);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(self.io_timeout, self.stream.read(&mut chunk))
+                .await
+                .map_err(|_| Error::Timeout {
+                    addr: self.addr.clone(),
+                    step: "read",
+                })??;
+            if n == 0 {
+                return Err(Error::Refused);
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Gives up the connection for relaying: the stream and any bytes already read past the
+    /// last response (normally none).
+    pub fn into_parts(self) -> (BackendStream, Vec<u8>) {
+        (self.stream, self.buf)
+    }
+
+    /// The stream, for callers that exchange commands themselves.
+    pub fn stream_mut(&mut self) -> &mut BackendStream {
+        &mut self.stream
+    }
+}
+
+fn tls_client(target: &BackendTarget) -> Result<&BackendTls, Error> {
+    target
+        .tls_client
+        .as_ref()
+        .ok_or_else(|| Error::Protocol("TLS requested but no TLS client configured".into()))
+}
+
+/// Whether `s` can be sent as an IMAP quoted string (RFC 9051 §4.3: no CR, LF or NUL; 7-bit).
+fn quotable(s: &[u8]) -> bool {
+    s.len() <= 1024
+        && s.iter()
+            .all(|b| *b != 0 && *b != b'\r' && *b != b'\n' && *b < 0x80)
+}
+
+/// Appends `s` as a quoted string; callers check [`quotable`] first.
+pub(crate) fn push_quoted(out: &mut Vec<u8>, s: &[u8]) {
+    out.push(b'"');
+    for b in s {
+        if *b == b'"' || *b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(*b);
+    }
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_and_code_of_tagged_lines() {
+        assert!(matches!(status_of(b"P1 OK done\r\n"), Some(Status::Ok)));
+        assert!(matches!(
+            status_of(b"P1 no [AUTHENTICATIONFAILED] x\r\n"),
+            Some(Status::No)
+        ));
+        assert_eq!(
+            response_code(b"P1 NO [AUTHENTICATIONFAILED] x\r\n").as_deref(),
+            Some("AUTHENTICATIONFAILED")
+        );
+        assert_eq!(response_code(b"P1 NO x\r\n"), None);
+    }
+
+    #[test]
+    fn quoting_escapes_and_refuses_controls() {
+        let mut out = Vec::new();
+        push_quoted(&mut out, br#"a"b\c"#);
+        assert_eq!(out, br#""a\"b\\c""#);
+        assert!(quotable(b"pass word"));
+        assert!(!quotable(b"a\r\nb"));
+        assert!(!quotable("pässword".as_bytes()));
+    }
+
+    #[test]
+    fn host_part_strips_port_and_brackets() {
+        assert_eq!(host_part("127.0.0.1:143"), "127.0.0.1");
+        assert_eq!(host_part("[::1]:143"), "::1");
+        assert_eq!(host_part("mail.example.org:993"), "mail.example.org");
+    }
+}

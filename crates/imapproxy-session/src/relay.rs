@@ -1,0 +1,388 @@
+//! The framing-aware relay between a logged-in client and its backend session.
+//!
+//! Original bytes are forwarded; nothing is decoded or re-encoded. A [`Framer`] per direction
+//! finds message boundaries so that the relay can rewrite the few responses that would leak the
+//! backend (capability lists, `ID` replies) and track what the session did (`ENABLE`,
+//! `COMPRESS`, `IDLE`).
+//!
+//! Both directions run inside one future and one task, each with its own buffer, so a slow
+//! reader on one side never stops the other direction. A buffer exists only while bytes are in
+//! flight: when a read would block, an empty buffer is released and the relay waits on socket
+//! readiness instead, so an idle session holds no buffer at all.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use imapproxy_codec::capability::filter_capabilities;
+use imapproxy_codec::framer::{CommandName, Direction, Frame, FrameKind, Framer, UntaggedKind};
+use tokio::io::ReadBuf;
+use tokio::time::{Instant, Sleep};
+
+use crate::stream::ReadReady;
+
+/// Size of a direction's buffer while data flows.
+const BUF_SIZE: usize = 16 * 1024;
+/// An unfinished first line shorter than this is held back until it completes, so that a
+/// response that needs rewriting is seen whole. Longer lines are forwarded as they come.
+const HOLD_MAX: usize = 8 * 1024;
+
+/// Why the relay stopped.
+#[derive(Debug)]
+pub(crate) enum RelayEnd {
+    /// The client closed its side.
+    ClientClosed,
+    /// The backend closed its side; everything it sent was delivered.
+    BackendClosed,
+    /// The client sent nothing for the authenticated idle timeout.
+    IdleTimeout,
+    /// Reading from or writing to the client failed.
+    ClientError(io::Error),
+    /// Reading from or writing to the backend failed.
+    BackendError(io::Error),
+}
+
+/// What the relay learned about the session, for logging and for deciding reuse.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct SessionFacts {
+    /// The client ran `ENABLE` (state the proxy cannot reset).
+    pub enabled: bool,
+    /// The client ran `COMPRESS`.
+    pub compressed: bool,
+    /// Bytes relayed client → backend and backend → client.
+    pub bytes_up: u64,
+    /// See `bytes_up`.
+    pub bytes_down: u64,
+    /// Commands the client sent.
+    pub commands: u64,
+}
+
+/// Rewrites applied to backend responses after login.
+pub(crate) struct ResponsePolicy {
+    /// Returns true for capabilities to remove from lists shown to the client.
+    pub drop_capability: Box<dyn Fn(&[u8]) -> bool + Send + Sync>,
+    /// What to send instead of the backend's `* ID (...)` reply (which names the backend).
+    pub id_reply: Vec<u8>,
+}
+
+enum Action {
+    Forward,
+    Replace(Vec<u8>),
+}
+
+/// One direction: bytes read from `src`, scanned, written to `dst`.
+struct Pump {
+    framer: Framer,
+    buf: Vec<u8>,
+    /// `buf[..written]` has been written to the destination.
+    written: usize,
+    /// `buf[..forwardable]` may be written.
+    forwardable: usize,
+    /// `buf[..scanned]` has been fed to the framer.
+    scanned: usize,
+    /// Start in `buf` of the unfinished message, while none of it has been forwarded.
+    msg_start: Option<usize>,
+    needs_flush: bool,
+    eof: bool,
+}
+
+impl Pump {
+    fn new(dir: Direction) -> Self {
+        Self {
+            framer: Framer::new(dir),
+            buf: Vec::new(),
+            written: 0,
+            forwardable: 0,
+            scanned: 0,
+            msg_start: None,
+            needs_flush: false,
+            eof: false,
+        }
+    }
+
+    /// Feeds the unscanned bytes to the framer and decides what may be forwarded.
+    fn scan(&mut self, mut on_frame: impl FnMut(&Frame, Option<&[u8]>) -> Action) {
+        loop {
+            if self.framer.at_boundary() {
+                self.msg_start = Some(self.scanned);
+            }
+            match self.framer.advance(&self.buf[self.scanned..]) {
+                Some((n, frame)) => {
+                    let mut end = self.scanned + n;
+                    let whole = self.msg_start.and_then(|s| self.buf.get(s..end));
+                    if let Action::Replace(bytes) = on_frame(&frame, whole) {
+                        if let Some(start) = self.msg_start {
+                            let new_end = start + bytes.len();
+                            self.buf.splice(start..end, bytes);
+                            end = new_end;
+                        }
+                    }
+                    self.scanned = end;
+                    self.forwardable = end;
+                    self.msg_start = None;
+                }
+                None => {
+                    self.scanned = self.buf.len();
+                    self.forwardable = match self.msg_start {
+                        Some(s)
+                            if self.buf.len() - s < HOLD_MAX
+                                && memchr::memchr(b'\n', &self.buf[s..]).is_none()
+                                && !self.eof =>
+                        {
+                            s
+                        }
+                        _ => {
+                            self.msg_start = None;
+                            self.buf.len()
+                        }
+                    };
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Moves this direction forward as far as it can. `Ready(Ok(()))` means the source reached
+    /// end of stream and everything was delivered.
+    fn poll_pump<S, D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut S,
+        dst: &mut D,
+        counter: &mut u64,
+        mut on_read: impl FnMut(),
+        mut on_frame: impl FnMut(&Frame, Option<&[u8]>) -> Action,
+    ) -> Poll<Result<(), Side>>
+    where
+        S: ReadReady,
+        D: ReadReady,
+    {
+        loop {
+            while self.written < self.forwardable {
+                let chunk = &self.buf[self.written..self.forwardable];
+                let n = ready!(Pin::new(&mut *dst).poll_write(cx, chunk)).map_err(Side::Dst)?;
+                if n == 0 {
+                    return Poll::Ready(Err(Side::Dst(io::ErrorKind::WriteZero.into())));
+                }
+                self.written += n;
+                *counter += n as u64;
+                self.needs_flush = true;
+            }
+            if self.needs_flush {
+                ready!(Pin::new(&mut *dst).poll_flush(cx)).map_err(Side::Dst)?;
+                self.needs_flush = false;
+            }
+            self.compact();
+            if self.eof {
+                ready!(Pin::new(&mut *dst).poll_shutdown(cx)).map_err(Side::Dst)?;
+                return Poll::Ready(Ok(()));
+            }
+            if self.buf.capacity() == 0 {
+                // Idle: wait for the socket without holding a buffer.
+                ready!(src.poll_read_ready(cx)).map_err(Side::Src)?;
+                self.buf.reserve_exact(BUF_SIZE);
+            } else if self.buf.len() == self.buf.capacity() {
+                self.buf.reserve(BUF_SIZE);
+            }
+            // Read into the zeroed tail of the buffer: `#![deny(unsafe_code)]` rules out
+            // claiming uninitialised capacity, and zeroing 16 KiB costs far less than the read.
+            let old = self.buf.len();
+            let room = self.buf.capacity() - old;
+            self.buf.resize(old + room, 0);
+            let mut rb = ReadBuf::new(&mut self.buf[old..]);
+            let res = Pin::new(&mut *src).poll_read(cx, &mut rb);
+            let filled = rb.filled().len();
+            self.buf.truncate(old + filled);
+            match res {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Side::Src(e))),
+                Poll::Pending => {
+                    if self.buf.is_empty() {
+                        self.buf = Vec::new();
+                    }
+                    return Poll::Pending;
+                }
+            }
+            if filled == 0 {
+                self.eof = true;
+            } else {
+                on_read();
+            }
+            self.scan(&mut on_frame);
+        }
+    }
+
+    fn compact(&mut self) {
+        if self.written == 0 {
+            return;
+        }
+        if self.written == self.buf.len() {
+            self.buf.clear();
+            self.written = 0;
+            self.forwardable = 0;
+            self.scanned = 0;
+            self.msg_start = None;
+        } else {
+            self.buf.drain(..self.written);
+            self.forwardable -= self.written;
+            self.scanned -= self.written;
+            self.msg_start = self.msg_start.map(|s| s - self.written);
+            self.written = 0;
+        }
+    }
+}
+
+/// Which end of a pump failed.
+enum Side {
+    Src(io::Error),
+    Dst(io::Error),
+}
+
+/// The relay of one logged-in session: both directions plus the authenticated idle timeout.
+pub(crate) struct Relay<'a, C, B> {
+    client: &'a mut C,
+    backend: &'a mut B,
+    up: Pump,
+    down: Pump,
+    idle: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+    last_client: Instant,
+    facts: SessionFacts,
+    policy: &'a ResponsePolicy,
+}
+
+impl<'a, C: ReadReady, B: ReadReady> Relay<'a, C, B> {
+    /// `backend_leftover` are bytes the backend sent after the login response, which belong to
+    /// the client.
+    pub(crate) fn new(
+        client: &'a mut C,
+        backend: &'a mut B,
+        backend_leftover: Vec<u8>,
+        idle_timeout: Duration,
+        policy: &'a ResponsePolicy,
+    ) -> Self {
+        let mut down = Pump::new(Direction::Server);
+        if !backend_leftover.is_empty() {
+            down.buf = backend_leftover;
+            down.scan(|f, whole| rewrite_response(policy, f, whole));
+        }
+        Self {
+            client,
+            backend,
+            up: Pump::new(Direction::Client),
+            down,
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle_timeout,
+            last_client: Instant::now(),
+            facts: SessionFacts::default(),
+            policy,
+        }
+    }
+
+    /// What the relay learned so far.
+    pub(crate) fn facts(&self) -> SessionFacts {
+        self.facts
+    }
+}
+
+fn rewrite_response(policy: &ResponsePolicy, frame: &Frame, whole: Option<&[u8]>) -> Action {
+    let Some(bytes) = whole else {
+        return Action::Forward;
+    };
+    match frame.kind {
+        FrameKind::Untagged(UntaggedKind::Capability)
+        | FrameKind::Untagged(UntaggedKind::Status(_))
+        | FrameKind::Tagged(_) => match filter_capabilities(bytes, &policy.drop_capability) {
+            Some(filtered) => Action::Replace(filtered),
+            None => Action::Forward,
+        },
+        // The backend's `ID` reply names its software and version (RFC 2971 §3.3).
+        FrameKind::Untagged(UntaggedKind::Other)
+            if bytes.len() > 5 && bytes[..5].eq_ignore_ascii_case(b"* ID ") =>
+        {
+            Action::Replace(policy.id_reply.clone())
+        }
+        _ => Action::Forward,
+    }
+}
+
+fn track_command(facts: &mut SessionFacts, frame: &Frame) {
+    if let FrameKind::Command(name) = frame.kind {
+        facts.commands += 1;
+        match name {
+            CommandName::Enable => facts.enabled = true,
+            CommandName::Compress => facts.compressed = true,
+            _ => {}
+        }
+    }
+}
+
+impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
+    type Output = RelayEnd;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        let Relay {
+            client,
+            backend,
+            up,
+            down,
+            idle,
+            idle_timeout,
+            last_client,
+            facts,
+            policy,
+        } = self.get_mut();
+        let policy: &ResponsePolicy = policy;
+
+        match down.poll_pump(
+            cx,
+            &mut **backend,
+            &mut **client,
+            &mut facts.bytes_down,
+            || {},
+            |f, whole| rewrite_response(policy, f, whole),
+        ) {
+            Poll::Ready(Ok(())) => return Poll::Ready(RelayEnd::BackendClosed),
+            Poll::Ready(Err(Side::Src(e))) => return Poll::Ready(RelayEnd::BackendError(e)),
+            Poll::Ready(Err(Side::Dst(e))) => return Poll::Ready(RelayEnd::ClientError(e)),
+            Poll::Pending => {}
+        }
+
+        let mut client_active = false;
+        let mut bytes_up = facts.bytes_up;
+        let up_result = up.poll_pump(
+            cx,
+            &mut **client,
+            &mut **backend,
+            &mut bytes_up,
+            || client_active = true,
+            |f, _| {
+                track_command(facts, f);
+                Action::Forward
+            },
+        );
+        facts.bytes_up = bytes_up;
+        match up_result {
+            Poll::Ready(Ok(())) => return Poll::Ready(RelayEnd::ClientClosed),
+            Poll::Ready(Err(Side::Src(e))) => return Poll::Ready(RelayEnd::ClientError(e)),
+            Poll::Ready(Err(Side::Dst(e))) => return Poll::Ready(RelayEnd::BackendError(e)),
+            Poll::Pending => {}
+        }
+
+        if client_active {
+            // Cheaper than resetting the timer on every read: the timer is only moved when it
+            // fires early.
+            *last_client = Instant::now();
+        }
+        while idle.as_mut().poll(cx).is_ready() {
+            let deadline = *last_client + *idle_timeout;
+            if deadline <= Instant::now() {
+                return Poll::Ready(RelayEnd::IdleTimeout);
+            }
+            idle.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    }
+}

@@ -1,0 +1,645 @@
+//! One client session: greeting, pre-auth loop, backend login, relay.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use imapproxy_codec::capability::default_post_login_drop;
+use imapproxy_codec::preauth::{
+    AuthData, Mechanism, PreAuthCommand, PreAuthEvent, PreAuthParser, parse_sasl_plain,
+};
+use imapproxy_codec::{Secret, Tag};
+use imapproxy_pool::{BackendConn, BackendStream, Credentials};
+use imapproxy_route::{BackendId, Request};
+use imapproxy_tls::TlsMode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::error::Error;
+use crate::relay::{Relay, RelayEnd, ResponsePolicy};
+use crate::settings::{ListenerSettings, SessionSettings, Upstreams};
+use crate::stream::ClientStream;
+
+/// The ID the proxy gives for itself, before and after login (RFC 2971). It names no backend.
+const PROXY_ID: &[u8] = b"* ID (\"name\" \"imapproxy\")\r\n";
+/// Read size before login: small, because pre-auth connections are the cheapest to open.
+const PREAUTH_READ: usize = 4096;
+/// Longest user name accepted; anything longer is an attack or a mistake.
+const MAX_USERNAME: usize = 256;
+/// RFC 2971 §3.3: at most 30 field-value pairs.
+const MAX_ID_FIELDS: usize = 30;
+
+/// State shared by every session of one proxy: settings and backends.
+pub struct Proxy {
+    settings: SessionSettings,
+    upstreams: Arc<Upstreams>,
+    policy: ResponsePolicy,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("settings", &self.settings)
+            .field("upstreams", &self.upstreams)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// A proxy with these settings in front of these backends.
+    pub fn new(settings: SessionSettings, upstreams: Upstreams) -> Self {
+        let extra: Vec<Vec<u8>> = settings
+            .drop_capabilities
+            .iter()
+            .map(|c| c.to_ascii_uppercase().into_bytes())
+            .collect();
+        let drop_capability = Box::new(move |cap: &[u8]| {
+            default_post_login_drop(cap)
+                // The relay follows framing, which a compressed stream hides (RFC 4978).
+                || (cap.len() >= 9 && cap[..9].eq_ignore_ascii_case(b"COMPRESS="))
+                || extra.iter().any(|e| e.eq_ignore_ascii_case(cap))
+        });
+        Self {
+            settings,
+            upstreams: Arc::new(upstreams),
+            policy: ResponsePolicy {
+                drop_capability,
+                id_reply: PROXY_ID.to_vec(),
+            },
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// The session settings.
+    pub fn settings(&self) -> &SessionSettings {
+        &self.settings
+    }
+
+    /// The backends.
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+}
+
+/// Serves one accepted client connection until it ends. Never panics on client or backend
+/// input; errors are logged in the session's span and answered in IMAP terms.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    listener: Arc<ListenerSettings>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let id = proxy.next_id.fetch_add(1, Ordering::Relaxed);
+    let span = info_span!(
+        "session",
+        id,
+        client = %peer,
+        user = tracing::field::Empty,
+        backend = tracing::field::Empty
+    );
+    async move {
+        // Small request/response exchanges: never let Nagle hold a reply back.
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().ok();
+        let mut session = Session {
+            proxy,
+            listener,
+            stream: ClientStream::Plain(tcp),
+            peer,
+            local,
+            id,
+            shutdown,
+            client_id: Vec::new(),
+            bad_commands: 0,
+        };
+        match session.run().await {
+            Ok(()) => debug!("session closed"),
+            Err(Error::ClientClosed) => debug!("client closed the connection"),
+            Err(e) => info!(error = %e, "session ended"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+struct Session {
+    proxy: Arc<Proxy>,
+    listener: Arc<ListenerSettings>,
+    stream: ClientStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    id: u64,
+    shutdown: CancellationToken,
+    client_id: Vec<(String, Option<String>)>,
+    bad_commands: u32,
+}
+
+/// A successful backend login, ready to relay.
+struct LoggedIn {
+    backend: BackendStream,
+    leftover: Vec<u8>,
+    /// Bytes the client pipelined behind its login command, for the backend.
+    pipelined: Vec<u8>,
+}
+
+impl Session {
+    async fn run(&mut self) -> Result<(), Error> {
+        if self.listener.tls == TlsMode::Implicit {
+            self.start_tls().await?;
+        }
+        let greeting = format!(
+            "* OK [CAPABILITY {}] {}\r\n",
+            self.capabilities(),
+            self.proxy.settings.greeting
+        );
+        self.write(greeting.as_bytes()).await?;
+        let Some(logged_in) = self.preauth().await? else {
+            return Ok(());
+        };
+        self.relay(logged_in).await
+    }
+
+    fn secure(&self) -> bool {
+        self.stream.is_tls()
+    }
+
+    fn login_disabled(&self) -> bool {
+        !self.secure() && !self.listener.allow_plaintext_auth
+    }
+
+    /// The proxy's own pre-auth capabilities: only what it can honour itself (DESIGN.md).
+    fn capabilities(&self) -> String {
+        let mut caps = String::from("IMAP4rev1 ID SASL-IR LITERAL-");
+        if self.listener.tls == TlsMode::StartTls && !self.secure() {
+            caps.push_str(" STARTTLS");
+        }
+        if self.login_disabled() {
+            caps.push_str(" LOGINDISABLED");
+        } else {
+            caps.push_str(" AUTH=PLAIN AUTH=LOGIN");
+        }
+        caps
+    }
+
+    async fn start_tls(&mut self) -> Result<(), Error> {
+        let Some(tls) = self.listener.server_tls.clone() else {
+            return Err(Error::Protocol("TLS listener without certificate"));
+        };
+        let ClientStream::Plain(tcp) = std::mem::replace(&mut self.stream, ClientStream::Detached)
+        else {
+            return Err(Error::Protocol("TLS already active"));
+        };
+        let stream = tls
+            .accept(tcp, self.proxy.settings.tls_handshake_timeout)
+            .await?;
+        self.stream = ClientStream::Tls(Box::new(stream));
+        Ok(())
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.stream.write_all(bytes).await.map_err(Error::Client)?;
+        self.stream.flush().await.map_err(Error::Client)
+    }
+
+    async fn tagged(&mut self, tag: &Tag, text: &str) -> Result<(), Error> {
+        let mut line = Vec::with_capacity(tag.as_bytes().len() + text.len() + 3);
+        line.extend_from_slice(tag.as_bytes());
+        line.push(b' ');
+        line.extend_from_slice(text.as_bytes());
+        line.extend_from_slice(b"\r\n");
+        self.write(&line).await
+    }
+
+    /// Waits for the next pre-auth event, reading from the client as needed, bounded by the
+    /// pre-auth timeout and cut short by shutdown.
+    async fn next_event(
+        &mut self,
+        parser: &mut PreAuthParser,
+        buf: &mut [u8],
+    ) -> Result<PreAuthEvent, Error> {
+        loop {
+            if let Some(ev) = parser.next_event() {
+                return Ok(ev);
+            }
+            let timeout = self.proxy.settings.preauth_timeout;
+            let read = tokio::select! {
+                r = tokio::time::timeout(timeout, self.stream.read(buf)) => r,
+                _ = self.shutdown.cancelled() => {
+                    let _ = self.write(b"* BYE [UNAVAILABLE] Server shutting down.\r\n").await;
+                    return Err(Error::Shutdown);
+                }
+            };
+            let n = match read {
+                Ok(Ok(0)) => return Err(Error::ClientClosed),
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(Error::Client(e)),
+                Err(_) => {
+                    let _ = self.write(b"* BYE Disconnected for inactivity.\r\n").await;
+                    return Err(Error::Timeout);
+                }
+            };
+            parser.push(&buf[..n]);
+        }
+    }
+
+    /// The pre-auth loop: answers everything itself until a backend login succeeds.
+    async fn preauth(&mut self) -> Result<Option<LoggedIn>, Error> {
+        let mut parser = PreAuthParser::new(self.proxy.settings.preauth_limits);
+        let mut buf = vec![0u8; PREAUTH_READ];
+        loop {
+            match self.next_event(&mut parser, &mut buf).await? {
+                PreAuthEvent::ContinuationNeeded => {
+                    self.write(b"+ Ready for literal data\r\n").await?;
+                }
+                PreAuthEvent::Bad { tag, reason } => {
+                    self.bad_command(tag.as_ref(), reason).await?;
+                }
+                PreAuthEvent::TooLarge { tag, fatal } => {
+                    if fatal {
+                        self.write(b"* BYE Command line too long.\r\n").await?;
+                        return Err(Error::Protocol("command too large"));
+                    }
+                    self.bad_command(tag.as_ref(), "Command line too long.")
+                        .await?;
+                }
+                PreAuthEvent::AuthData(_) => {
+                    // Only produced in auth-data mode, which `authenticate` leaves before
+                    // returning; a stray one is a client speaking out of turn.
+                    self.bad_command(None, "Unexpected authentication data.")
+                        .await?;
+                }
+                PreAuthEvent::Command { tag, command } => {
+                    if let Some(done) = self.command(&mut parser, &mut buf, tag, command).await? {
+                        return Ok(done);
+                    }
+                }
+                _ => self.bad_command(None, "Unexpected input.").await?,
+            }
+        }
+    }
+
+    async fn bad_command(&mut self, tag: Option<&Tag>, reason: &str) -> Result<(), Error> {
+        self.bad_commands += 1;
+        if self.bad_commands > self.proxy.settings.max_bad_commands {
+            self.write(b"* BYE Too many invalid commands.\r\n").await?;
+            return Err(Error::Protocol("too many invalid commands"));
+        }
+        let text = format!("BAD {reason}");
+        match tag {
+            Some(tag) => self.tagged(tag, &text).await,
+            None => self.write(format!("* {text}\r\n").as_bytes()).await,
+        }
+    }
+
+    /// Handles one pre-auth command. `Ok(Some(_))` means the client is logged in; `Err` ends the
+    /// session (after an answer where one is due).
+    async fn command(
+        &mut self,
+        parser: &mut PreAuthParser,
+        buf: &mut [u8],
+        tag: Tag,
+        command: PreAuthCommand,
+    ) -> Result<Option<Option<LoggedIn>>, Error> {
+        match command {
+            PreAuthCommand::Capability => {
+                let line = format!("* CAPABILITY {}\r\n", self.capabilities());
+                self.write(line.as_bytes()).await?;
+                self.tagged(&tag, "OK Capability completed.").await?;
+            }
+            PreAuthCommand::Noop => self.tagged(&tag, "OK NOOP completed.").await?,
+            PreAuthCommand::Logout => {
+                self.write(b"* BYE Logging out.\r\n").await?;
+                self.tagged(&tag, "OK Logout completed.").await?;
+                return Ok(Some(None));
+            }
+            PreAuthCommand::Id(fields) => {
+                if let Some(fields) = fields {
+                    self.client_id = fields.into_iter().take(MAX_ID_FIELDS).collect();
+                }
+                self.write(PROXY_ID).await?;
+                self.tagged(&tag, "OK ID completed.").await?;
+            }
+            PreAuthCommand::StartTls => {
+                if self.listener.tls != TlsMode::StartTls || self.secure() {
+                    self.bad_command(Some(&tag), "STARTTLS not available.")
+                        .await?;
+                } else {
+                    self.tagged(&tag, "OK Begin TLS negotiation now.").await?;
+                    // RFC 9051 §6.2.1: anything pipelined behind STARTTLS was sent in the
+                    // clear and must not be executed after the handshake.
+                    parser.clear();
+                    self.start_tls().await?;
+                }
+            }
+            PreAuthCommand::Login { username, password } => {
+                if self.login_disabled() {
+                    self.tagged(
+                        &tag,
+                        "NO [PRIVACYREQUIRED] Plaintext authentication is disabled, use STARTTLS.",
+                    )
+                    .await?;
+                } else {
+                    let creds = Credentials { username, password };
+                    return self.login(parser, &tag, creds).await.map(Some);
+                }
+            }
+            PreAuthCommand::Authenticate {
+                mechanism,
+                initial_response,
+            } => {
+                if self.login_disabled() {
+                    self.tagged(
+                        &tag,
+                        "NO [PRIVACYREQUIRED] Plaintext authentication is disabled, use STARTTLS.",
+                    )
+                    .await?;
+                    return Ok(None);
+                }
+                let creds = self
+                    .authenticate(parser, buf, &tag, mechanism, initial_response)
+                    .await?;
+                if let Some(creds) = creds {
+                    return self.login(parser, &tag, creds).await.map(Some);
+                }
+            }
+            _ => self.bad_command(Some(&tag), "Log in first.").await?,
+        }
+        Ok(None)
+    }
+
+    /// Runs the SASL exchange for the mechanisms the proxy verifies itself. `Ok(None)` means
+    /// the client was already answered (cancelled, malformed, unsupported).
+    async fn authenticate(
+        &mut self,
+        parser: &mut PreAuthParser,
+        buf: &mut [u8],
+        tag: &Tag,
+        mechanism: Mechanism,
+        initial_response: Option<Secret<Vec<u8>>>,
+    ) -> Result<Option<Credentials>, Error> {
+        match mechanism {
+            Mechanism::Plain => {
+                let data = match initial_response {
+                    Some(ir) => ir,
+                    None => match self.auth_step(parser, buf, b"+ \r\n").await? {
+                        Some(d) => d,
+                        None => return self.auth_cancelled(tag).await,
+                    },
+                };
+                match parse_sasl_plain(data.expose()) {
+                    // RFC 4616: an authzid other than the authcid asks to act as someone else,
+                    // which only the backend's master-user setup could grant.
+                    Ok((Some(authz), authc, _)) if authz != authc => {
+                        self.auth_failed(tag).await?;
+                        Ok(None)
+                    }
+                    Ok((_, username, password)) => Ok(Some(Credentials { username, password })),
+                    Err(_) => {
+                        self.bad_command(Some(tag), "Invalid SASL PLAIN data.")
+                            .await?;
+                        Ok(None)
+                    }
+                }
+            }
+            Mechanism::Login => {
+                // draft-murchison-sasl-login: the server prompts "Username:" and "Password:".
+                let user = match initial_response {
+                    Some(ir) => ir,
+                    None => match self.auth_step(parser, buf, b"+ VXNlcm5hbWU6\r\n").await? {
+                        Some(d) => d,
+                        None => return self.auth_cancelled(tag).await,
+                    },
+                };
+                let Some(password) = self.auth_step(parser, buf, b"+ UGFzc3dvcmQ6\r\n").await?
+                else {
+                    return self.auth_cancelled(tag).await;
+                };
+                match String::from_utf8(user.expose().clone()) {
+                    Ok(username) => Ok(Some(Credentials { username, password })),
+                    Err(_) => {
+                        self.auth_failed(tag).await?;
+                        Ok(None)
+                    }
+                }
+            }
+            _ => {
+                self.tagged(tag, "NO Unsupported authentication mechanism.")
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Sends a continuation and waits for one line of SASL data; `None` when the client
+    /// cancelled with `*` (RFC 9051 §6.2.2) or sent something unusable.
+    async fn auth_step(
+        &mut self,
+        parser: &mut PreAuthParser,
+        buf: &mut [u8],
+        prompt: &[u8],
+    ) -> Result<Option<Secret<Vec<u8>>>, Error> {
+        self.write(prompt).await?;
+        parser.expect_auth_data(true);
+        let ev = self.next_event(parser, buf).await;
+        parser.expect_auth_data(false);
+        match ev? {
+            PreAuthEvent::AuthData(AuthData::Data(d)) => Ok(Some(d)),
+            PreAuthEvent::TooLarge { fatal: true, .. } => {
+                self.write(b"* BYE Authentication data too long.\r\n")
+                    .await?;
+                Err(Error::Protocol("authentication data too large"))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn auth_cancelled(&mut self, tag: &Tag) -> Result<Option<Credentials>, Error> {
+        self.tagged(tag, "BAD Authentication cancelled.").await?;
+        Ok(None)
+    }
+
+    async fn auth_failed(&mut self, tag: &Tag) -> Result<(), Error> {
+        self.tagged(tag, "NO [AUTHENTICATIONFAILED] Authentication failed.")
+            .await
+    }
+
+    /// The `ID` fields sent to the backend: where the client really is (Dovecot honours these
+    /// from `login_trusted_networks`), then the client's own fields. Client fields named `x-*`
+    /// are dropped so that nobody can claim another address.
+    fn backend_id_fields(&self) -> Vec<(String, String)> {
+        let mut fields = vec![
+            ("x-originating-ip".to_owned(), self.peer.ip().to_string()),
+            (
+                "x-originating-port".to_owned(),
+                self.peer.port().to_string(),
+            ),
+        ];
+        if let Some(local) = self.local {
+            fields.push(("x-connected-ip".to_owned(), local.ip().to_string()));
+            fields.push(("x-connected-port".to_owned(), local.port().to_string()));
+        }
+        fields.push((
+            "x-session-ext-id".to_owned(),
+            format!("imapproxy-{}", self.id),
+        ));
+        for (k, v) in &self.client_id {
+            let Some(v) = v else { continue };
+            let key_ok = !k.is_empty()
+                && k.len() <= 30
+                && !k.to_ascii_lowercase().starts_with("x-")
+                && k.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+            let val_ok = v.len() <= 1024 && v.bytes().all(|b| (0x20..0x7f).contains(&b));
+            if key_ok && val_ok {
+                fields.push((k.clone(), v.clone()));
+            }
+        }
+        fields
+    }
+
+    /// Logs in on a backend chosen by the selector, falling through to the next candidate when
+    /// one cannot be reached. The client sees `OK`, `NO [AUTHENTICATIONFAILED]` or
+    /// `NO [UNAVAILABLE]`, never a backend's own words.
+    async fn login(
+        &mut self,
+        parser: &mut PreAuthParser,
+        tag: &Tag,
+        creds: Credentials,
+    ) -> Result<Option<LoggedIn>, Error> {
+        if creds.username.is_empty()
+            || creds.username.len() > MAX_USERNAME
+            || creds.username.bytes().any(|b| b.is_ascii_control())
+        {
+            self.auth_failed(tag).await?;
+            return Ok(None);
+        }
+        let user_key = creds.username.to_lowercase();
+        tracing::Span::current().record("user", user_key.as_str());
+        let upstreams = Arc::clone(&self.proxy.upstreams);
+        let candidates: Vec<BackendId> = {
+            let request = Request {
+                user: &user_key,
+                client_ip: Some(self.peer.ip()),
+                client_id: &self.client_id,
+            };
+            upstreams.selector.select(&upstreams.registry, &request)
+        };
+        let id_fields = self.backend_id_fields();
+        for backend_id in candidates
+            .iter()
+            .take(self.proxy.settings.max_backend_attempts)
+        {
+            let Some(target) = upstreams.targets.get(backend_id) else {
+                continue;
+            };
+            let mut conn = match BackendConn::connect(target).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    warn!(backend = %backend_id, error = %e, "backend connect failed");
+                    continue;
+                }
+            };
+            match conn.login(&creds, &id_fields).await {
+                Ok(()) => {
+                    tracing::Span::current().record("backend", tracing::field::display(backend_id));
+                    let caps: Vec<&str> = conn
+                        .capabilities()
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|c| !(self.proxy.policy.drop_capability)(c.as_bytes()))
+                        .collect();
+                    let ok = format!("OK [CAPABILITY {}] Logged in.", caps.join(" "));
+                    let (backend, leftover) = conn.into_parts();
+                    self.tagged(tag, &ok).await?;
+                    info!("logged in");
+                    return Ok(Some(LoggedIn {
+                        backend,
+                        leftover,
+                        pipelined: {
+                            let _ = &parser;
+                            Vec::new()
+                        },
+                    }));
+                }
+                Err(e) if !e.is_retryable() => {
+                    info!("authentication failed");
+                    self.auth_failed(tag).await?;
+                    return Ok(None);
+                }
+                Err(e) => {
+                    warn!(backend = %backend_id, error = %e, "backend login failed");
+                }
+            }
+        }
+        warn!("no backend available");
+        self.tagged(
+            tag,
+            "NO [UNAVAILABLE] Service temporarily unavailable, try again later.",
+        )
+        .await?;
+        Ok(None)
+    }
+
+    async fn relay(&mut self, logged_in: LoggedIn) -> Result<(), Error> {
+        let LoggedIn {
+            mut backend,
+            leftover,
+            pipelined,
+        } = logged_in;
+        if !pipelined.is_empty() {
+            backend
+                .write_all(&pipelined)
+                .await
+                .map_err(|_| Error::Protocol("backend write failed"))?;
+        }
+        let idle = self.proxy.settings.auth_timeout;
+        let proxy = Arc::clone(&self.proxy);
+        let shutdown = self.shutdown.clone();
+        let mut relay = Relay::new(
+            &mut self.stream,
+            &mut backend,
+            leftover,
+            idle,
+            &proxy.policy,
+        );
+        let end = tokio::select! {
+            end = &mut relay => Some(end),
+            _ = shutdown.cancelled() => None,
+        };
+        let facts = relay.facts();
+        drop(relay);
+        debug!(
+            bytes_up = facts.bytes_up,
+            bytes_down = facts.bytes_down,
+            commands = facts.commands,
+            "relay finished"
+        );
+        match end {
+            None => {
+                let _ = self
+                    .write(b"* BYE [UNAVAILABLE] Server shutting down.\r\n")
+                    .await;
+                Err(Error::Shutdown)
+            }
+            Some(RelayEnd::ClientClosed | RelayEnd::BackendClosed) => Ok(()),
+            Some(RelayEnd::IdleTimeout) => {
+                let _ = self
+                    .write(b"* BYE Autologout; idle for too long.\r\n")
+                    .await;
+                Err(Error::Timeout)
+            }
+            Some(RelayEnd::ClientError(e)) => Err(Error::Client(e)),
+            Some(RelayEnd::BackendError(e)) => {
+                warn!(error = %e, "backend connection failed");
+                let _ = self
+                    .write(b"* BYE [UNAVAILABLE] Internal error, reconnect.\r\n")
+                    .await;
+                Ok(())
+            }
+        }
+    }
+}

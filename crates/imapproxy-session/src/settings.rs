@@ -1,0 +1,76 @@
+//! Plain settings structs: the binary fills them from its configuration.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imapproxy_codec::preauth::PreAuthLimits;
+use imapproxy_pool::BackendTarget;
+use imapproxy_route::{BackendId, Registry, Selector};
+use imapproxy_tls::{ServerTls, TlsMode};
+
+/// Behaviour shared by every session of a proxy.
+#[derive(Clone, Debug)]
+pub struct SessionSettings {
+    /// Text of the proxy's own greeting (after `* OK [CAPABILITY ...]`).
+    pub greeting: String,
+    /// Close a connection that has not logged in after this long without a complete command.
+    pub preauth_timeout: Duration,
+    /// Autologout timer for logged-in sessions (RFC 9051 §5.4: at least 30 minutes).
+    pub auth_timeout: Duration,
+    /// Bound on a client's TLS handshake (implicit TLS and STARTTLS).
+    pub tls_handshake_timeout: Duration,
+    /// Invalid commands tolerated before login; the next one ends the connection with `BYE`.
+    pub max_bad_commands: u32,
+    /// Line and literal bounds before login.
+    pub preauth_limits: PreAuthLimits,
+    /// Capabilities removed from the backend's lists, on top of the built-in list
+    /// (`STARTTLS`, `LOGINDISABLED`, `AUTH=*`, `SASL-IR`, `LOGIN-REFERRALS`, `COMPRESS=*`).
+    pub drop_capabilities: Vec<String>,
+    /// Attempts at different backends for one login before answering `NO [UNAVAILABLE]`.
+    pub max_backend_attempts: usize,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            greeting: "IMAP proxy ready.".into(),
+            preauth_timeout: Duration::from_secs(60),
+            auth_timeout: Duration::from_secs(30 * 60),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_bad_commands: 10,
+            preauth_limits: PreAuthLimits::default(),
+            drop_capabilities: Vec::new(),
+            max_backend_attempts: 3,
+        }
+    }
+}
+
+/// How one listener treats its clients.
+#[derive(Clone, Debug)]
+pub struct ListenerSettings {
+    /// `none`, `starttls` or `implicit`.
+    pub tls: TlsMode,
+    /// Allow LOGIN and AUTHENTICATE PLAIN/LOGIN without TLS (otherwise `LOGINDISABLED`).
+    pub allow_plaintext_auth: bool,
+    /// Certificate for `starttls` and `implicit`.
+    pub server_tls: Option<ServerTls>,
+}
+
+/// The backends, how to reach them and how to choose among them.
+pub struct Upstreams {
+    /// Backends and their live state.
+    pub registry: Registry,
+    /// Selection strategy.
+    pub selector: Arc<dyn Selector>,
+    /// Connection settings per backend.
+    pub targets: HashMap<BackendId, BackendTarget>,
+}
+
+impl std::fmt::Debug for Upstreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstreams")
+            .field("targets", &self.targets.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}

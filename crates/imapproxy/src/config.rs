@@ -1,0 +1,462 @@
+//! The configuration file (TOML through figment, `IMAPPROXY_…` environment overrides).
+//!
+//! Key names are a contract shared with the README, the examples and operators' files: add
+//! keys freely, never rename or drop one.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where clients connect.
+    #[serde(default = "default_listeners")]
+    pub listeners: Vec<ListenerConfig>,
+    /// The certificate for TLS listeners; absent: a self-signed one is generated.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// The IMAP servers behind the proxy.
+    #[serde(default = "default_backends")]
+    pub backends: Vec<BackendConfig>,
+    /// How a backend is chosen.
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// Backend connection pooling.
+    #[serde(default)]
+    pub pool: PoolConfig,
+    /// Backend health checks.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Limits and trusted networks.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Timeouts and texts of client sessions.
+    #[serde(default)]
+    pub session: SessionConfig,
+    /// The admin HTTP endpoint.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `none | starttls | implicit`, as written in the file.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsSetting {
+    /// No TLS.
+    #[default]
+    None,
+    /// Plain, upgraded with STARTTLS.
+    Starttls,
+    /// TLS from the first byte.
+    Implicit,
+}
+
+impl From<TlsSetting> for imapproxy_tls::TlsMode {
+    fn from(t: TlsSetting) -> Self {
+        match t {
+            TlsSetting::None => Self::None,
+            TlsSetting::Starttls => Self::StartTls,
+            TlsSetting::Implicit => Self::Implicit,
+        }
+    }
+}
+
+/// One `[[listeners]]` entry.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address to bind.
+    pub addr: SocketAddr,
+    /// TLS mode.
+    #[serde(default)]
+    pub tls: TlsSetting,
+    /// Expect a PROXY protocol header (not implemented yet: refused at start).
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Allow plaintext LOGIN/AUTHENTICATE before TLS.
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
+}
+
+/// `[tls]`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// One `[[backends]]` entry.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Unique name, used in logs and the admin API; never shown to clients.
+    pub name: String,
+    /// `host:port`.
+    pub addr: String,
+    /// TLS towards the backend.
+    #[serde(default)]
+    pub tls: TlsSetting,
+    /// Selection weight.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Connection cap.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// CA bundle (PEM) to verify the backend's certificate; default: the public web roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Name to verify in the certificate; default: the host of `addr`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Skip certificate verification. For labs only; logged loudly.
+    #[serde(default)]
+    pub tls_insecure_skip_verify: bool,
+    /// Bound on connect plus TLS handshake.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+/// `[routing]`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// `round-robin` (more strategies come with the routing work).
+    #[serde(default = "default_strategy")]
+    pub strategy: String,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            strategy: default_strategy(),
+        }
+    }
+}
+
+/// `[pool]`: accepted and validated; pooling itself is not implemented yet.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Cache authenticated sessions after LOGOUT.
+    #[serde(default)]
+    pub reuse: bool,
+    /// Warm connections per backend.
+    #[serde(default)]
+    pub warm: u32,
+    /// Expiry of idle pooled connections.
+    #[serde(default = "default_pool_idle", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Backend sessions per user.
+    #[serde(default = "default_max_per_user")]
+    pub max_per_user: u32,
+    /// How long a client waits for a slot.
+    #[serde(default = "default_wait", with = "humantime_serde")]
+    pub wait_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            reuse: false,
+            warm: 0,
+            idle_timeout: default_pool_idle(),
+            max_per_user: default_max_per_user(),
+            wait_timeout: default_wait(),
+        }
+    }
+}
+
+/// `[health]`: accepted; active checks come with the routing work.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Interval between checks.
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_health_interval(),
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Networks allowed to send PROXY headers and exempt from throttling.
+    #[serde(default = "default_trusted")]
+    pub trusted_networks: Vec<String>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            trusted_networks: default_trusted(),
+        }
+    }
+}
+
+/// `[session]`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Text of the greeting.
+    #[serde(default = "default_greeting")]
+    pub greeting: String,
+    /// Idle bound before login.
+    #[serde(default = "default_preauth_timeout", with = "humantime_serde")]
+    pub preauth_timeout: Duration,
+    /// Autologout after login (RFC 9051 §5.4: at least 30 minutes).
+    #[serde(default = "default_auth_timeout", with = "humantime_serde")]
+    pub auth_timeout: Duration,
+    /// Bound on a client's TLS handshake.
+    #[serde(default = "default_tls_handshake", with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// Extra capabilities hidden from clients after login.
+    #[serde(default)]
+    pub drop_capabilities: Vec<String>,
+    /// How long running sessions get to finish on SIGTERM.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            greeting: default_greeting(),
+            preauth_timeout: default_preauth_timeout(),
+            auth_timeout: default_auth_timeout(),
+            tls_handshake_timeout: default_tls_handshake(),
+            drop_capabilities: Vec::new(),
+            shutdown_grace: default_grace(),
+        }
+    }
+}
+
+/// `[admin]`: accepted; the admin endpoint comes with the routing work.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bind address.
+    #[serde(default)]
+    pub addr: Option<SocketAddr>,
+}
+
+/// `[log]`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+    /// A tracing filter (`info`, `imapproxy_session=debug`); `RUST_LOG` wins when set.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_listeners() -> Vec<ListenerConfig> {
+    vec![
+        ListenerConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1143)),
+            tls: TlsSetting::Starttls,
+            proxy_protocol: false,
+            allow_plaintext_auth: false,
+        },
+        ListenerConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1993)),
+            tls: TlsSetting::Implicit,
+            proxy_protocol: false,
+            allow_plaintext_auth: false,
+        },
+    ]
+}
+
+fn default_backends() -> Vec<BackendConfig> {
+    vec![BackendConfig {
+        name: "local".into(),
+        addr: "127.0.0.1:143".into(),
+        tls: TlsSetting::None,
+        weight: 1,
+        max_connections: default_max_connections(),
+        ca_file: None,
+        server_name: None,
+        tls_insecure_skip_verify: false,
+        connect_timeout: default_connect_timeout(),
+    }]
+}
+
+fn one() -> u32 {
+    1
+}
+fn default_max_connections() -> u32 {
+    500
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_strategy() -> String {
+    "round-robin".into()
+}
+fn default_pool_idle() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_per_user() -> u32 {
+    8
+}
+fn default_wait() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_trusted() -> Vec<String> {
+    vec!["127.0.0.0/8".into(), "::1/128".into()]
+}
+fn default_greeting() -> String {
+    "IMAP proxy ready.".into()
+}
+fn default_preauth_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_auth_timeout() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_tls_handshake() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_log_format() -> String {
+    "text".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// Reads the configuration: the file (if any, which must exist), then `IMAPPROXY_…`
+/// environment variables (`__` separates levels: `IMAPPROXY_SESSION__GREETING=hi`).
+pub fn load(path: Option<&Path>) -> Result<Config, figment::Error> {
+    let mut fig = Figment::new();
+    if let Some(path) = path {
+        if !path.is_file() {
+            return Err(figment::Error::from(format!(
+                "configuration file {} does not exist",
+                path.display()
+            )));
+        }
+        // `file_exact`: `Toml::file` searches parent directories and silently yields nothing
+        // when the file is missing.
+        fig = fig.merge(Toml::file_exact(path));
+    }
+    fig = fig.merge(Env::prefixed("IMAPPROXY_").split("__").ignore(&["config"]));
+    fig.extract()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml: &str) -> Result<Config, figment::Error> {
+        Figment::new().merge(Toml::string(toml)).extract()
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let cfg = parse(
+            r#"
+[[listeners]]
+addr = "127.0.0.1:1143"
+tls = "starttls"
+proxy_protocol = false
+allow_plaintext_auth = false
+
+[[listeners]]
+addr = "127.0.0.1:1993"
+tls = "implicit"
+
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+
+[[backends]]
+name = "mail1"
+addr = "127.0.0.1:10143"
+tls = "none"
+weight = 1
+max_connections = 500
+
+[routing]
+strategy = "hash"
+
+[pool]
+reuse = true
+warm = 2
+idle_timeout = "60s"
+max_per_user = 8
+wait_timeout = "10s"
+
+[health]
+interval = "2s"
+
+[limits]
+trusted_networks = ["127.0.0.0/8"]
+
+[admin]
+addr = "127.0.0.1:8143"
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.listeners.len(), 2);
+        assert_eq!(cfg.listeners[1].tls, TlsSetting::Implicit);
+        assert_eq!(cfg.backends[0].name, "mail1");
+        assert_eq!(cfg.pool.idle_timeout, Duration::from_secs(60));
+        assert_eq!(cfg.health.interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = parse("[pool]\nreuse = true\nwram = 2\n").unwrap_err();
+        assert!(err.to_string().contains("wram"), "{err}");
+    }
+
+    #[test]
+    fn empty_config_gives_defaults() {
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg.listeners.len(), 2);
+        assert_eq!(cfg.backends[0].addr, "127.0.0.1:143");
+        assert_eq!(cfg.session.preauth_timeout, Duration::from_secs(60));
+        assert_eq!(cfg.session.auth_timeout, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = load(Some(Path::new("/nonexistent/imapproxy.toml"))).unwrap_err();
+        assert!(err.to_string().contains("does not exist"));
+    }
+}

@@ -1,0 +1,108 @@
+//! Listeners, accept loops and shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use imapproxy_session::{Proxy, serve};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::build::Built;
+use crate::config::{Config, LogConfig};
+
+/// Installs the tracing subscriber: `RUST_LOG` if set, else `[log].level`; text or JSON.
+pub fn init_logging(log: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Runs the proxy until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> Result<(), String> {
+    let built = Built::from_config(&cfg)?;
+    if cfg.pool.reuse || cfg.pool.warm > 0 {
+        warn!("[pool] settings are accepted but connection pooling is not implemented yet");
+    }
+    if cfg.admin.addr.is_some() {
+        warn!("[admin] is accepted but the admin endpoint is not implemented yet");
+    }
+    let proxy = Arc::new(Proxy::new(built.settings, built.upstreams));
+    let shutdown = CancellationToken::new();
+    let sessions = TaskTracker::new();
+    let mut accept_loops = Vec::new();
+    for (addr, settings) in built.listeners {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        info!(%addr, tls = %settings.tls, "listening");
+        let proxy = Arc::clone(&proxy);
+        let shutdown = shutdown.clone();
+        let sessions = sessions.clone();
+        accept_loops.push(tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    r = listener.accept() => r,
+                    _ = shutdown.cancelled() => return,
+                };
+                match accepted {
+                    Ok((tcp, peer)) => {
+                        sessions.spawn(serve(
+                            Arc::clone(&proxy),
+                            Arc::clone(&settings),
+                            tcp,
+                            peer,
+                            shutdown.clone(),
+                        ));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        error!(%addr, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }));
+    }
+    wait_for_signal().await;
+    info!("shutting down: closing listeners and sessions");
+    shutdown.cancel();
+    for l in accept_loops {
+        let _ = l.await;
+    }
+    sessions.close();
+    if tokio::time::timeout(cfg.session.shutdown_grace, sessions.wait())
+        .await
+        .is_err()
+    {
+        warn!("some sessions did not finish within the grace period");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
