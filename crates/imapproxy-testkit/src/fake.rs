@@ -214,6 +214,14 @@ fn accept_loop(listener: &TcpListener, scripts: &[Vec<Step>], shared: &Arc<Share
 
 fn run_script(stream: TcpStream, script: &[Step], shared: &Shared) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
+    let closer = stream.try_clone()?;
+    let result = play(stream, script, shared);
+    // The stream is also held in `Shared::open`, so dropping ours would not close it.
+    let _ = closer.shutdown(Shutdown::Both);
+    result
+}
+
+fn play(stream: TcpStream, script: &[Step], shared: &Shared) -> io::Result<()> {
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     for step in script {
@@ -255,7 +263,6 @@ fn run_script(stream: TcpStream, script: &[Step], shared: &Shared) -> io::Result
             Step::Close => break,
         }
     }
-    let _ = writer.shutdown(Shutdown::Both);
     Ok(())
 }
 

@@ -56,8 +56,8 @@ pub(crate) fn spawn_watchdog(dovecot_pid: u32, dir: &Path) -> io::Result<Child> 
             i=0
             while kill -0 "$2" 2>/dev/null && [ "$i" -lt 25 ]; do sleep 0.2; i=$((i+1)); done
             kill -KILL -- "-$2" 2>/dev/null
-            case "$3" in
-                */imapproxy-dovecot-*) sleep 0.2; rm -rf -- "$3" ;;
+            case "$IMAPPROXY_TESTKIT_DIR" in
+                */imapproxy-dovecot-*) sleep 0.2; rm -rf -- "$IMAPPROXY_TESTKIT_DIR" ;;
             esac
         fi
     "#;
@@ -67,7 +67,8 @@ pub(crate) fn spawn_watchdog(dovecot_pid: u32, dir: &Path) -> io::Result<Child> 
         .arg("imapproxy-testkit-watchdog")
         .arg(std::process::id().to_string())
         .arg(dovecot_pid.to_string())
-        .arg(dir)
+        // Passed in the environment, not argv, so `pgrep -f <dir>` finds Dovecot only.
+        .env("IMAPPROXY_TESTKIT_DIR", dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
