@@ -138,6 +138,13 @@ struct Session {
     bad_commands: u32,
 }
 
+/// What the pre-auth loop does after a command.
+enum Next {
+    Continue,
+    LoggedIn(LoggedIn),
+    Logout,
+}
+
 /// A successful backend login, ready to relay.
 struct LoggedIn {
     backend: BackendStream,
@@ -273,8 +280,10 @@ impl Session {
                         .await?;
                 }
                 PreAuthEvent::Command { tag, command } => {
-                    if let Some(done) = self.command(&mut parser, &mut buf, tag, command).await? {
-                        return Ok(done);
+                    match self.command(&mut parser, &mut buf, tag, command).await? {
+                        Next::Continue => {}
+                        Next::LoggedIn(done) => return Ok(Some(done)),
+                        Next::Logout => return Ok(None),
                     }
                 }
                 _ => self.bad_command(None, "Unexpected input.").await?,
@@ -303,7 +312,7 @@ impl Session {
         buf: &mut [u8],
         tag: Tag,
         command: PreAuthCommand,
-    ) -> Result<Option<Option<LoggedIn>>, Error> {
+    ) -> Result<Next, Error> {
         match command {
             PreAuthCommand::Capability => {
                 let line = format!("* CAPABILITY {}\r\n", self.capabilities());
@@ -314,7 +323,7 @@ impl Session {
             PreAuthCommand::Logout => {
                 self.write(b"* BYE Logging out.\r\n").await?;
                 self.tagged(&tag, "OK Logout completed.").await?;
-                return Ok(Some(None));
+                return Ok(Next::Logout);
             }
             PreAuthCommand::Id(fields) => {
                 if let Some(fields) = fields {
@@ -344,7 +353,7 @@ impl Session {
                     .await?;
                 } else {
                     let creds = Credentials { username, password };
-                    return self.login(parser, &tag, creds).await.map(Some);
+                    return self.login(parser, &tag, creds).await;
                 }
             }
             PreAuthCommand::Authenticate {
@@ -357,18 +366,18 @@ impl Session {
                         "NO [PRIVACYREQUIRED] Plaintext authentication is disabled, use STARTTLS.",
                     )
                     .await?;
-                    return Ok(None);
+                    return Ok(Next::Continue);
                 }
                 let creds = self
                     .authenticate(parser, buf, &tag, mechanism, initial_response)
                     .await?;
                 if let Some(creds) = creds {
-                    return self.login(parser, &tag, creds).await.map(Some);
+                    return self.login(parser, &tag, creds).await;
                 }
             }
             _ => self.bad_command(Some(&tag), "Log in first.").await?,
         }
-        Ok(None)
+        Ok(Next::Continue)
     }
 
     /// Runs the SASL exchange for the mechanisms the proxy verifies itself. `Ok(None)` means
@@ -509,13 +518,13 @@ impl Session {
         parser: &mut PreAuthParser,
         tag: &Tag,
         creds: Credentials,
-    ) -> Result<Option<LoggedIn>, Error> {
+    ) -> Result<Next, Error> {
         if creds.username.is_empty()
             || creds.username.len() > MAX_USERNAME
             || creds.username.bytes().any(|b| b.is_ascii_control())
         {
             self.auth_failed(tag).await?;
-            return Ok(None);
+            return Ok(Next::Continue);
         }
         let user_key = creds.username.to_lowercase();
         tracing::Span::current().record("user", user_key.as_str());
@@ -556,7 +565,7 @@ impl Session {
                     let (backend, leftover) = conn.into_parts();
                     self.tagged(tag, &ok).await?;
                     info!("logged in");
-                    return Ok(Some(LoggedIn {
+                    return Ok(Next::LoggedIn(LoggedIn {
                         backend,
                         leftover,
                         pipelined: {
@@ -568,7 +577,7 @@ impl Session {
                 Err(e) if !e.is_retryable() => {
                     info!("authentication failed");
                     self.auth_failed(tag).await?;
-                    return Ok(None);
+                    return Ok(Next::Continue);
                 }
                 Err(e) => {
                     warn!(backend = %backend_id, error = %e, "backend login failed");
@@ -581,7 +590,7 @@ impl Session {
             "NO [UNAVAILABLE] Service temporarily unavailable, try again later.",
         )
         .await?;
-        Ok(None)
+        Ok(Next::Continue)
     }
 
     async fn relay(&mut self, logged_in: LoggedIn) -> Result<(), Error> {

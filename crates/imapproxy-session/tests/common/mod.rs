@@ -1,0 +1,101 @@
+//! An in-process proxy in front of the given backends, for integration tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use imapproxy_pool::BackendTarget;
+use imapproxy_route::{Backend, BackendId, Registry, RoundRobin};
+use imapproxy_session::{ListenerSettings, Proxy, SessionSettings, Upstreams, serve};
+use imapproxy_tls::{ServerTls, TlsMode};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A running proxy: three listeners, stopped on drop.
+pub struct TestProxy {
+    /// `tls = none`, plaintext auth allowed.
+    pub plain: SocketAddr,
+    /// `tls = starttls`, plaintext auth refused before TLS.
+    pub starttls: SocketAddr,
+    /// `tls = implicit`.
+    pub implicit: SocketAddr,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn start_proxy(backends: &[SocketAddr]) -> TestProxy {
+    start_proxy_with(backends, SessionSettings::default()).await
+}
+
+pub async fn start_proxy_with(backends: &[SocketAddr], settings: SessionSettings) -> TestProxy {
+    let mut list = Vec::new();
+    let mut targets = HashMap::new();
+    for (i, addr) in backends.iter().enumerate() {
+        let id = BackendId::new(format!("backend{i}"));
+        list.push(Backend::new(id.clone(), addr.to_string()));
+        targets.insert(id, BackendTarget::plain(addr.to_string()));
+    }
+    let upstreams = Upstreams {
+        registry: Registry::new(list).unwrap(),
+        selector: Arc::new(RoundRobin::default()),
+        targets,
+    };
+    let proxy = Arc::new(Proxy::new(settings, upstreams));
+    let (tls, _pem) = ServerTls::self_signed(&[]).unwrap();
+    let shutdown = CancellationToken::new();
+    let mut addrs = Vec::new();
+    for (mode, plaintext) in [
+        (TlsMode::None, true),
+        (TlsMode::StartTls, false),
+        (TlsMode::Implicit, false),
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.push(listener.local_addr().unwrap());
+        let settings = Arc::new(ListenerSettings {
+            tls: mode,
+            allow_plaintext_auth: plaintext,
+            server_tls: (mode != TlsMode::None).then(|| tls.clone()),
+        });
+        let proxy = Arc::clone(&proxy);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    r = listener.accept() => match r { Ok(a) => a, Err(_) => continue },
+                    _ = shutdown.cancelled() => return,
+                };
+                tokio::spawn(serve(
+                    Arc::clone(&proxy),
+                    Arc::clone(&settings),
+                    tcp,
+                    peer,
+                    shutdown.clone(),
+                ));
+            }
+        });
+    }
+    TestProxy {
+        plain: addrs[0],
+        starttls: addrs[1],
+        implicit: addrs[2],
+        shutdown,
+    }
+}
+
+/// Reads lines until every tag in `tags` has its tagged response; returns all lines.
+pub async fn read_tags(client: &mut imapproxy_testkit::TestClient, tags: &[&str]) -> Vec<Vec<u8>> {
+    let mut pending: Vec<&str> = tags.to_vec();
+    let mut lines = Vec::new();
+    while !pending.is_empty() {
+        let line = client.read_line().await.unwrap();
+        pending.retain(|t| !(line.starts_with(t.as_bytes()) && line.get(t.len()) == Some(&b' ')));
+        lines.push(line);
+    }
+    lines
+}

@@ -1,0 +1,338 @@
+//! The `imapproxy` binary end to end: configuration, real clients (curl, Python's imaplib),
+//! Dovecot's view of the client address, bounded memory under hostile input, SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use imapproxy_testkit::{Dovecot, TestClient, free_port};
+
+fn dovecot() -> &'static Dovecot {
+    Dovecot::shared()
+}
+
+/// A running proxy process, killed on drop.
+struct ProxyProcess {
+    child: Child,
+    plain: SocketAddr,
+    starttls: SocketAddr,
+    implicit: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ProxyProcess {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let [plain, starttls, implicit] =
+            [0; 3].map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let config = format!(
+            r#"
+[[listeners]]
+addr = "{plain}"
+tls = "none"
+allow_plaintext_auth = true
+
+[[listeners]]
+addr = "{starttls}"
+tls = "starttls"
+
+[[listeners]]
+addr = "{implicit}"
+tls = "implicit"
+
+[[backends]]
+name = "mail1"
+addr = "{backend}"
+
+[session]
+shutdown_grace = "3s"
+"#,
+            backend = dovecot().imap_addr()
+        );
+        let path = dir.path().join("imapproxy.toml");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_imapproxy"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let proxy = Self {
+            child,
+            plain,
+            starttls,
+            implicit,
+            _dir: dir,
+        };
+        for addr in [plain, starttls, implicit] {
+            wait_for_port(addr);
+        }
+        proxy
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+fn wait_for_port(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "proxy did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn imapproxy(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imapproxy"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn check_accepts_a_valid_config_and_explains_a_bad_one() {
+    let (_d, good) = write_config(
+        "[[listeners]]\naddr = \"127.0.0.1:1143\"\ntls = \"starttls\"\n\n\
+         [[backends]]\nname = \"m\"\naddr = \"127.0.0.1:143\"\n\n[pool]\nidle_timeout = \"60s\"\n",
+    );
+    let out = imapproxy(&["check", "--config", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+
+    let (_d, typo) = write_config("[pool]\nreuse = true\nwram = 2\n");
+    let out = imapproxy(&["check", "--config", typo.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wram"),
+        "{out:?}"
+    );
+
+    let out = imapproxy(&["check", "--config", "/nonexistent/imapproxy.toml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+
+    // Environment overrides the file (`__` separates levels).
+    let out = Command::new(env!("CARGO_BIN_EXE_imapproxy"))
+        .args(["check", "--config", good.to_str().unwrap()])
+        .env("IMAPPROXY_POOL__IDLE_TIMEOUT", "not-a-duration")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+}
+
+#[test]
+fn curl_sessions_over_imap_and_imaps() {
+    let proxy = ProxyProcess::start();
+    let (user, pass) = dovecot().user(8);
+    let creds = format!("{user}:{pass}");
+    let plain = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--user", &creds])
+        .arg(format!("imap://{}/INBOX;UID=1", proxy.plain))
+        .output()
+        .expect("curl is installed (cargo xtask test installs it)");
+    assert!(plain.status.success(), "{plain:?}");
+    assert!(String::from_utf8_lossy(&plain.stdout).contains("Subject:"));
+
+    let tls = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--insecure", "--user", &creds])
+        .arg(format!("imaps://{}/INBOX;UID=2", proxy.implicit))
+        .output()
+        .unwrap();
+    assert!(tls.status.success(), "{tls:?}");
+    assert!(String::from_utf8_lossy(&tls.stdout).contains("Subject:"));
+
+    // STARTTLS, required by the listener (plaintext login is refused before it).
+    let starttls = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "--insecure",
+            "--ssl-reqd",
+            "--user",
+            &creds,
+        ])
+        .arg(format!("imap://{}/INBOX;UID=3", proxy.starttls))
+        .output()
+        .unwrap();
+    assert!(starttls.status.success(), "{starttls:?}");
+    assert!(String::from_utf8_lossy(&starttls.stdout).contains("Subject:"));
+}
+
+#[test]
+fn dovecot_logs_the_clients_address_not_only_the_proxys() {
+    let proxy = ProxyProcess::start();
+    let (user, pass) = dovecot().user(9);
+    // The client comes from 127.0.0.9; the proxy connects to Dovecot from 127.0.0.1.
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--interface", "127.0.0.9"])
+        .args(["--user", &format!("{user}:{pass}")])
+        .arg(format!("imap://{}/INBOX;UID=1", proxy.plain))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = dovecot().log();
+        let hit = log
+            .lines()
+            .any(|l| l.contains(&format!("user=<{user}>")) && l.contains("rip=127.0.0.9"));
+        if hit {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rip=127.0.0.9 for {user} in:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn python_imaplib_sessions() {
+    let proxy = ProxyProcess::start();
+    let (user, pass) = dovecot().user(10);
+    let script = format!(
+        r#"
+import imaplib, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+def session(m):
+    typ, _ = m.login({user:?}, {pass:?}); assert typ == 'OK', typ
+    typ, data = m.select('INBOX'); assert typ == 'OK' and int(data[0]) >= 5, data
+    typ, data = m.search(None, 'ALL'); assert typ == 'OK' and len(data[0].split()) >= 5, data
+    typ, data = m.fetch('1', '(BODY.PEEK[HEADER.FIELDS (SUBJECT)])'); assert typ == 'OK', data
+    assert b'Subject' in data[0][1], data
+    typ, data = m.noop(); assert typ == 'OK'
+    typ, _ = m.logout(); assert typ == 'BYE', typ
+session(imaplib.IMAP4('127.0.0.1', {plain}))
+m = imaplib.IMAP4('127.0.0.1', {starttls}); m.starttls(ssl_context=ctx); session(m)
+session(imaplib.IMAP4_SSL('127.0.0.1', {implicit}, ssl_context=ctx))
+print('ok')
+"#,
+        plain = proxy.plain.port(),
+        starttls = proxy.starttls.port(),
+        implicit = proxy.implicit.port(),
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
+
+#[test]
+fn hostile_input_keeps_memory_bounded() {
+    let proxy = ProxyProcess::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = proxy.plain;
+    // Warm up allocator pools with a few normal sessions first.
+    rt.block_on(async {
+        for _ in 0..5 {
+            let mut c = TestClient::connect(addr).await.unwrap();
+            c.cmd("a", "NOOP").await.unwrap();
+        }
+    });
+    let before = proxy.rss_kib();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            tasks.push(tokio::spawn(async move {
+                let mut c = TestClient::connect(addr).await.unwrap();
+                let mut junk = match i % 3 {
+                    0 => b"a LOGIN ".to_vec(),
+                    1 => b"a LOGIN {4294967295+}\r\n".to_vec(),
+                    _ => b"a ID (\"x\" {4000+}\r\n".to_vec(),
+                };
+                junk.resize(1 << 20, b'z');
+                let _ = c.send_raw(&junk).await;
+                let _ = c.expect_eof(Duration::from_secs(5)).await;
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let after = proxy.rss_kib();
+    // 50 MiB went in; what stays must be far less (allocator slack included).
+    assert!(
+        after < before + 16 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    rt.block_on(async {
+        let (user, pass) = dovecot().user(11);
+        let mut c = TestClient::connect(addr).await.unwrap();
+        assert!(c.login(&user, &pass).await.unwrap().tagged_ok());
+    });
+}
+
+#[test]
+fn sigterm_says_bye_to_sessions_and_exits_cleanly() {
+    let mut proxy = ProxyProcess::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = proxy.plain;
+    let (user, pass) = dovecot().user(12);
+    let mut client = rt.block_on(async {
+        let mut c = TestClient::connect(addr).await.unwrap();
+        assert!(c.login(&user, &pass).await.unwrap().tagged_ok());
+        c
+    });
+    let status = Command::new("kill")
+        .args(["-TERM", &proxy.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let line = rt.block_on(client.read_line()).unwrap();
+    assert!(
+        line.starts_with(b"* BYE"),
+        "{:?}",
+        String::from_utf8_lossy(&line)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(status) = proxy.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "proxy still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+}
