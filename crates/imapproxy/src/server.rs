@@ -30,6 +30,7 @@ pub fn init_logging(log: &LogConfig) {
 /// Runs the proxy until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> Result<(), String> {
     let built = Built::from_config(&cfg)?;
+    raise_fd_limit();
     if cfg.pool.reuse || cfg.pool.warm > 0 {
         warn!("[pool] settings are accepted but connection pooling is not implemented yet");
     }
@@ -104,5 +105,14 @@ async fn wait_for_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// Every session holds two sockets; the usual soft limit of 1024 descriptors would cap the
+/// proxy near 500 sessions. Raise the soft limit to the hard one, as nginx and HAProxy do.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => info!(limit = n, "open file limit"),
+        Err(e) => warn!(error = %e, "cannot raise the open file limit"),
     }
 }

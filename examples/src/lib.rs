@@ -1,0 +1,1 @@
+//! Embedding examples for the imapproxy crates: see the `[[example]]` targets.
