@@ -110,10 +110,25 @@ pub fn fuzz(args: &FuzzArgs) -> Result<(), XtaskError> {
     }
 }
 
-/// Runs one target, echoing libFuzzer's output; returns (exec count, success).
+/// Runs one target; returns (exec count, success).
+///
+/// libFuzzer writes new inputs into the first corpus directory, so that is a scratch
+/// directory under `target/`: the committed corpus (`fuzz/corpus/<target>`, read as
+/// the second) only changes when someone merges on purpose (`cargo fuzz cmin`).
+/// Progress lines (`#N NEW ...`) are not echoed; everything else is.
 fn run_target(target: &str, secs: u64) -> Result<(Option<u64>, bool), XtaskError> {
+    let scratch = root().join("target").join("fuzz-corpus").join(target);
+    std::fs::create_dir_all(&scratch).map_err(XtaskError::io("creating the scratch corpus"))?;
+    let committed = root().join("fuzz").join("corpus").join(target);
     let mut cmd = cargo_fuzz();
-    cmd.args(["run", target, "--", &format!("-max_total_time={secs}")])
+    cmd.args(["run", target])
+        .arg(&scratch)
+        .args(committed.is_dir().then_some(&committed))
+        .args([
+            "--",
+            &format!("-max_total_time={secs}"),
+            "-print_final_stats=1",
+        ])
         .stderr(Stdio::piped());
     let command = describe(&cmd);
     eprintln!("$ RUSTC_BOOTSTRAP=1 {command}");
@@ -124,9 +139,13 @@ fn run_target(target: &str, secs: u64) -> Result<(Option<u64>, bool), XtaskError
     let mut execs = None;
     if let Some(stderr) = child.stderr.take() {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("{line}");
-            if let Some(n) = exec_count(&line) {
+            let progress = exec_count(&line);
+            if let Some(n) = progress {
                 execs = Some(n);
+            }
+            let noisy = line.starts_with('#') && !line.contains("DONE");
+            if !noisy && !line.starts_with("\"") {
+                eprintln!("{line}");
             }
         }
     }
