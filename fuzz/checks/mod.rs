@@ -13,9 +13,9 @@ pub fn cuts_for(data: &[u8]) -> Vec<usize> {
     if len == 0 {
         return Vec::new();
     }
-    let h = data
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let h = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     vec![(h as usize) % (len + 1), len / 2]
 }
 
@@ -31,7 +31,11 @@ pub fn frames(dir: Direction, data: &[u8], cuts: &[usize]) -> Vec<(usize, Frame)
         let mut chunk = &data[start..end];
         let mut at = start;
         while let Some((n, frame)) = f.advance(chunk) {
-            assert!(n > 0 && n <= chunk.len(), "offset {n} outside chunk of {}", chunk.len());
+            assert!(
+                n > 0 && n <= chunk.len(),
+                "offset {n} outside chunk of {}",
+                chunk.len()
+            );
             at += n;
             out.push((at, frame));
             chunk = &chunk[n..];
@@ -53,14 +57,22 @@ pub fn check_framer(data: &[u8], cuts: &[usize]) {
         let whole = frames(dir, data, &[]);
         let mut prev = 0usize;
         for &(end, frame) in &whole {
-            assert_eq!(frame.len, (end - prev) as u64, "frame len != bytes consumed");
+            assert_eq!(
+                frame.len,
+                (end - prev) as u64,
+                "frame len != bytes consumed"
+            );
             assert!(frame.literal_bytes < frame.len);
             prev = end;
         }
         let sum: u64 = whole.iter().map(|(_, f)| f.len).sum();
         assert!(sum <= data.len() as u64);
         for &cut in cuts {
-            assert_eq!(frames(dir, data, &[cut]), whole, "{dir:?}: cut at {cut} changed frames");
+            assert_eq!(
+                frames(dir, data, &[cut]),
+                whole,
+                "{dir:?}: cut at {cut} changed frames"
+            );
         }
     }
 }
@@ -72,7 +84,10 @@ pub fn check_framer(data: &[u8], cuts: &[usize]) {
 pub fn check_preauth(data: &[u8]) {
     for limits in [
         PreAuthLimits::default(),
-        PreAuthLimits { max_line: 48, max_literal: 16 },
+        PreAuthLimits {
+            max_line: 48,
+            max_literal: 16,
+        },
     ] {
         let mut p = PreAuthParser::new(limits);
         let bound = limits.max_message();
@@ -86,7 +101,11 @@ pub fn check_preauth(data: &[u8]) {
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
             p.push(chunk);
-            assert!(p.buffered() <= bound + chunk.len(), "buffered {} > bound", p.buffered());
+            assert!(
+                p.buffered() <= bound + chunk.len(),
+                "buffered {} > bound",
+                p.buffered()
+            );
             while let Some(event) = p.next_event() {
                 let dbg = format!("{event:?}");
                 match event {
@@ -104,16 +123,27 @@ pub fn check_preauth(data: &[u8]) {
                         );
                     }
                     PreAuthEvent::Command {
-                        command: PreAuthCommand::Authenticate { initial_response: None, .. },
+                        command:
+                            PreAuthCommand::Authenticate {
+                                initial_response: None,
+                                ..
+                            },
                         ..
                     } => p.expect_auth_data(true),
-                    PreAuthEvent::Command { command: PreAuthCommand::StartTls, .. } => p.clear(),
+                    PreAuthEvent::Command {
+                        command: PreAuthCommand::StartTls,
+                        ..
+                    } => p.clear(),
                     PreAuthEvent::AuthData(AuthData::Cancel) => p.expect_auth_data(false),
                     PreAuthEvent::AuthData(AuthData::Data(_)) => p.expect_auth_data(false),
                     _ => {}
                 }
             }
-            assert!(p.buffered() < bound.max(1), "buffered {} after draining", p.buffered());
+            assert!(
+                p.buffered() < bound.max(1),
+                "buffered {} after draining",
+                p.buffered()
+            );
         }
     }
 }

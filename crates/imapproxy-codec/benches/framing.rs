@@ -11,7 +11,8 @@ use std::hint::black_box;
 fn server_stream() -> Vec<u8> {
     const BODY: usize = 262_144;
     let mut body = Vec::with_capacity(BODY);
-    let line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n";
+    let line =
+        b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n";
     while body.len() + line.len() <= BODY {
         body.extend_from_slice(line);
     }
@@ -30,7 +31,9 @@ fn server_stream() -> Vec<u8> {
 fn client_stream() -> Vec<u8> {
     let mut out = Vec::new();
     for n in 0..2000 {
-        out.extend_from_slice(format!("A{n:05} UID FETCH {n}:* (FLAGS INTERNALDATE RFC822.SIZE)\r\n").as_bytes());
+        out.extend_from_slice(
+            format!("A{n:05} UID FETCH {n}:* (FLAGS INTERNALDATE RFC822.SIZE)\r\n").as_bytes(),
+        );
         out.extend_from_slice(format!("B{n:05} SELECT \"INBOX/Folder {n}\"\r\n").as_bytes());
         if n % 50 == 0 {
             out.extend_from_slice(format!("C{n:05} APPEND Sent (\\Seen) {{2048+}}\r\n").as_bytes());
@@ -59,8 +62,18 @@ fn frame_all(dir: Direction, data: &[u8]) -> usize {
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("framer");
     for (name, dir, data, messages) in [
-        ("server_fetch_stream", Direction::Server, server_stream(), 201),
-        ("client_command_stream", Direction::Client, client_stream(), 4000 + 40 * 3),
+        (
+            "server_fetch_stream",
+            Direction::Server,
+            server_stream(),
+            201,
+        ),
+        (
+            "client_command_stream",
+            Direction::Client,
+            client_stream(),
+            4000 + 40 * 3,
+        ),
     ] {
         assert_eq!(frame_all(dir, &data), messages, "{name}");
         g.throughput(Throughput::Bytes(data.len() as u64));

@@ -35,7 +35,11 @@ fn locate(line: &[u8]) -> Option<Located<'_>> {
     let (second, after_second) = split_word(rest);
     if first == b"*" && second.eq_ignore_ascii_case(b"CAPABILITY") {
         let start = body_len - after_second.len();
-        let prefix_end = if after_second.is_empty() { body_len } else { start };
+        let prefix_end = if after_second.is_empty() {
+            body_len
+        } else {
+            start
+        };
         return Some(Located {
             prefix: line.get(..prefix_end)?,
             list: after_second,
@@ -130,7 +134,12 @@ pub fn filter_capabilities(line: &[u8], drop: impl Fn(&[u8]) -> bool) -> Option<
 /// `SASL-IR`, `LOGIN-REFERRALS`, compared case-insensitively. After login these are either
 /// meaningless or promises about the backend's login that the proxy does not relay.
 pub fn default_post_login_drop(cap: &[u8]) -> bool {
-    const EXACT: [&[u8]; 4] = [b"STARTTLS", b"LOGINDISABLED", b"SASL-IR", b"LOGIN-REFERRALS"];
+    const EXACT: [&[u8]; 4] = [
+        b"STARTTLS",
+        b"LOGINDISABLED",
+        b"SASL-IR",
+        b"LOGIN-REFERRALS",
+    ];
     EXACT.iter().any(|e| e.eq_ignore_ascii_case(cap))
         || cap
             .get(..5)
@@ -142,8 +151,7 @@ mod tests {
     use super::*;
 
     fn filt(line: &[u8]) -> Option<String> {
-        filter_capabilities(line, default_post_login_drop)
-            .map(|v| String::from_utf8(v).unwrap())
+        filter_capabilities(line, default_post_login_drop).map(|v| String::from_utf8(v).unwrap())
     }
 
     #[test]
@@ -157,7 +165,10 @@ mod tests {
             filt(b"* capability IMAP4rev1  SASL-IR\n").unwrap(),
             "* capability IMAP4rev1\n"
         );
-        assert_eq!(filt(b"* CAPABILITY STARTTLS\r\n").unwrap(), "* CAPABILITY\r\n");
+        assert_eq!(
+            filt(b"* CAPABILITY STARTTLS\r\n").unwrap(),
+            "* CAPABILITY\r\n"
+        );
         assert_eq!(filt(b"* CAPABILITY\r\n").unwrap(), "* CAPABILITY\r\n");
     }
 
@@ -208,7 +219,15 @@ mod tests {
 
     #[test]
     fn default_drop_list() {
-        for c in [&b"STARTTLS"[..], b"starttls", b"LOGINDISABLED", b"AUTH=PLAIN", b"Auth=XOAUTH2", b"SASL-IR", b"LOGIN-REFERRALS"] {
+        for c in [
+            &b"STARTTLS"[..],
+            b"starttls",
+            b"LOGINDISABLED",
+            b"AUTH=PLAIN",
+            b"Auth=XOAUTH2",
+            b"SASL-IR",
+            b"LOGIN-REFERRALS",
+        ] {
             assert!(default_post_login_drop(c), "{c:?}");
         }
         for c in [&b"IMAP4rev1"[..], b"IDLE", b"AUTH", b"LITERAL+", b"ID"] {

@@ -414,7 +414,10 @@ impl<'a> Head<'a> {
     fn client(&self) -> (Option<Tag>, FrameKind) {
         let (tag, rest) = self.word(self.line);
         if let (Some(Ok(tag)), Some(rest)) = (tag.map(Tag::new), rest) {
-            let name = self.word(rest).0.map_or(CommandName::Other, CommandName::from_bytes);
+            let name = self
+                .word(rest)
+                .0
+                .map_or(CommandName::Other, CommandName::from_bytes);
             return (Some(tag), FrameKind::Command(name));
         }
         // RFC 2177 §3: IDLE ends with a bare `DONE` line.
@@ -471,7 +474,11 @@ mod tests {
 
     #[test]
     fn state_stays_small() {
-        assert!(core::mem::size_of::<Framer>() <= 128, "{}", core::mem::size_of::<Framer>());
+        assert!(
+            core::mem::size_of::<Framer>() <= 128,
+            "{}",
+            core::mem::size_of::<Framer>()
+        );
     }
 
     #[test]
@@ -491,7 +498,11 @@ mod tests {
         let s = b"x {123+}\r";
         for k in 0..=s.len() {
             let (a, b) = s.split_at(k);
-            assert_eq!(Tail::Other.scan(a).scan(b).literal(), Some(123), "split {k}");
+            assert_eq!(
+                Tail::Other.scan(a).scan(b).literal(),
+                Some(123),
+                "split {k}"
+            );
         }
     }
 

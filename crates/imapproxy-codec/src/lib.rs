@@ -42,7 +42,7 @@ pub use capability::{default_post_login_drop, filter_capabilities, parse_capabil
 pub use error::Error;
 pub use framer::{CommandName, Direction, Frame, FrameKind, Framer, Status, UntaggedKind};
 pub use preauth::{
-    AuthData, Mechanism, PreAuthCommand, PreAuthEvent, PreAuthLimits, PreAuthParser,
+    AuthData, Mechanism, PreAuthCommand, PreAuthEvent, PreAuthLimits, PreAuthParser, SaslPlain,
     parse_sasl_plain,
 };
 pub use secret::Secret;

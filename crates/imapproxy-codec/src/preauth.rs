@@ -264,9 +264,7 @@ impl PreAuthParser {
                 self.scanned = self.buf.len();
                 let line_len = self.buf.len() - self.line_start;
                 // `>=`: an unfinished line already at the bound can only end over it.
-                if line_len >= self.limits.max_line
-                    || self.buf.len() >= self.limits.max_message()
-                {
+                if line_len >= self.limits.max_line || self.buf.len() >= self.limits.max_message() {
                     let tag = self.message_tag();
                     self.consume(self.buf.len());
                     self.skip_line = true;
@@ -289,7 +287,9 @@ impl PreAuthParser {
             }
             let line = self.buf.get(self.line_start..line_end).unwrap_or(&[]);
             if let Some((n, sync)) = literal_announcement(line) {
-                let end = usize::try_from(n).ok().and_then(|n| line_end.checked_add(n));
+                let end = usize::try_from(n)
+                    .ok()
+                    .and_then(|n| line_end.checked_add(n));
                 match end {
                     Some(end)
                         if n <= u64::from(self.limits.max_literal)
@@ -345,7 +345,7 @@ impl PreAuthParser {
             reason,
         };
         match CommandCodec::default().decode(msg) {
-            Ok((rest, cmd)) if rest.is_empty() => {
+            Ok(([], cmd)) => {
                 let Ok(tag) = Tag::new(cmd.tag.inner().as_bytes()) else {
                     return bad("Tag too long");
                 };
@@ -361,7 +361,7 @@ impl PreAuthParser {
     fn decode_auth_data(&self, end: usize) -> PreAuthEvent {
         let line = self.buf.get(..end).unwrap_or(&[]);
         match AuthenticateDataCodec::default().decode(line) {
-            Ok((rest, data)) if rest.is_empty() => PreAuthEvent::AuthData(match data {
+            Ok(([], data)) => PreAuthEvent::AuthData(match data {
                 AuthenticateData::Cancel => AuthData::Cancel,
                 AuthenticateData::Continue(secret) => {
                     AuthData::Data(Secret::new(secret.declassify().to_vec()))
@@ -441,6 +441,9 @@ fn convert(body: CommandBody<'_>) -> Result<PreAuthCommand, &'static str> {
     })
 }
 
+/// A parsed SASL PLAIN response: `(authzid, authcid, password)`.
+pub type SaslPlain = (Option<String>, String, Secret<Vec<u8>>);
+
 /// Splits a decoded SASL PLAIN response (RFC 4616 §2: `[authzid] NUL authcid NUL passwd`).
 /// Returns `(authzid, authcid, password)`; an empty authzid is `None`.
 ///
@@ -448,9 +451,7 @@ fn convert(body: CommandBody<'_>) -> Result<PreAuthCommand, &'static str> {
 /// let (authz, user, pass) = imapproxy_codec::parse_sasl_plain(b"\0alice\0pw").unwrap();
 /// assert_eq!((authz, user.as_str(), pass.expose().as_slice()), (None, "alice", &b"pw"[..]));
 /// ```
-pub fn parse_sasl_plain(
-    data: &[u8],
-) -> Result<(Option<String>, String, Secret<Vec<u8>>), Error> {
+pub fn parse_sasl_plain(data: &[u8]) -> Result<SaslPlain, Error> {
     let mut parts = data.splitn(3, |&b| b == 0);
     let (Some(authzid), Some(authcid), Some(passwd)) = (parts.next(), parts.next(), parts.next())
     else {

@@ -117,7 +117,18 @@ mod tests {
     #[test]
     fn rejects_plus_specials_controls_and_length() {
         for t in [
-            &b""[..], b"a+", b"*", b"a b", b"(", b")", b"{", b"%", b"\"", b"\\", b"a\r", b"\x7f",
+            &b""[..],
+            b"a+",
+            b"*",
+            b"a b",
+            b"(",
+            b")",
+            b"{",
+            b"%",
+            b"\"",
+            b"\\",
+            b"a\r",
+            b"\x7f",
             b"\xc3\xa9",
         ] {
             assert!(Tag::new(t).is_err(), "{t:?}");

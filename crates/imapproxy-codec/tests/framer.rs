@@ -50,7 +50,11 @@ fn assert_split_invariant(dir: Direction, input: &[u8]) {
         assert_eq!(frames_with_cuts(dir, input, &[k]), whole, "cut at {k}");
     }
     let every: Vec<usize> = (0..input.len()).collect();
-    assert_eq!(frames_with_cuts(dir, input, &every), whole, "byte at a time");
+    assert_eq!(
+        frames_with_cuts(dir, input, &every),
+        whole,
+        "byte at a time"
+    );
 }
 
 const CLIENT_STREAM: &[u8] = b"a1 CAPABILITY\r\n\
@@ -170,7 +174,10 @@ fn status_literal_as_text_keeps_the_next_response_visible() {
 
 #[test]
 fn bare_lf_ends_lines_and_literals() {
-    let got = summary(Direction::Client, b"a1 NOOP\na2 APPEND x {2}\nab\na3 IDLE\nDONE\n");
+    let got = summary(
+        Direction::Client,
+        b"a1 NOOP\na2 APPEND x {2}\nab\na3 IDLE\nDONE\n",
+    );
     assert_eq!(
         got,
         vec![
@@ -195,7 +202,10 @@ fn huge_and_overflowing_literal_sizes() {
     // One more digit overflows u64: text, so the line ends the message.
     let line = b"* 1 FETCH (BODY[] {18446744073709551616}\r\n";
     let got = summary(Direction::Server, line);
-    assert_eq!(got, vec![(None, K::Untagged(U::Fetch), line.len() as u64, 0)]);
+    assert_eq!(
+        got,
+        vec![(None, K::Untagged(U::Fetch), line.len() as u64, 0)]
+    );
     // Leading zeros do not overflow and still announce the literal the peer will send.
     let line = b"a APPEND x {000000000000000000000000003}\r\nabc\r\n";
     assert_eq!(summary(Direction::Client, line)[0].3, 3);

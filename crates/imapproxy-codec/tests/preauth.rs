@@ -40,10 +40,20 @@ fn simple_commands() {
     ] {
         let e = one(line);
         let got = match &e {
-            E::Command { command: P::Capability, .. } => "Capability",
-            E::Command { command: P::Noop, .. } => "Noop",
-            E::Command { command: P::Logout, .. } => "Logout",
-            E::Command { command: P::StartTls, .. } => "StartTls",
+            E::Command {
+                command: P::Capability,
+                ..
+            } => "Capability",
+            E::Command {
+                command: P::Noop, ..
+            } => "Noop",
+            E::Command {
+                command: P::Logout, ..
+            } => "Logout",
+            E::Command {
+                command: P::StartTls,
+                ..
+            } => "StartTls",
             other => panic!("{other:?}"),
         };
         assert_eq!(got, want);
@@ -63,7 +73,10 @@ fn login(e: E) -> (String, Vec<u8>) {
 
 #[test]
 fn login_atom_quoted_and_literals() {
-    assert_eq!(login(one(b"a LOGIN alice s3cret\r\n")), ("alice".into(), b"s3cret".to_vec()));
+    assert_eq!(
+        login(one(b"a LOGIN alice s3cret\r\n")),
+        ("alice".into(), b"s3cret".to_vec())
+    );
     assert_eq!(
         login(one(b"a LOGIN \"al ice\" \"p\\\"w\\\\d\"\r\n")),
         ("al ice".into(), b"p\"w\\d".to_vec())
@@ -75,10 +88,19 @@ fn login_atom_quoted_and_literals() {
     );
     // Synchronizing literals, each needs a `+` from the session.
     let mut p = parser();
-    assert!(matches!(run(&mut p, b"a LOGIN {5}\r\n")[..], [E::ContinuationNeeded]));
-    assert!(matches!(run(&mut p, b"alice {3}\r\n")[..], [E::ContinuationNeeded]));
+    assert!(matches!(
+        run(&mut p, b"a LOGIN {5}\r\n")[..],
+        [E::ContinuationNeeded]
+    ));
+    assert!(matches!(
+        run(&mut p, b"alice {3}\r\n")[..],
+        [E::ContinuationNeeded]
+    ));
     let mut events = run(&mut p, b"\x01\x02\xff\r\n");
-    assert_eq!(login(events.pop().unwrap()), ("alice".into(), vec![1, 2, 255]));
+    assert_eq!(
+        login(events.pop().unwrap()),
+        ("alice".into(), vec![1, 2, 255])
+    );
     assert!(events.is_empty());
     assert_eq!(p.buffered(), 0);
 }
@@ -101,7 +123,11 @@ fn id_with_literal_values_as_outlook_sends_it() {
         &mut p,
         b"a1 ID (\"name\" {17+}\r\nMicrosoft Outlook \"version\" \"16.0\" \"os\" NIL)\r\n",
     );
-    let Some(E::Command { command: P::Id(Some(fields)), .. }) = events.pop() else {
+    let Some(E::Command {
+        command: P::Id(Some(fields)),
+        ..
+    }) = events.pop()
+    else {
         panic!()
     };
     assert_eq!(
@@ -112,7 +138,13 @@ fn id_with_literal_values_as_outlook_sends_it() {
             ("os".into(), None),
         ]
     );
-    assert!(matches!(one(b"a2 ID NIL\r\n"), E::Command { command: P::Id(None), .. }));
+    assert!(matches!(
+        one(b"a2 ID NIL\r\n"),
+        E::Command {
+            command: P::Id(None),
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -128,13 +160,23 @@ fn authenticate_plain_with_and_without_sasl_ir() {
             ..
         } => {
             let (authz, user, pw) = parse_sasl_plain(ir.expose()).unwrap();
-            assert_eq!((authz, user.as_str(), pw.expose().as_slice()), (None, "alice", &b"pw"[..]));
+            assert_eq!(
+                (authz, user.as_str(), pw.expose().as_slice()),
+                (None, "alice", &b"pw"[..])
+            );
         }
         other => panic!("{other:?}"),
     }
     // `=` is an empty initial response (RFC 4959 §3).
     match one(b"a AUTHENTICATE PLAIN =\r\n") {
-        E::Command { command: P::Authenticate { initial_response: Some(ir), .. }, .. } => {
+        E::Command {
+            command:
+                P::Authenticate {
+                    initial_response: Some(ir),
+                    ..
+                },
+            ..
+        } => {
             assert!(ir.expose().is_empty());
         }
         other => panic!("{other:?}"),
@@ -142,7 +184,11 @@ fn authenticate_plain_with_and_without_sasl_ir() {
     let mut p = parser();
     match run(&mut p, b"a AUTHENTICATE plain\r\n").pop().unwrap() {
         E::Command {
-            command: P::Authenticate { mechanism: Mechanism::Plain, initial_response: None },
+            command:
+                P::Authenticate {
+                    mechanism: Mechanism::Plain,
+                    initial_response: None,
+                },
             ..
         } => {}
         other => panic!("{other:?}"),
@@ -152,17 +198,36 @@ fn authenticate_plain_with_and_without_sasl_ir() {
         E::AuthData(AuthData::Data(d)) => assert_eq!(d.expose(), b"\0alice\0pw"),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(run(&mut p, b"*\r\n")[..], [E::AuthData(AuthData::Cancel)]));
-    assert!(matches!(run(&mut p, b"not base64!\r\n")[..], [E::Bad { tag: None, .. }]));
+    assert!(matches!(
+        run(&mut p, b"*\r\n")[..],
+        [E::AuthData(AuthData::Cancel)]
+    ));
+    assert!(matches!(
+        run(&mut p, b"not base64!\r\n")[..],
+        [E::Bad { tag: None, .. }]
+    ));
     p.expect_auth_data(false);
-    assert!(matches!(run(&mut p, b"b NOOP\r\n")[..], [E::Command { command: P::Noop, .. }]));
+    assert!(matches!(
+        run(&mut p, b"b NOOP\r\n")[..],
+        [E::Command {
+            command: P::Noop,
+            ..
+        }]
+    ));
 }
 
 #[test]
 fn authenticate_login_data_lines_and_other_mechanisms() {
     let mut p = parser();
     match run(&mut p, b"a AUTHENTICATE LOGIN\r\n").pop().unwrap() {
-        E::Command { command: P::Authenticate { mechanism: Mechanism::Login, .. }, .. } => {}
+        E::Command {
+            command:
+                P::Authenticate {
+                    mechanism: Mechanism::Login,
+                    ..
+                },
+            ..
+        } => {}
         other => panic!("{other:?}"),
     }
     p.expect_auth_data(true);
@@ -178,7 +243,10 @@ fn authenticate_login_data_lines_and_other_mechanisms() {
     assert_eq!(data, [b"alice".to_vec(), b"pw".to_vec()]);
 
     match one(b"a AUTHENTICATE xoauth2 dXNlcj1hAWF1dGg9QmVhcmVyIHQBAQ==\r\n") {
-        E::Command { command: P::Authenticate { mechanism, .. }, .. } => {
+        E::Command {
+            command: P::Authenticate { mechanism, .. },
+            ..
+        } => {
             assert_eq!(mechanism, Mechanism::Other("XOAUTH2".into()));
         }
         other => panic!("{other:?}"),
@@ -188,7 +256,10 @@ fn authenticate_login_data_lines_and_other_mechanisms() {
 #[test]
 fn post_login_commands_are_other_and_garbage_is_bad_with_tag() {
     match one(b"a1 SELECT INBOX\r\n") {
-        E::Command { command: P::Other { name }, .. } => assert_eq!(name, "SELECT"),
+        E::Command {
+            command: P::Other { name },
+            ..
+        } => assert_eq!(name, "SELECT"),
         other => panic!("{other:?}"),
     }
     for (line, tag) in [
@@ -223,7 +294,10 @@ fn one_mib_line_is_too_large_without_buffering_it() {
         assert!(p.buffered() < limits.max_message());
     }
     events.extend(run(&mut p, b"x\r\nz NOOP\r\n"));
-    assert!(matches!(&events[..], [E::TooLarge { tag: Some(t), fatal: false }, E::Command { command: P::Noop, .. }] if *t == *b"big".as_slice()), "{events:?}");
+    assert!(
+        matches!(&events[..], [E::TooLarge { tag: Some(t), fatal: false }, E::Command { command: P::Noop, .. }] if *t == *b"big".as_slice()),
+        "{events:?}"
+    );
 }
 
 #[test]
@@ -231,7 +305,19 @@ fn oversized_literals() {
     // 4 GiB synchronizing literal: refused (no `+`), stream stays usable.
     let mut p = parser();
     let events = run(&mut p, b"a LOGIN alice {4294967296}\r\nb NOOP\r\n");
-    assert!(matches!(&events[..], [E::TooLarge { fatal: false, tag: Some(_) }, E::Command { .. }]), "{events:?}");
+    assert!(
+        matches!(
+            &events[..],
+            [
+                E::TooLarge {
+                    fatal: false,
+                    tag: Some(_)
+                },
+                E::Command { .. }
+            ]
+        ),
+        "{events:?}"
+    );
     // Just over the LITERAL- bound, synchronizing: refused, not fatal.
     let events = run(&mut parser(), b"a LOGIN alice {4097}\r\n");
     assert!(matches!(&events[..], [E::TooLarge { fatal: false, .. }]));
@@ -252,7 +338,13 @@ fn oversized_literals() {
 fn clear_discards_what_was_pipelined_behind_starttls() {
     let mut p = parser();
     p.push(b"a STARTTLS\r\nb LOGIN alice pw\r\n");
-    assert!(matches!(p.next_event(), Some(E::Command { command: P::StartTls, .. })));
+    assert!(matches!(
+        p.next_event(),
+        Some(E::Command {
+            command: P::StartTls,
+            ..
+        })
+    ));
     p.clear();
     assert_eq!(p.buffered(), 0);
     assert!(p.next_event().is_none());
@@ -281,8 +373,18 @@ fn debug_output_never_contains_the_password() {
 #[test]
 fn sasl_plain_shapes() {
     let (z, c, p) = parse_sasl_plain(b"admin\0alice\0pw").unwrap();
-    assert_eq!((z.as_deref(), c.as_str(), p.expose().as_slice()), (Some("admin"), "alice", &b"pw"[..]));
-    for bad in [&b"alice\0pw"[..], b"\0\0pw", b"\0alice\0", b"\0a\0p\0x", b"\0\xff\0pw", b""] {
+    assert_eq!(
+        (z.as_deref(), c.as_str(), p.expose().as_slice()),
+        (Some("admin"), "alice", &b"pw"[..])
+    );
+    for bad in [
+        &b"alice\0pw"[..],
+        b"\0\0pw",
+        b"\0alice\0",
+        b"\0a\0p\0x",
+        b"\0\xff\0pw",
+        b"",
+    ] {
         assert!(parse_sasl_plain(bad).is_err(), "{bad:?}");
     }
 }
