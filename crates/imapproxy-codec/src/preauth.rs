@@ -231,6 +231,24 @@ impl PreAuthParser {
         self.auth_data = false;
     }
 
+    /// Takes every byte buffered after the last event, leaving the parser empty.
+    ///
+    /// After a successful login these are commands the client pipelined behind it (RFC 9051
+    /// §5.5), which belong to the backend session and must be forwarded unparsed. Nothing is
+    /// returned after a fatal error.
+    pub fn take_remaining(&mut self) -> Vec<u8> {
+        let rest = if self.dead {
+            Vec::new()
+        } else {
+            std::mem::take(&mut self.buf)
+        };
+        self.line_start = 0;
+        self.scanned = 0;
+        self.literal_end = None;
+        self.skip_line = false;
+        rest
+    }
+
     /// Bytes currently buffered.
     pub fn buffered(&self) -> usize {
         self.buf.len()

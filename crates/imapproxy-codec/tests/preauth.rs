@@ -388,3 +388,22 @@ fn sasl_plain_shapes() {
         assert!(parse_sasl_plain(bad).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn take_remaining_returns_what_was_pipelined_behind_login() {
+    let mut p = parser();
+    p.push(b"a LOGIN alice pw\r\nb SELECT INBOX\r\nc FETCH 1 (FLAGS {3}\r\n");
+    assert!(matches!(
+        p.next_event(),
+        Some(E::Command {
+            command: P::Login { .. },
+            ..
+        })
+    ));
+    assert_eq!(
+        p.take_remaining(),
+        b"b SELECT INBOX\r\nc FETCH 1 (FLAGS {3}\r\n".to_vec()
+    );
+    assert_eq!(p.buffered(), 0);
+    assert!(p.next_event().is_none());
+}

@@ -92,7 +92,10 @@ impl Pump {
     fn new(dir: Direction) -> Self {
         Self {
             framer: Framer::new(dir),
-            buf: Vec::new(),
+            // Start with a buffer so the first poll reads instead of waiting for the socket:
+            // a TLS stream may already hold decrypted bytes from before the relay started.
+            // It is released at the first read that would block.
+            buf: Vec::with_capacity(BUF_SIZE),
             written: 0,
             forwardable: 0,
             scanned: 0,

@@ -212,6 +212,23 @@ impl Session {
         self.stream.flush().await.map_err(Error::Client)
     }
 
+    /// An untagged line and the tagged completion in one write: one packet, no Nagle stall.
+    async fn untagged_and_tagged(
+        &mut self,
+        untagged: &[u8],
+        tag: &Tag,
+        text: &str,
+    ) -> Result<(), Error> {
+        let mut out = Vec::with_capacity(untagged.len() + tag.as_bytes().len() + text.len() + 5);
+        out.extend_from_slice(untagged);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(tag.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        self.write(&out).await
+    }
+
     async fn tagged(&mut self, tag: &Tag, text: &str) -> Result<(), Error> {
         let mut line = Vec::with_capacity(tag.as_bytes().len() + text.len() + 3);
         line.extend_from_slice(tag.as_bytes());
@@ -233,8 +250,10 @@ impl Session {
                 return Ok(ev);
             }
             let timeout = self.proxy.settings.preauth_timeout;
+            // Read no more than the parser may buffer: pre-auth memory stays bounded.
+            let want = parser.wanted().clamp(1, buf.len());
             let read = tokio::select! {
-                r = tokio::time::timeout(timeout, self.stream.read(buf)) => r,
+                r = tokio::time::timeout(timeout, self.stream.read(&mut buf[..want])) => r,
                 _ = self.shutdown.cancelled() => {
                     let _ = self.write(b"* BYE [UNAVAILABLE] Server shutting down.\r\n").await;
                     return Err(Error::Shutdown);
@@ -315,22 +334,23 @@ impl Session {
     ) -> Result<Next, Error> {
         match command {
             PreAuthCommand::Capability => {
-                let line = format!("* CAPABILITY {}\r\n", self.capabilities());
-                self.write(line.as_bytes()).await?;
-                self.tagged(&tag, "OK Capability completed.").await?;
+                let caps = format!("* CAPABILITY {}", self.capabilities());
+                self.untagged_and_tagged(caps.as_bytes(), &tag, "OK Capability completed.")
+                    .await?;
             }
             PreAuthCommand::Noop => self.tagged(&tag, "OK NOOP completed.").await?,
             PreAuthCommand::Logout => {
-                self.write(b"* BYE Logging out.\r\n").await?;
-                self.tagged(&tag, "OK Logout completed.").await?;
+                self.untagged_and_tagged(b"* BYE Logging out.", &tag, "OK Logout completed.")
+                    .await?;
                 return Ok(Next::Logout);
             }
             PreAuthCommand::Id(fields) => {
                 if let Some(fields) = fields {
                     self.client_id = fields.into_iter().take(MAX_ID_FIELDS).collect();
                 }
-                self.write(PROXY_ID).await?;
-                self.tagged(&tag, "OK ID completed.").await?;
+                let id = PROXY_ID.strip_suffix(b"\r\n").unwrap_or(PROXY_ID);
+                self.untagged_and_tagged(id, &tag, "OK ID completed.")
+                    .await?;
             }
             PreAuthCommand::StartTls => {
                 if self.listener.tls != TlsMode::StartTls || self.secure() {
@@ -568,10 +588,7 @@ impl Session {
                     return Ok(Next::LoggedIn(LoggedIn {
                         backend,
                         leftover,
-                        pipelined: {
-                            let _ = &parser;
-                            Vec::new()
-                        },
+                        pipelined: parser.take_remaining(),
                     }));
                 }
                 Err(e) if !e.is_retryable() => {

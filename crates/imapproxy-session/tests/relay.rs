@@ -245,3 +245,24 @@ async fn client_vanishing_mid_literal_leaves_others_served() {
     assert!(c.logout().await.unwrap().text().contains("* BYE"));
     assert!(c.expect_eof(Duration::from_secs(5)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_pipelined_behind_login_reach_the_backend() {
+    let proxy = start_proxy(&[dovecot().imap_addr()]).await;
+    let (user, pass) = dovecot().user(1);
+    let mut c = TestClient::connect(proxy.plain).await.unwrap();
+    c.send_raw(format!("a LOGIN {user} {pass}\r\nb SELECT INBOX\r\nc NOOP\r\n").as_bytes())
+        .await
+        .unwrap();
+    let lines = read_tags(&mut c, &["a", "b", "c"]).await;
+    for tag in ["a OK", "b OK", "c OK"] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(tag.as_bytes())),
+            "no {tag}: {:?}",
+            lines
+                .iter()
+                .map(|l| String::from_utf8_lossy(l))
+                .collect::<Vec<_>>()
+        );
+    }
+}
