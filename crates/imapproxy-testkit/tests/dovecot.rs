@@ -97,12 +97,8 @@ async fn log_shows_client_ip_and_counts_logins() {
     assert!(c.login("user6", "pass6").await.unwrap().tagged_ok());
     c.logout().await.unwrap();
     // The log process writes asynchronously; give it a moment.
-    for _ in 0..50 {
-        if d.logins("user6") > before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let needle = "imap-login: Info: Login: user=<user6>,";
+    d.wait_for_log(needle, before + 1, Duration::from_secs(2));
     assert_eq!(d.logins("user6"), before + 1, "{}", d.log());
     assert!(d.log().contains("rip=127.0.0.1"));
 }

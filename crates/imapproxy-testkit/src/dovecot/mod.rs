@@ -335,6 +335,20 @@ impl Dovecot {
         self.log().lines().filter(|l| l.contains(needle)).count()
     }
 
+    /// Waits (blocking, polling every 20 ms) until at least `at_least` log lines
+    /// contain `needle` or `within` passes; returns the final count. Dovecot's log
+    /// process writes asynchronously, so a line may appear shortly after the event.
+    pub fn wait_for_log(&self, needle: &str, at_least: usize, within: Duration) -> usize {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let n = self.log_count(needle);
+            if n >= at_least || std::time::Instant::now() >= deadline {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Successful IMAP logins of `user` so far (imap-login `Login:` lines).
     pub fn logins(&self, user: &str) -> usize {
         self.log_count(&format!("imap-login: Info: Login: user=<{user}>,"))
