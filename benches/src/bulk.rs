@@ -1,0 +1,328 @@
+//! `bulk`: relay throughput of one large `UID FETCH 1:* BODY.PEEK[]`.
+//!
+//! One user with N messages of S KiB (default 200 × 256 KiB ≈ 52 MB). For each
+//! configuration — direct Dovecot plain, proxy plain listener, proxy implicit-TLS listener
+//! (backend plain), direct Dovecot implicit TLS — a fresh session logs in, selects INBOX,
+//! does one untimed warm-up fetch (page cache, Dovecot's index), then the timed fetches.
+//! A fetch is timed from sending the command to its tagged `OK`; the figure is response
+//! bytes (everything the server sent for it) per second, in MB/s (10^6 bytes).
+//! Configurations are interleaved within each run so that drift hits them alike.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use imapproxy_testkit::{Dovecot, Seed};
+use serde_json::json;
+use tokio_rustls::TlsConnector;
+
+use crate::error::BenchError;
+use crate::imap::{BULK_READ_BUF, ImapConn, Security, bounded, insecure_connector, login_select};
+use crate::proxy::ProxyProcess;
+use crate::report::{Series, print_table, unix_time, write_json};
+
+/// Bound on one whole FETCH of the mailbox (about 0.1 s at loopback speeds).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
+/// Printable characters for message bodies.
+const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+/// Body line length including CRLF.
+const LINE: usize = 78;
+
+/// Options of the `bulk` scenario.
+#[derive(Debug, Clone, Args)]
+pub struct BulkArgs {
+    /// Messages in the mailbox.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub messages: u32,
+    /// Size of each message in KiB.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(4..=16_384))]
+    pub size_kib: u32,
+    /// Timed fetches per configuration and run (after the warm-up); a run's figure is
+    /// their total bytes over their total time.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub fetches: u32,
+}
+
+/// One way of reaching the mailbox.
+struct Target {
+    name: &'static str,
+    addr: std::net::SocketAddr,
+    security: Security,
+}
+
+/// Runs the scenario: `runs` rounds over the four configurations, then the table, the
+/// ratios and the JSON summary.
+pub async fn run(proxy_bin: &Path, runs: u32, args: &BulkArgs) -> Result<(), BenchError> {
+    let size = args.size_kib as usize * 1024;
+    let messages = args.messages as usize;
+    println!(
+        "bulk: UID FETCH 1:* BODY.PEEK[] of {messages} messages x {} KiB ({:.1} MB of bodies), \
+         {} timed fetches per configuration, {runs} runs",
+        args.size_kib,
+        (messages * size) as f64 / 1e6,
+        args.fetches
+    );
+    let seed: Seed = vec![(
+        "user1".to_owned(),
+        (1..=messages).map(|n| bulk_message(n, size)).collect(),
+    )];
+    let dovecot = Dovecot::builder()
+        .users(1)
+        .seed_messages(seed)
+        .start()
+        .map_err(BenchError::Dovecot)?;
+    let (cert, key) = dovecot.server_cert_paths();
+    let proxy = ProxyProcess::start(proxy_bin, dovecot.imap_addr(), &cert, &key).await?;
+    let tls = insecure_connector()?;
+    let (user, pass) = dovecot.user(1);
+
+    let targets = [
+        Target {
+            name: "direct plain",
+            addr: dovecot.imap_addr(),
+            security: Security::Plain,
+        },
+        Target {
+            name: "proxy plain",
+            addr: proxy.plain,
+            security: Security::Plain,
+        },
+        Target {
+            name: "proxy TLS",
+            addr: proxy.implicit,
+            security: Security::Tls,
+        },
+        Target {
+            name: "direct TLS",
+            addr: dovecot.imaps_addr(),
+            security: Security::Tls,
+        },
+    ];
+    let mut series: Vec<Series> = targets
+        .iter()
+        .map(|t| Series::new(t.name, "MB/s"))
+        .collect();
+    let mut response_bytes = 0u64;
+    for r in 1..=runs {
+        let totals = run_once(&targets, &tls, &user, &pass, messages, size, args.fetches).await?;
+        for ((t, s), m) in targets.iter().zip(series.iter_mut()).zip(totals) {
+            response_bytes = m.bytes_per_fetch;
+            let mbps = m.bytes as f64 / m.secs / 1e6;
+            eprintln!("  run {r}: {:<13} {mbps:8.1} MB/s", t.name);
+            s.push(mbps);
+        }
+    }
+    drop(proxy);
+    drop(dovecot);
+
+    print_table(
+        &format!(
+            "bulk FETCH relay, MB/s (10^6 bytes/s of response, {response_bytes} bytes per fetch)"
+        ),
+        &series,
+        1,
+    );
+    let med = |name: &str| {
+        series
+            .iter()
+            .find(|s| s.name == name)
+            .map_or(f64::NAN, |s| s.median)
+    };
+    let per_run = |a: &str, b: &str| -> Vec<f64> {
+        let sa = series.iter().find(|s| s.name == a);
+        let sb = series.iter().find(|s| s.name == b);
+        match (sa, sb) {
+            (Some(sa), Some(sb)) => sa.runs.iter().zip(&sb.runs).map(|(x, y)| x / y).collect(),
+            _ => Vec::new(),
+        }
+    };
+    let plain_ratio = med("proxy plain") / med("direct plain");
+    let tls_ratio = med("proxy TLS") / med("direct TLS");
+    let tls_vs_plain = med("proxy TLS") / med("direct plain");
+    println!();
+    println!(
+        "ratio proxy plain / direct plain = {plain_ratio:.3}  (aim >= 1.00; HAProxy 657/591 = 1.11)  {}",
+        verdict(plain_ratio >= 1.0)
+    );
+    println!("ratio proxy TLS / direct TLS     = {tls_ratio:.3}  (HAProxy 521/196 = 2.66)");
+    println!("ratio proxy TLS / direct plain   = {tls_vs_plain:.3}");
+
+    let summary = json!({
+        "scenario": "bulk",
+        "unix_time": unix_time(),
+        "runs": runs,
+        "messages": messages,
+        "message_bytes": size,
+        "timed_fetches_per_run": args.fetches,
+        "response_bytes_per_fetch": response_bytes,
+        "unit": "MB/s (1e6 bytes of response per second)",
+        "series": series,
+        "ratios": {
+            "proxy_plain/direct_plain": plain_ratio,
+            "proxy_tls/direct_tls": tls_ratio,
+            "proxy_tls/direct_plain": tls_vs_plain,
+            "per_run_proxy_plain/direct_plain": per_run("proxy plain", "direct plain"),
+            "per_run_proxy_tls/direct_tls": per_run("proxy TLS", "direct TLS"),
+        },
+        "aims": {
+            "proxy_plain/direct_plain": 1.0,
+            "haproxy_plain_ratio": 657.0 / 591.0,
+            "haproxy_tls_ratio": 521.0 / 196.0,
+        },
+    });
+    let path = write_json("bulk", &summary)?;
+    println!("summary written to {}", path.display());
+    Ok(())
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "[meets aim]" } else { "[BELOW AIM]" }
+}
+
+/// The timed part of one configuration in one run.
+struct Measured {
+    bytes: u64,
+    secs: f64,
+    bytes_per_fetch: u64,
+}
+
+/// One run: a fresh session per configuration (login, SELECT, untimed warm-up fetch),
+/// then `fetches` rounds in which every configuration does one timed fetch in turn, so
+/// that load from elsewhere on the machine hits all configurations alike.
+async fn run_once(
+    targets: &[Target],
+    tls: &TlsConnector,
+    user: &str,
+    pass: &str,
+    messages: usize,
+    size: usize,
+    fetches: u32,
+) -> Result<Vec<Measured>, BenchError> {
+    let mut conns = Vec::with_capacity(targets.len());
+    for t in targets {
+        let mut conn = ImapConn::connect(t.addr, t.security, tls, t.name, BULK_READ_BUF).await?;
+        let select = login_select(&mut conn, user, pass).await?;
+        let exists = format!("* {messages} EXISTS");
+        if !select.untagged.iter().any(|l| l == &exists) {
+            return Err(BenchError::protocol(
+                format!("{}: SELECT INBOX", t.name),
+                format!("no {exists:?} in {:?}", select.untagged),
+            ));
+        }
+        // Warm-up: page cache and Dovecot's cache file, untimed.
+        fetch_all(&mut conn, t.name, messages, size).await?;
+        conns.push(conn);
+    }
+    let mut out: Vec<Measured> = targets
+        .iter()
+        .map(|_| Measured {
+            bytes: 0,
+            secs: 0.0,
+            bytes_per_fetch: 0,
+        })
+        .collect();
+    for _ in 0..fetches {
+        for ((t, conn), m) in targets.iter().zip(conns.iter_mut()).zip(out.iter_mut()) {
+            let start = Instant::now();
+            let n = fetch_all(conn, t.name, messages, size).await?;
+            m.secs += start.elapsed().as_secs_f64();
+            m.bytes += n;
+            m.bytes_per_fetch = n;
+        }
+    }
+    for conn in &mut conns {
+        // Polite end; the answer does not matter.
+        let _ = conn.send("LOGOUT").await;
+    }
+    Ok(out)
+}
+
+/// One `UID FETCH 1:* BODY.PEEK[]`, checked for completeness; returns the response bytes.
+async fn fetch_all(
+    conn: &mut ImapConn,
+    name: &str,
+    messages: usize,
+    size: usize,
+) -> Result<u64, BenchError> {
+    let what = format!("{name}: UID FETCH 1:* BODY.PEEK[]");
+    let reply = bounded(
+        &what,
+        FETCH_TIMEOUT,
+        conn.command("UID FETCH 1:* BODY.PEEK[]"),
+    )
+    .await?;
+    let want = (messages * size) as u64;
+    if reply.fetches != messages as u64 || reply.literal_bytes != want {
+        return Err(BenchError::protocol(
+            what,
+            format!(
+                "{} FETCH responses with {} literal bytes, expected {messages} with {want}",
+                reply.fetches, reply.literal_bytes
+            ),
+        ));
+    }
+    Ok(reply.bytes)
+}
+
+/// Message `n` of the bulk mailbox: exactly `size` bytes of CRLF lines of printable ASCII,
+/// the same in every run.
+pub fn bulk_message(n: usize, size: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: Bench <bench@example.org>\r\n\
+         To: user1 <user1@example.org>\r\n\
+         Subject: Bulk {n}\r\n\
+         Date: Tue, 14 Nov 2023 22:13:00 +0000\r\n\
+         Message-ID: <bulk.{n}@imapproxy.bench>\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=us-ascii\r\n\
+         \r\n"
+    )
+    .into_bytes();
+    let mut line_no = 0usize;
+    while m.len() < size {
+        let room = size - m.len();
+        // Full lines, but never leave a single byte for the last one; the last line is
+        // cut to land exactly on `size`.
+        let len = match room {
+            r if r > LINE + 1 => LINE,
+            r if r > LINE => LINE - 1,
+            r => r,
+        };
+        let mut k = n.wrapping_mul(7).wrapping_add(line_no);
+        let mut line = format!("{n:04} {line_no:07} ").into_bytes();
+        while line.len() < len.saturating_sub(2) {
+            line.push(ALPHABET.get(k % ALPHABET.len()).copied().unwrap_or(b'x'));
+            k += 1;
+        }
+        line.truncate(len.saturating_sub(2));
+        if len >= 2 {
+            line.extend_from_slice(b"\r\n");
+        } else {
+            line.push(b'\n');
+        }
+        m.extend_from_slice(&line);
+        line_no += 1;
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bulk_messages_have_the_exact_size_and_crlf_lines() {
+        for size in [4096, 4097, 4096 + 79, 256 * 1024] {
+            let m = bulk_message(3, size);
+            assert_eq!(m.len(), size);
+            assert!(m.ends_with(b"\r\n"), "size {size}");
+            let text = std::str::from_utf8(&m).unwrap();
+            assert!(
+                text.split("\r\n")
+                    .all(|l| !l.contains('\n') && !l.contains('\r'))
+            );
+        }
+        assert_eq!(bulk_message(5, 8192), bulk_message(5, 8192));
+        assert_ne!(bulk_message(5, 8192), bulk_message(6, 8192));
+    }
+}

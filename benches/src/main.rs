@@ -1,0 +1,85 @@
+//! `loadbench`: load scenarios that measure the `imapproxy` binary against direct Dovecot
+//! in the same run (DESIGN.md "Performance": the ratios are what matter).
+//!
+//! Each scenario starts its own sandboxed Dovecot (through `imapproxy-testkit`) and its own
+//! proxy process (generated config in a temp dir, free loopback ports, `RUST_LOG=warn`),
+//! repeats the measurement `--runs` times, prints every run and the median, and writes a
+//! JSON summary to `target/loadbench/<scenario>.json`. It builds nothing: build the proxy
+//! first.
+//!
+//! ```text
+//! cargo build --release -p imapproxy
+//! cargo run --release -p imapproxy-bench --bin loadbench -- bulk --runs 3
+//! ulimit -n 65536; cargo run --release -p imapproxy-bench --bin loadbench -- idle-memory
+//! ```
+//!
+//! Scenarios:
+//! - `bulk`: MB/s of one `UID FETCH 1:* BODY.PEEK[]` of 200 × 256 KiB, direct plain,
+//!   proxy plain, proxy implicit TLS, direct implicit TLS.
+//! - `idle-memory`: proxy `VmRSS` growth per session over 1,000 sessions in IDLE, plain
+//!   and implicit-TLS listeners.
+#![deny(unsafe_code)]
+#![warn(missing_docs, rust_2018_idioms)]
+
+mod bulk;
+mod error;
+mod idle;
+mod imap;
+mod proxy;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::BenchError;
+
+/// Load scenarios: the imapproxy binary against direct Dovecot, same run, loopback.
+#[derive(Debug, Parser)]
+#[command(name = "loadbench", version)]
+struct Cli {
+    /// The release proxy binary (default: <target>/release/imapproxy; build it first with
+    /// `cargo build --release -p imapproxy`).
+    #[arg(long, global = true, env = "IMAPPROXY_BIN")]
+    proxy: Option<PathBuf>,
+    /// Repetitions; every run is printed, and the median.
+    #[arg(long, global = true, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    runs: u32,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Bulk FETCH relay throughput (MB/s), proxy vs direct Dovecot, plain and TLS.
+    Bulk(bulk::BulkArgs),
+    /// Proxy memory per logged-in session sitting in IDLE (KiB), plain and TLS listeners.
+    IdleMemory(idle::IdleArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadbench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), BenchError> {
+    let binary = proxy::find_binary(cli.proxy.as_deref())?;
+    // One thread for the measuring client: the two cores are for the proxy and Dovecot.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(BenchError::io("tokio runtime"))?;
+    rt.block_on(async {
+        match &cli.scenario {
+            Scenario::Bulk(a) => bulk::run(&binary, cli.runs, a).await,
+            Scenario::IdleMemory(a) => idle::run(&binary, cli.runs, a).await,
+        }
+    })
+}
