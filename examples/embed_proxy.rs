@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use imapproxy_pool::BackendTarget;
+use imapproxy_pool::{BackendTarget, PoolSettings};
 use imapproxy_route::{Backend, BackendId, Registry, RoundRobin};
 use imapproxy_session::{ListenerSettings, Proxy, SessionSettings, Upstreams, serve};
 use imapproxy_tls::TlsMode;
@@ -29,7 +29,15 @@ async fn main() -> std::io::Result<()> {
         selector: Arc::new(RoundRobin::default()),
         targets: HashMap::from([(id, BackendTarget::plain(backend))]),
     };
-    let proxy = Arc::new(Proxy::new(SessionSettings::default(), upstreams));
+    let proxy = Arc::new(
+        Proxy::new(
+            SessionSettings::default(),
+            upstreams,
+            PoolSettings::default(),
+        )
+        .map_err(std::io::Error::other)?,
+    );
+    tokio::spawn(proxy.pool().clone().maintain());
     let listener_settings = Arc::new(ListenerSettings {
         tls: TlsMode::None,
         allow_plaintext_auth: true,

@@ -430,6 +430,12 @@ impl BackendConn {
         (self.stream, self.buf)
     }
 
+    /// Takes the bytes read past the last response (normally none): they belong to whoever
+    /// reads the stream next.
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
     /// The stream, for callers that exchange commands themselves.
     pub fn stream_mut(&mut self) -> &mut BackendStream {
         &mut self.stream

@@ -44,6 +44,12 @@ pub enum Error {
         /// The response code, upper-cased, if any (`AUTHENTICATIONFAILED`, `UNAVAILABLE`, ...).
         code: Option<String>,
     },
+    /// Every one of the user's backend sessions stayed busy for the whole `wait_timeout`.
+    #[error("timed out waiting for one of the user's backend sessions")]
+    PoolTimeout,
+    /// The backend is at its `max_connections`.
+    #[error("backend is at its connection limit")]
+    BackendFull,
     /// A response exceeded the connector's size bound.
     #[error("backend response too large")]
     TooLarge,
@@ -57,6 +63,7 @@ impl Error {
             Self::AuthFailed { code } => {
                 matches!(code.as_deref(), Some("UNAVAILABLE" | "SERVERBUG" | "LIMIT"))
             }
+            Self::PoolTimeout => false,
             _ => true,
         }
     }

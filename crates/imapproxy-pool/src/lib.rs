@@ -22,10 +22,15 @@
 #![warn(missing_docs, rust_2018_idioms)]
 
 mod connector;
+mod digest;
 mod error;
+mod liveness;
+mod pool;
 mod stream;
+mod warm;
 
 pub use connector::{BackendConn, BackendTarget, Credentials, Response};
 pub use error::Error;
 pub use imapproxy_codec::Secret;
+pub use pool::{PoolSettings, PoolStatus, PooledSession, Reset, SessionPool};
 pub use stream::BackendStream;

@@ -8,7 +8,7 @@
 //!
 //! ```no_run
 //! use std::{collections::HashMap, sync::Arc};
-//! use imapproxy_pool::BackendTarget;
+//! use imapproxy_pool::{BackendTarget, PoolSettings};
 //! use imapproxy_route::{Backend, BackendId, Registry, RoundRobin};
 //! use imapproxy_session::{ListenerSettings, Proxy, SessionSettings, Upstreams, serve};
 //! use imapproxy_tls::TlsMode;
@@ -19,7 +19,11 @@
 //!     .map_err(std::io::Error::other)?;
 //! let targets = HashMap::from([(id, BackendTarget::plain("127.0.0.1:143"))]);
 //! let upstreams = Upstreams { registry, selector: Arc::new(RoundRobin::default()), targets };
-//! let proxy = Arc::new(Proxy::new(SessionSettings::default(), upstreams));
+//! let proxy = Arc::new(
+//!     Proxy::new(SessionSettings::default(), upstreams, PoolSettings::default())
+//!         .map_err(std::io::Error::other)?,
+//! );
+//! tokio::spawn(proxy.pool().clone().maintain());
 //! let listener = Arc::new(ListenerSettings {
 //!     tls: TlsMode::None,
 //!     allow_plaintext_auth: true,

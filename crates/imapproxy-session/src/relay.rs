@@ -2,8 +2,9 @@
 //!
 //! Original bytes are forwarded; nothing is decoded or re-encoded. A [`Framer`] per direction
 //! finds message boundaries so that the relay can rewrite the few responses that would leak the
-//! backend (capability lists, `ID` replies) and track what the session did (`ENABLE`,
-//! `COMPRESS`, `IDLE`).
+//! backend (capability lists, `ID` replies), answer the client's `LOGOUT` itself so that the
+//! backend session can be reused, and track what the session did (`ENABLE`, `COMPRESS`, `IDLE`,
+//! outstanding tags).
 //!
 //! Both directions run inside one future and one task, each with its own buffer, so a slow
 //! reader on one side never stops the other direction. A buffer exists only while bytes are in
@@ -16,8 +17,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use imapproxy_codec::Tag;
 use imapproxy_codec::capability::filter_capabilities;
-use imapproxy_codec::framer::{CommandName, Direction, Frame, FrameKind, Framer, UntaggedKind};
+use imapproxy_codec::framer::{
+    CommandName, Direction, Frame, FrameKind, Framer, Status, UntaggedKind,
+};
 use tokio::io::ReadBuf;
 use tokio::time::{Instant, Sleep};
 
@@ -28,10 +32,16 @@ const BUF_SIZE: usize = 16 * 1024;
 /// An unfinished first line shorter than this is held back until it completes, so that a
 /// response that needs rewriting is seen whole. Longer lines are forwarded as they come.
 const HOLD_MAX: usize = 8 * 1024;
+/// Outstanding tags tracked per session. A client with more commands in flight is legal but
+/// odd; its session is simply not reused.
+const MAX_OUTSTANDING: usize = 256;
 
 /// Why the relay stopped.
 #[derive(Debug)]
 pub(crate) enum RelayEnd {
+    /// The client sent `LOGOUT` (with this tag) and everything before it was answered; the
+    /// backend session is untouched and the client awaits the proxy's answer.
+    Logout(Tag),
     /// The client closed its side.
     ClientClosed,
     /// The backend closed its side; everything it sent was delivered.
@@ -51,12 +61,34 @@ pub(crate) struct SessionFacts {
     pub enabled: bool,
     /// The client ran `COMPRESS`.
     pub compressed: bool,
+    /// The client ran `SELECT` or `EXAMINE`.
+    pub selected: bool,
+    /// The client is in `IDLE`.
+    pub idling: bool,
+    /// The backend answered something with `BAD` or said `BYE`.
+    pub saw_error: bool,
+    /// More commands were outstanding than the relay tracks.
+    pub untracked: bool,
+    /// Commands sent and not yet answered.
+    pub outstanding: usize,
     /// Bytes relayed client → backend and backend → client.
     pub bytes_up: u64,
     /// See `bytes_up`.
     pub bytes_down: u64,
     /// Commands the client sent.
     pub commands: u64,
+}
+
+impl SessionFacts {
+    /// Whether the backend session can serve another client after a clean end.
+    pub(crate) fn reusable(&self) -> bool {
+        !(self.enabled
+            || self.compressed
+            || self.idling
+            || self.saw_error
+            || self.untracked
+            || self.outstanding > 0)
+    }
 }
 
 /// Rewrites applied to backend responses after login.
@@ -70,6 +102,8 @@ pub(crate) struct ResponsePolicy {
 enum Action {
     Forward,
     Replace(Vec<u8>),
+    /// Drop this message and everything after it, and stop reading this direction.
+    Stop,
 }
 
 /// One direction: bytes read from `src`, scanned, written to `dst`.
@@ -86,10 +120,15 @@ struct Pump {
     msg_start: Option<usize>,
     needs_flush: bool,
     eof: bool,
+    /// Stop reading (after the client's `LOGOUT`).
+    paused: bool,
+    /// On end of stream, shut the destination's write side. Not towards the backend: a
+    /// session whose client vanished may still be reused.
+    shutdown_on_eof: bool,
 }
 
 impl Pump {
-    fn new(dir: Direction) -> Self {
+    fn new(dir: Direction, shutdown_on_eof: bool) -> Self {
         Self {
             framer: Framer::new(dir),
             // Start with a buffer so the first poll reads instead of waiting for the socket:
@@ -102,7 +141,14 @@ impl Pump {
             msg_start: None,
             needs_flush: false,
             eof: false,
+            paused: false,
+            shutdown_on_eof,
         }
+    }
+
+    /// Nothing buffered and no message half-way.
+    fn is_idle(&self) -> bool {
+        self.buf.is_empty() && self.framer.at_boundary()
     }
 
     /// Feeds the unscanned bytes to the framer and decides what may be forwarded.
@@ -115,11 +161,23 @@ impl Pump {
                 Some((n, frame)) => {
                     let mut end = self.scanned + n;
                     let whole = self.msg_start.and_then(|s| self.buf.get(s..end));
-                    if let Action::Replace(bytes) = on_frame(&frame, whole) {
-                        if let Some(start) = self.msg_start {
-                            let new_end = start + bytes.len();
-                            self.buf.splice(start..end, bytes);
-                            end = new_end;
+                    match on_frame(&frame, whole) {
+                        Action::Forward => {}
+                        Action::Replace(bytes) => {
+                            if let Some(start) = self.msg_start {
+                                let new_end = start + bytes.len();
+                                self.buf.splice(start..end, bytes);
+                                end = new_end;
+                            }
+                        }
+                        Action::Stop => {
+                            let start = self.msg_start.unwrap_or(end);
+                            self.buf.truncate(start);
+                            self.scanned = start;
+                            self.forwardable = start;
+                            self.msg_start = None;
+                            self.paused = true;
+                            return;
                         }
                     }
                     self.scanned = end;
@@ -179,8 +237,16 @@ impl Pump {
             }
             self.compact();
             if self.eof {
-                ready!(Pin::new(&mut *dst).poll_shutdown(cx)).map_err(Side::Dst)?;
+                if self.shutdown_on_eof {
+                    ready!(Pin::new(&mut *dst).poll_shutdown(cx)).map_err(Side::Dst)?;
+                }
                 return Poll::Ready(Ok(()));
+            }
+            if self.paused {
+                if self.buf.is_empty() {
+                    self.buf = Vec::new();
+                }
+                return Poll::Pending;
             }
             if self.buf.capacity() == 0 {
                 // Idle: wait for the socket without holding a buffer.
@@ -243,6 +309,13 @@ enum Side {
     Dst(io::Error),
 }
 
+/// Commands sent and not yet answered; a set, because servers may answer out of order
+/// (RFC 9051 §5.5).
+#[derive(Default)]
+struct Outstanding {
+    tags: Vec<Tag>,
+}
+
 /// The relay of one logged-in session: both directions plus the authenticated idle timeout.
 pub(crate) struct Relay<'a, C, B> {
     client: &'a mut C,
@@ -253,44 +326,77 @@ pub(crate) struct Relay<'a, C, B> {
     idle_timeout: Duration,
     last_client: Instant,
     facts: SessionFacts,
+    outstanding: Outstanding,
+    /// The client's `LOGOUT`, answered by the proxy once everything before it is answered.
+    logout: Option<Tag>,
+    intercept_logout: bool,
     policy: &'a ResponsePolicy,
 }
 
 impl<'a, C: ReadReady, B: ReadReady> Relay<'a, C, B> {
-    /// `backend_leftover` are bytes the backend sent after the login response, which belong to
-    /// the client.
+    /// `backend_leftover` are bytes the backend sent after the login response, which belong
+    /// to the client. With `intercept_logout` the client's `LOGOUT` is answered by the proxy
+    /// and never reaches the backend.
     pub(crate) fn new(
         client: &'a mut C,
         backend: &'a mut B,
         backend_leftover: Vec<u8>,
         idle_timeout: Duration,
         policy: &'a ResponsePolicy,
+        intercept_logout: bool,
     ) -> Self {
-        let mut down = Pump::new(Direction::Server);
+        let mut down = Pump::new(Direction::Server, true);
+        let mut facts = SessionFacts::default();
+        let mut outstanding = Outstanding::default();
         if !backend_leftover.is_empty() {
             down.buf = backend_leftover;
-            down.scan(|f, whole| rewrite_response(policy, f, whole));
+            down.scan(|f, whole| on_response(policy, &mut facts, &mut outstanding, f, whole));
         }
         Self {
             client,
             backend,
-            up: Pump::new(Direction::Client),
+            up: Pump::new(Direction::Client, false),
             down,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
             last_client: Instant::now(),
-            facts: SessionFacts::default(),
+            facts,
+            outstanding,
+            logout: None,
+            intercept_logout,
             policy,
         }
     }
 
     /// What the relay learned so far.
     pub(crate) fn facts(&self) -> SessionFacts {
-        self.facts
+        let mut facts = self.facts;
+        facts.outstanding = self.outstanding.tags.len();
+        facts
     }
 }
 
-fn rewrite_response(policy: &ResponsePolicy, frame: &Frame, whole: Option<&[u8]>) -> Action {
+fn on_response(
+    policy: &ResponsePolicy,
+    facts: &mut SessionFacts,
+    outstanding: &mut Outstanding,
+    frame: &Frame,
+    whole: Option<&[u8]>,
+) -> Action {
+    match frame.kind {
+        FrameKind::Tagged(status) => {
+            if let Some(tag) = &frame.tag {
+                if let Some(i) = outstanding.tags.iter().position(|t| t == tag) {
+                    outstanding.tags.swap_remove(i);
+                }
+            }
+            if matches!(status, Status::Bad | Status::Other) {
+                facts.saw_error = true;
+            }
+        }
+        FrameKind::Untagged(UntaggedKind::Status(Status::Bye)) => facts.saw_error = true,
+        _ => {}
+    }
     let Some(bytes) = whole else {
         return Action::Forward;
     };
@@ -311,17 +417,6 @@ fn rewrite_response(policy: &ResponsePolicy, frame: &Frame, whole: Option<&[u8]>
     }
 }
 
-fn track_command(facts: &mut SessionFacts, frame: &Frame) {
-    if let FrameKind::Command(name) = frame.kind {
-        facts.commands += 1;
-        match name {
-            CommandName::Enable => facts.enabled = true,
-            CommandName::Compress => facts.compressed = true,
-            _ => {}
-        }
-    }
-}
-
 impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
     type Output = RelayEnd;
 
@@ -335,50 +430,61 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
             idle_timeout,
             last_client,
             facts,
+            outstanding,
+            logout,
+            intercept_logout,
             policy,
         } = self.get_mut();
         let policy: &ResponsePolicy = policy;
 
-        match down.poll_pump(
-            cx,
-            &mut **backend,
-            &mut **client,
-            &mut facts.bytes_down,
-            || {},
-            |f, whole| rewrite_response(policy, f, whole),
-        ) {
-            Poll::Ready(Ok(())) => return Poll::Ready(RelayEnd::BackendClosed),
-            Poll::Ready(Err(Side::Src(e))) => return Poll::Ready(RelayEnd::BackendError(e)),
-            Poll::Ready(Err(Side::Dst(e))) => return Poll::Ready(RelayEnd::ClientError(e)),
-            Poll::Pending => {}
+        {
+            let mut bytes_down = facts.bytes_down;
+            let down_result = down.poll_pump(
+                cx,
+                &mut **backend,
+                &mut **client,
+                &mut bytes_down,
+                || {},
+                |f, whole| on_response(policy, facts, outstanding, f, whole),
+            );
+            facts.bytes_down = bytes_down;
+            match down_result {
+                Poll::Ready(Ok(())) => return Poll::Ready(RelayEnd::BackendClosed),
+                Poll::Ready(Err(Side::Src(e))) => return Poll::Ready(RelayEnd::BackendError(e)),
+                Poll::Ready(Err(Side::Dst(e))) => return Poll::Ready(RelayEnd::ClientError(e)),
+                Poll::Pending => {}
+            }
+
+            let mut client_active = false;
+            let mut bytes_up = facts.bytes_up;
+            let up_result = up.poll_pump(
+                cx,
+                &mut **client,
+                &mut **backend,
+                &mut bytes_up,
+                || client_active = true,
+                |f, whole| on_command(facts, outstanding, logout, *intercept_logout, f, whole),
+            );
+            facts.bytes_up = bytes_up;
+            match up_result {
+                Poll::Ready(Ok(())) => return Poll::Ready(RelayEnd::ClientClosed),
+                Poll::Ready(Err(Side::Src(e))) => return Poll::Ready(RelayEnd::ClientError(e)),
+                Poll::Ready(Err(Side::Dst(e))) => return Poll::Ready(RelayEnd::BackendError(e)),
+                Poll::Pending => {}
+            }
+            if client_active {
+                // Cheaper than resetting the timer on every read: the timer is only moved
+                // when it fires early.
+                *last_client = Instant::now();
+            }
+            // RFC 9051 §6.1.3: answer LOGOUT once every earlier command has its answer.
+            if let Some(tag) = logout {
+                if outstanding.tags.is_empty() && down.is_idle() && up.written == up.buf.len() {
+                    return Poll::Ready(RelayEnd::Logout(*tag));
+                }
+            }
         }
 
-        let mut client_active = false;
-        let mut bytes_up = facts.bytes_up;
-        let up_result = up.poll_pump(
-            cx,
-            &mut **client,
-            &mut **backend,
-            &mut bytes_up,
-            || client_active = true,
-            |f, _| {
-                track_command(facts, f);
-                Action::Forward
-            },
-        );
-        facts.bytes_up = bytes_up;
-        match up_result {
-            Poll::Ready(Ok(())) => return Poll::Ready(RelayEnd::ClientClosed),
-            Poll::Ready(Err(Side::Src(e))) => return Poll::Ready(RelayEnd::ClientError(e)),
-            Poll::Ready(Err(Side::Dst(e))) => return Poll::Ready(RelayEnd::BackendError(e)),
-            Poll::Pending => {}
-        }
-
-        if client_active {
-            // Cheaper than resetting the timer on every read: the timer is only moved when it
-            // fires early.
-            *last_client = Instant::now();
-        }
         while idle.as_mut().poll(cx).is_ready() {
             let deadline = *last_client + *idle_timeout;
             if deadline <= Instant::now() {
@@ -388,4 +494,39 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
         }
         Poll::Pending
     }
+}
+
+fn on_command(
+    facts: &mut SessionFacts,
+    outstanding: &mut Outstanding,
+    logout: &mut Option<Tag>,
+    intercept_logout: bool,
+    frame: &Frame,
+    whole: Option<&[u8]>,
+) -> Action {
+    let FrameKind::Command(name) = frame.kind else {
+        return Action::Forward;
+    };
+    facts.commands += 1;
+    match name {
+        CommandName::Enable => facts.enabled = true,
+        CommandName::Compress => facts.compressed = true,
+        CommandName::Select | CommandName::Examine => facts.selected = true,
+        CommandName::Idle => facts.idling = true,
+        CommandName::Done => facts.idling = false,
+        _ => {}
+    }
+    if name == CommandName::Logout && intercept_logout && whole.is_some() && !facts.idling {
+        if let Some(tag) = frame.tag {
+            *logout = Some(tag);
+            return Action::Stop;
+        }
+    }
+    if name != CommandName::Done {
+        match frame.tag {
+            Some(tag) if outstanding.tags.len() < MAX_OUTSTANDING => outstanding.tags.push(tag),
+            _ => facts.untracked = true,
+        }
+    }
+    Action::Forward
 }

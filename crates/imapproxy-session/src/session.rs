@@ -9,7 +9,9 @@ use imapproxy_codec::preauth::{
     AuthData, Mechanism, PreAuthCommand, PreAuthEvent, PreAuthParser, parse_sasl_plain,
 };
 use imapproxy_codec::{Secret, Tag};
-use imapproxy_pool::{BackendConn, BackendStream, Credentials};
+use imapproxy_pool::{
+    Credentials, Error as PoolError, PoolSettings, PooledSession, Reset, SessionPool,
+};
 use imapproxy_route::{BackendId, Request};
 use imapproxy_tls::TlsMode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,6 +38,7 @@ pub struct Proxy {
     settings: SessionSettings,
     upstreams: Arc<Upstreams>,
     policy: ResponsePolicy,
+    pool: SessionPool,
     next_id: AtomicU64,
 }
 
@@ -49,8 +52,24 @@ impl std::fmt::Debug for Proxy {
 }
 
 impl Proxy {
-    /// A proxy with these settings in front of these backends.
-    pub fn new(settings: SessionSettings, upstreams: Upstreams) -> Self {
+    /// A proxy with these settings in front of these backends, pooling backend sessions as
+    /// `pool` says. Spawn [`SessionPool::maintain`] on [`Proxy::pool`] to keep warm
+    /// connections and expire idle sessions.
+    pub fn new(
+        settings: SessionSettings,
+        upstreams: Upstreams,
+        pool: PoolSettings,
+    ) -> Result<Self, imapproxy_pool::Error> {
+        let pool = SessionPool::new(pool)?;
+        for (backend, _) in upstreams.registry.iter() {
+            if let Some(target) = upstreams.targets.get(&backend.id) {
+                pool.add_backend(
+                    backend.id.as_str(),
+                    target.clone(),
+                    backend.max_connections as usize,
+                );
+            }
+        }
         let extra: Vec<Vec<u8>> = settings
             .drop_capabilities
             .iter()
@@ -62,15 +81,21 @@ impl Proxy {
                 || (cap.len() >= 9 && cap[..9].eq_ignore_ascii_case(b"COMPRESS="))
                 || extra.iter().any(|e| e.eq_ignore_ascii_case(cap))
         });
-        Self {
+        Ok(Self {
             settings,
             upstreams: Arc::new(upstreams),
             policy: ResponsePolicy {
                 drop_capability,
                 id_reply: PROXY_ID.to_vec(),
             },
+            pool,
             next_id: AtomicU64::new(1),
-        }
+        })
+    }
+
+    /// The backend session pool.
+    pub fn pool(&self) -> &SessionPool {
+        &self.pool
     }
 
     /// The session settings.
@@ -147,8 +172,7 @@ enum Next {
 
 /// A successful backend login, ready to relay.
 struct LoggedIn {
-    backend: BackendStream,
-    leftover: Vec<u8>,
+    session: PooledSession,
     /// Bytes the client pipelined behind its login command, for the backend.
     pipelined: Vec<u8>,
 }
@@ -530,9 +554,10 @@ impl Session {
         fields
     }
 
-    /// Logs in on a backend chosen by the selector, falling through to the next candidate when
-    /// one cannot be reached. The client sees `OK`, `NO [AUTHENTICATIONFAILED]` or
-    /// `NO [UNAVAILABLE]`, never a backend's own words.
+    /// Logs in on a backend chosen by the selector, through the pool (a cached session of
+    /// the same user and password needs no backend round trip), falling through to the next
+    /// candidate when one cannot be reached. The client sees `OK`,
+    /// `NO [AUTHENTICATIONFAILED]` or `NO [UNAVAILABLE]`, never a backend's own words.
     async fn login(
         &mut self,
         parser: &mut PreAuthParser,
@@ -562,34 +587,45 @@ impl Session {
             .iter()
             .take(self.proxy.settings.max_backend_attempts)
         {
-            let Some(target) = upstreams.targets.get(backend_id) else {
-                continue;
-            };
-            let mut conn = match BackendConn::connect(target).await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    warn!(backend = %backend_id, error = %e, "backend connect failed");
-                    continue;
-                }
-            };
-            match conn.login(&creds, &id_fields).await {
-                Ok(()) => {
+            match self
+                .proxy
+                .pool
+                .checkout(backend_id.as_str(), &creds, &id_fields)
+                .await
+            {
+                Ok(session) => {
                     tracing::Span::current().record("backend", tracing::field::display(backend_id));
-                    let caps: Vec<&str> = conn
+                    let caps: Vec<&str> = session
+                        .conn_ref()
                         .capabilities()
                         .iter()
                         .map(String::as_str)
                         .filter(|c| !(self.proxy.policy.drop_capability)(c.as_bytes()))
                         .collect();
-                    let ok = format!("OK [CAPABILITY {}] Logged in.", caps.join(" "));
-                    let (backend, leftover) = conn.into_parts();
-                    self.tagged(tag, &ok).await?;
-                    info!("logged in");
+                    let mut out = Vec::with_capacity(512);
+                    if session.reused() {
+                        // up-imapproxy's convention: webmail may skip re-initialising.
+                        out.extend_from_slice(b"* OK [XPROXYREUSE] Reusing a cached session.\r\n");
+                    }
+                    out.extend_from_slice(tag.as_bytes());
+                    out.extend_from_slice(
+                        format!(" OK [CAPABILITY {}] Logged in.\r\n", caps.join(" ")).as_bytes(),
+                    );
+                    self.write(&out).await?;
+                    info!(reused = session.reused(), "logged in");
                     return Ok(Next::LoggedIn(LoggedIn {
-                        backend,
-                        leftover,
+                        session,
                         pipelined: parser.take_remaining(),
                     }));
+                }
+                Err(PoolError::PoolTimeout) => {
+                    warn!("all of the user's backend sessions stayed busy");
+                    self.tagged(
+                        tag,
+                        "NO [UNAVAILABLE] Too many sessions for this user, try again later.",
+                    )
+                    .await?;
+                    return Ok(Next::Continue);
                 }
                 Err(e) if !e.is_retryable() => {
                     info!("authentication failed");
@@ -612,44 +648,65 @@ impl Session {
 
     async fn relay(&mut self, logged_in: LoggedIn) -> Result<(), Error> {
         let LoggedIn {
-            mut backend,
-            leftover,
+            mut session,
             pipelined,
         } = logged_in;
         if !pipelined.is_empty() {
-            backend
+            session
+                .conn()
+                .stream_mut()
                 .write_all(&pipelined)
                 .await
                 .map_err(|_| Error::Protocol("backend write failed"))?;
         }
+        let leftover = session.conn().take_buffered();
         let idle = self.proxy.settings.auth_timeout;
         let proxy = Arc::clone(&self.proxy);
         let shutdown = self.shutdown.clone();
-        let mut relay = Relay::new(
-            &mut self.stream,
-            &mut backend,
-            leftover,
-            idle,
-            &proxy.policy,
-        );
-        let end = tokio::select! {
-            end = &mut relay => Some(end),
-            _ = shutdown.cancelled() => None,
+        let intercept = proxy.pool.settings().reuse;
+        let (end, facts) = {
+            let mut relay = Relay::new(
+                &mut self.stream,
+                session.conn().stream_mut(),
+                leftover,
+                idle,
+                &proxy.policy,
+                intercept,
+            );
+            let end = tokio::select! {
+                end = &mut relay => Some(end),
+                _ = shutdown.cancelled() => None,
+            };
+            (end, relay.facts())
         };
-        let facts = relay.facts();
-        drop(relay);
         debug!(
             bytes_up = facts.bytes_up,
             bytes_down = facts.bytes_down,
             commands = facts.commands,
             "relay finished"
         );
+        let clean = matches!(end, Some(RelayEnd::Logout(_) | RelayEnd::ClientClosed));
+        let reusable = clean && facts.reusable();
+        let reset = Reset {
+            selected: facts.selected,
+        };
+        // Back to the pool before the client hears the answer to its LOGOUT, so that its
+        // next login (webmail logs in again at once) finds the session cached.
+        proxy.pool.checkin(session, reusable, reset).await;
         match end {
             None => {
                 let _ = self
                     .write(b"* BYE [UNAVAILABLE] Server shutting down.\r\n")
                     .await;
                 Err(Error::Shutdown)
+            }
+            Some(RelayEnd::Logout(tag)) => {
+                let mut bye = b"* BYE Logging out.\r\n".to_vec();
+                bye.extend_from_slice(tag.as_bytes());
+                bye.extend_from_slice(b" OK Logout completed.\r\n");
+                self.write(&bye).await?;
+                let _ = self.stream.shutdown().await;
+                Ok(())
             }
             Some(RelayEnd::ClientClosed | RelayEnd::BackendClosed) => Ok(()),
             Some(RelayEnd::IdleTimeout) => {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use imapproxy_pool::BackendTarget;
+use imapproxy_pool::{BackendTarget, PoolSettings};
 use imapproxy_route::{Backend, BackendId, Registry, RoundRobin, Selector};
 use imapproxy_session::{ListenerSettings, SessionSettings, Upstreams};
 use imapproxy_tls::{BackendTls, BackendVerify, DEFAULT_SELF_SIGNED_NAMES, ServerTls, TlsMode};
@@ -14,6 +14,7 @@ use crate::config::{Config, TlsSetting};
 pub struct Built {
     pub listeners: Vec<(std::net::SocketAddr, Arc<ListenerSettings>)>,
     pub settings: SessionSettings,
+    pub pool: PoolSettings,
     pub upstreams: Upstreams,
 }
 
@@ -138,9 +139,18 @@ impl Built {
         if settings.greeting.contains(['\r', '\n']) {
             return Err("[session] greeting must be one line".into());
         }
+        let pool = PoolSettings {
+            reuse: cfg.pool.reuse,
+            warm: cfg.pool.warm as usize,
+            idle_timeout: cfg.pool.idle_timeout,
+            max_per_user: cfg.pool.max_per_user as usize,
+            wait_timeout: cfg.pool.wait_timeout,
+            ..PoolSettings::default()
+        };
         Ok(Self {
             listeners,
             settings,
+            pool,
             upstreams: Upstreams {
                 registry,
                 selector,

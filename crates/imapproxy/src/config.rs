@@ -145,15 +145,15 @@ impl Default for RoutingConfig {
     }
 }
 
-/// `[pool]`: accepted and validated; pooling itself is not implemented yet.
+/// `[pool]`: backend session pooling.
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     /// Cache authenticated sessions after LOGOUT.
-    #[serde(default)]
+    #[serde(default = "yes")]
     pub reuse: bool,
     /// Warm connections per backend.
-    #[serde(default)]
+    #[serde(default = "two")]
     pub warm: u32,
     /// Expiry of idle pooled connections.
     #[serde(default = "default_pool_idle", with = "humantime_serde")]
@@ -169,8 +169,8 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         Self {
-            reuse: false,
-            warm: 0,
+            reuse: true,
+            warm: 2,
             idle_timeout: default_pool_idle(),
             max_per_user: default_max_per_user(),
             wait_timeout: default_wait(),
@@ -310,6 +310,12 @@ fn default_backends() -> Vec<BackendConfig> {
     }]
 }
 
+fn yes() -> bool {
+    true
+}
+fn two() -> u32 {
+    2
+}
 fn one() -> u32 {
     1
 }

@@ -31,13 +31,14 @@ pub fn init_logging(log: &LogConfig) {
 pub async fn run(cfg: Config) -> Result<(), String> {
     let built = Built::from_config(&cfg)?;
     raise_fd_limit();
-    if cfg.pool.reuse || cfg.pool.warm > 0 {
-        warn!("[pool] settings are accepted but connection pooling is not implemented yet");
-    }
     if cfg.admin.addr.is_some() {
         warn!("[admin] is accepted but the admin endpoint is not implemented yet");
     }
-    let proxy = Arc::new(Proxy::new(built.settings, built.upstreams));
+    let proxy = Arc::new(
+        Proxy::new(built.settings, built.upstreams, built.pool)
+            .map_err(|e| format!("cannot set up the session pool: {e}"))?,
+    );
+    let maintenance = tokio::spawn(proxy.pool().clone().maintain());
     let shutdown = CancellationToken::new();
     let sessions = TaskTracker::new();
     let mut accept_loops = Vec::new();
@@ -87,6 +88,10 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     {
         warn!("some sessions did not finish within the grace period");
     }
+    // Cached backend sessions get a polite LOGOUT.
+    proxy.pool().close_all();
+    maintenance.abort();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     info!("stopped");
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use imapproxy_pool::BackendTarget;
+use imapproxy_pool::{BackendTarget, PoolSettings, SessionPool};
 use imapproxy_route::{Backend, BackendId, Registry, RoundRobin};
 use imapproxy_session::{ListenerSettings, Proxy, SessionSettings, Upstreams, serve};
 use imapproxy_tls::{ServerTls, TlsMode};
@@ -34,6 +34,20 @@ pub async fn start_proxy(backends: &[SocketAddr]) -> TestProxy {
 }
 
 pub async fn start_proxy_with(backends: &[SocketAddr], settings: SessionSettings) -> TestProxy {
+    let pool = PoolSettings {
+        reuse: false,
+        warm: 0,
+        ..PoolSettings::default()
+    };
+    start_proxy_pooled(backends, settings, pool).await.0
+}
+
+/// A proxy with pooling as `pool` says; also returns the pool for its counters.
+pub async fn start_proxy_pooled(
+    backends: &[SocketAddr],
+    settings: SessionSettings,
+    pool: PoolSettings,
+) -> (TestProxy, SessionPool) {
     let mut list = Vec::new();
     let mut targets = HashMap::new();
     for (i, addr) in backends.iter().enumerate() {
@@ -46,7 +60,9 @@ pub async fn start_proxy_with(backends: &[SocketAddr], settings: SessionSettings
         selector: Arc::new(RoundRobin::default()),
         targets,
     };
-    let proxy = Arc::new(Proxy::new(settings, upstreams));
+    let proxy = Arc::new(Proxy::new(settings, upstreams, pool).unwrap());
+    let session_pool = proxy.pool().clone();
+    tokio::spawn(session_pool.clone().maintain());
     let (tls, _pem) = ServerTls::self_signed(&[]).unwrap();
     let shutdown = CancellationToken::new();
     let mut addrs = Vec::new();
@@ -80,12 +96,15 @@ pub async fn start_proxy_with(backends: &[SocketAddr], settings: SessionSettings
             }
         });
     }
-    TestProxy {
-        plain: addrs[0],
-        starttls: addrs[1],
-        implicit: addrs[2],
-        shutdown,
-    }
+    (
+        TestProxy {
+            plain: addrs[0],
+            starttls: addrs[1],
+            implicit: addrs[2],
+            shutdown,
+        },
+        session_pool,
+    )
 }
 
 /// Reads lines until every tag in `tags` has its tagged response; returns all lines.

@@ -1,0 +1,673 @@
+//! The session pool: warm connections per backend, a cache of authenticated sessions, and
+//! per-user caps with a fair (FIFO) queue.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::digest::{Digest, DigestKey};
+use crate::liveness::idle_and_alive;
+use crate::warm::{self, WarmPool};
+use crate::{BackendConn, BackendTarget, Credentials, Error};
+
+/// Pool behaviour. The binary fills it from `[pool]`.
+#[derive(Clone, Debug)]
+pub struct PoolSettings {
+    /// Keep authenticated sessions after the client logs out, for the next login of the same
+    /// user with the same password.
+    pub reuse: bool,
+    /// Warm (connected, greeted, not logged in) connections kept per backend.
+    pub warm: usize,
+    /// Replace warm connections older than this (servers drop idle unauthenticated ones).
+    pub warm_max_age: Duration,
+    /// Close cached sessions idle for longer than this.
+    pub idle_timeout: Duration,
+    /// Backend sessions per user, active and cached together. More clients wait in a queue.
+    pub max_per_user: usize,
+    /// How long a client waits in that queue.
+    pub wait_timeout: Duration,
+    /// A cached session idle for longer than this is checked with `NOOP` before reuse.
+    pub noop_after: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            reuse: true,
+            warm: 2,
+            warm_max_age: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            max_per_user: 8,
+            wait_timeout: Duration::from_secs(10),
+            noop_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A logged-in backend session lent to one client.
+///
+/// Give it back with [`SessionPool::checkin`]; dropping it closes the connection and frees
+/// the user's slot for the next client in the queue.
+pub struct PooledSession {
+    conn: BackendConn,
+    backend: Arc<str>,
+    digest: Digest,
+    slot: UserSlot,
+    reused: bool,
+    _conn_count: ConnCount,
+}
+
+impl std::fmt::Debug for PooledSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledSession")
+            .field("backend", &self.backend)
+            .field("user", &self.slot.user)
+            .field("reused", &self.reused)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PooledSession {
+    /// The backend connection, logged in.
+    pub fn conn(&mut self) -> &mut BackendConn {
+        &mut self.conn
+    }
+
+    /// The backend connection, read-only.
+    pub fn conn_ref(&self) -> &BackendConn {
+        &self.conn
+    }
+
+    /// Whether this session came from the cache (no backend login happened for this client).
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// The backend's name.
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+}
+
+/// What a returned session needs before someone else may use it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Reset {
+    /// A mailbox may be selected: send `UNSELECT` (RFC 3691; never `CLOSE`, which expunges).
+    pub selected: bool,
+}
+
+/// Counters for status pages and tests.
+#[derive(Clone, Debug, Default)]
+pub struct PoolStatus {
+    /// Authenticated sessions cached, all users.
+    pub idle_sessions: usize,
+    /// User slots in use (sessions lent out plus cached).
+    pub slots_in_use: usize,
+    /// Clients waiting for a slot.
+    pub waiting: usize,
+    /// Warm connections ready, per backend.
+    pub warm: Vec<(String, usize)>,
+    /// Checkouts served from the cache.
+    pub hits: u64,
+    /// Checkouts that logged in on a backend.
+    pub misses: u64,
+    /// Checkouts that had to wait in the queue.
+    pub waits: u64,
+    /// Checkouts that gave up after `wait_timeout`.
+    pub timeouts: u64,
+}
+
+struct Idle {
+    conn: BackendConn,
+    backend: Arc<str>,
+    digest: Digest,
+    since: Instant,
+    slot: UserSlot,
+    conn_count: ConnCount,
+}
+
+enum Grant {
+    /// A cached session that matches the waiter's backend and credentials.
+    Session(Box<Idle>),
+    /// A slot: connect and log in.
+    Slot(UserSlot),
+}
+
+struct Waiter {
+    id: u64,
+    backend: Arc<str>,
+    digest: Digest,
+    tx: oneshot::Sender<Grant>,
+}
+
+#[derive(Default)]
+struct UserState {
+    slots: usize,
+    idle: Vec<Idle>,
+    waiters: VecDeque<Waiter>,
+}
+
+struct Backend {
+    target: BackendTarget,
+    warm: Option<WarmPool>,
+    conns: Arc<AtomicUsize>,
+    max_connections: usize,
+}
+
+struct Inner {
+    settings: PoolSettings,
+    key: DigestKey,
+    users: Mutex<HashMap<Arc<str>, UserState>>,
+    backends: Mutex<HashMap<Arc<str>, Arc<Backend>>>,
+    next_waiter: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    waits: AtomicU64,
+    timeouts: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The maps hold plain data; a panic elsewhere while holding the lock leaves it consistent
+    // enough to keep serving.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One of a user's `max_per_user` slots. Dropping it hands the slot to the first waiter or
+/// frees it. Never dropped while the users lock is held.
+struct UserSlot {
+    pool: Weak<Inner>,
+    user: Arc<str>,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.release_slot(&self.user);
+        }
+    }
+}
+
+/// One open connection counted against its backend's `max_connections`.
+struct ConnCount(Arc<AtomicUsize>);
+
+impl Drop for ConnCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Inner {
+    fn release_slot(self: &Arc<Self>, user: &Arc<str>) {
+        // Declared before the guard, so dropped after it: nothing holding a slot may be
+        // dropped while the lock is held (its Drop takes the lock).
+        let mut trash: Vec<Grant> = Vec::new();
+        let mut users = lock(&self.users);
+        let Some(state) = users.get_mut(user) else {
+            return;
+        };
+        while let Some(w) = state.waiters.pop_front() {
+            let slot = self.slot(user);
+            match w.tx.send(Grant::Slot(slot)) {
+                Ok(()) => return,
+                // That waiter gave up. The slot token goes nowhere: disarm it so that its
+                // drop does not release the slot a second time, and try the next waiter.
+                Err(Grant::Slot(mut slot)) => slot.pool = Weak::new(),
+                Err(other) => trash.push(other),
+            }
+        }
+        state.slots = state.slots.saturating_sub(1);
+        if state.slots == 0 && state.idle.is_empty() && state.waiters.is_empty() {
+            users.remove(user);
+        }
+    }
+
+    fn slot(self: &Arc<Self>, user: &Arc<str>) -> UserSlot {
+        UserSlot {
+            pool: Arc::downgrade(self),
+            user: Arc::clone(user),
+        }
+    }
+}
+
+/// Backend sessions shared by many clients: see the crate docs.
+#[derive(Clone)]
+pub struct SessionPool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SessionPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionPool")
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Plan {
+    Reuse(Box<Idle>),
+    New(UserSlot, Option<(BackendConn, ConnCount)>),
+    Wait(u64, oneshot::Receiver<Grant>),
+}
+
+impl SessionPool {
+    /// An empty pool. Add backends with [`SessionPool::add_backend`] and start
+    /// [`SessionPool::maintain`] on a runtime to keep warm connections and expire idle ones.
+    pub fn new(settings: PoolSettings) -> Result<Self, Error> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                settings,
+                key: DigestKey::random()?,
+                users: Mutex::new(HashMap::new()),
+                backends: Mutex::new(HashMap::new()),
+                next_waiter: AtomicU64::new(1),
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
+                waits: AtomicU64::new(0),
+                timeouts: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &PoolSettings {
+        &self.inner.settings
+    }
+
+    /// Registers (or replaces) a backend under `name`, with its connection cap.
+    pub fn add_backend(&self, name: &str, target: BackendTarget, max_connections: usize) {
+        let s = &self.inner.settings;
+        let warm = (s.warm > 0)
+            .then(|| warm::build(target.clone(), s.warm, s.warm_max_age))
+            .flatten();
+        let backend = Arc::new(Backend {
+            target,
+            warm,
+            conns: Arc::new(AtomicUsize::new(0)),
+            max_connections: max_connections.max(1),
+        });
+        lock(&self.inner.backends).insert(Arc::from(name), backend);
+    }
+
+    fn backend(&self, name: &str) -> Option<(Arc<str>, Arc<Backend>)> {
+        lock(&self.inner.backends)
+            .get_key_value(name)
+            .map(|(k, v)| (Arc::clone(k), Arc::clone(v)))
+    }
+
+    /// A logged-in session of `creds.username` on `backend`: a cached one with the same
+    /// credentials when there is one (no backend round trip), else a warm connection (or a
+    /// new one) logged in with `creds`, sending `id_fields` first. Waits in the user's queue
+    /// for at most `wait_timeout` when all of the user's slots are busy.
+    pub async fn checkout(
+        &self,
+        backend: &str,
+        creds: &Credentials,
+        id_fields: &[(String, String)],
+    ) -> Result<PooledSession, Error> {
+        let (backend, be) = self
+            .backend(backend)
+            .ok_or_else(|| Error::Protocol(format!("unknown backend {backend:?}")))?;
+        let user: Arc<str> = Arc::from(creds.username.to_lowercase());
+        let digest = self
+            .inner
+            .key
+            .digest(&creds.username, creds.password.expose());
+        let settings = &self.inner.settings;
+
+        let plan = {
+            let mut users = lock(&self.inner.users);
+            let state = users.entry(Arc::clone(&user)).or_default();
+            let hit = state
+                .idle
+                .iter()
+                .position(|s| s.backend == backend && s.digest.matches(&digest));
+            if let Some(i) = hit.filter(|_| settings.reuse) {
+                Plan::Reuse(Box::new(state.idle.swap_remove(i)))
+            } else if state.slots < settings.max_per_user {
+                state.slots += 1;
+                Plan::New(self.inner.slot(&user), None)
+            } else if !state.idle.is_empty() {
+                // Every slot is held, some by cached sessions nobody asked for: close the
+                // oldest and take its slot.
+                let oldest = state
+                    .idle
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, s)| s.since)
+                    .map(|(i, _)| i)
+                    .unwrap_or(0);
+                // The evicted session's slot becomes ours: the user's count does not change.
+                let Idle {
+                    conn,
+                    slot,
+                    conn_count,
+                    ..
+                } = state.idle.swap_remove(oldest);
+                Plan::New(slot, Some((conn, conn_count)))
+            } else {
+                let (tx, rx) = oneshot::channel();
+                let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
+                state.waiters.push_back(Waiter {
+                    id,
+                    backend: Arc::clone(&backend),
+                    digest,
+                    tx,
+                });
+                Plan::Wait(id, rx)
+            }
+        };
+
+        let mut plan = plan;
+        loop {
+            match plan {
+                Plan::Reuse(idle) => {
+                    let idle = *idle;
+                    match self.revive(idle).await {
+                        Ok(session) => {
+                            self.inner.hits.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!("imapproxy_pool_checkouts_total", "result" => "hit")
+                                .increment(1);
+                            return Ok(session);
+                        }
+                        // Dead: its slot is ours now; log in afresh.
+                        Err(slot) => plan = Plan::New(slot, None),
+                    }
+                }
+                Plan::New(slot, evicted) => {
+                    if let Some((conn, conn_count)) = evicted {
+                        close_politely(conn);
+                        drop(conn_count);
+                    }
+                    self.inner.misses.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("imapproxy_pool_checkouts_total", "result" => "miss")
+                        .increment(1);
+                    return self
+                        .login(backend, &be, slot, digest, creds, id_fields)
+                        .await;
+                }
+                Plan::Wait(id, rx) => {
+                    self.inner.waits.fetch_add(1, Ordering::Relaxed);
+                    match tokio::time::timeout(settings.wait_timeout, rx).await {
+                        Ok(Ok(Grant::Session(idle))) => plan = Plan::Reuse(idle),
+                        Ok(Ok(Grant::Slot(slot))) => plan = Plan::New(slot, None),
+                        Ok(Err(_)) | Err(_) => {
+                            self.abandon_wait(&user, id);
+                            self.inner.timeouts.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!("imapproxy_pool_checkouts_total", "result" => "timeout")
+                                .increment(1);
+                            return Err(Error::PoolTimeout);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Leaves the queue after a timeout. A grant sent in the meantime was dropped with the
+    /// receiver, which released it again.
+    fn abandon_wait(&self, user: &Arc<str>, id: u64) {
+        let mut users = lock(&self.inner.users);
+        if let Some(state) = users.get_mut(user) {
+            state.waiters.retain(|w| w.id != id);
+        }
+    }
+
+    /// Checks a cached session before lending it: nothing unsolicited waiting on the socket,
+    /// and a `NOOP` round trip when it has been idle for long. On failure the slot is
+    /// returned for a fresh login.
+    async fn revive(&self, idle: Idle) -> Result<PooledSession, UserSlot> {
+        let Idle {
+            mut conn,
+            backend,
+            digest,
+            since,
+            slot,
+            conn_count,
+        } = idle;
+        let mut ok = idle_and_alive(conn.stream_mut());
+        if ok && since.elapsed() >= self.inner.settings.noop_after {
+            ok = matches!(conn.command("NOOP").await, Ok(r) if r.is_ok() && r.untagged.is_empty());
+        }
+        if ok {
+            Ok(PooledSession {
+                conn,
+                backend,
+                digest,
+                slot,
+                reused: true,
+                _conn_count: conn_count,
+            })
+        } else {
+            tracing::debug!(%backend, "cached session is gone; logging in afresh");
+            drop(conn);
+            drop(conn_count);
+            Err(slot)
+        }
+    }
+
+    async fn login(
+        &self,
+        backend: Arc<str>,
+        be: &Backend,
+        slot: UserSlot,
+        digest: Digest,
+        creds: &Credentials,
+        id_fields: &[(String, String)],
+    ) -> Result<PooledSession, Error> {
+        let count = be.conns.fetch_add(1, Ordering::AcqRel) + 1;
+        let conn_count = ConnCount(Arc::clone(&be.conns));
+        if count > be.max_connections {
+            return Err(Error::BackendFull);
+        }
+        let warm = match &be.warm {
+            Some(pool) => warm::take_ready(pool).await,
+            None => None,
+        };
+        let mut conn = match warm {
+            Some(conn) => conn,
+            None => BackendConn::connect(&be.target).await?,
+        };
+        conn.login(creds, id_fields).await?;
+        Ok(PooledSession {
+            conn,
+            backend,
+            digest,
+            slot,
+            reused: false,
+            _conn_count: conn_count,
+        })
+    }
+
+    /// Takes a session back after its client is done. With `reusable` false (the session
+    /// ran `ENABLE` or `COMPRESS`, saw an error, or its client vanished mid-command) it is
+    /// closed. Otherwise it is reset (`UNSELECT` when a mailbox may be selected) and handed
+    /// to the first waiting client with the same credentials, or cached.
+    pub async fn checkin(&self, session: PooledSession, reusable: bool, reset: Reset) {
+        let PooledSession {
+            mut conn,
+            backend,
+            digest,
+            slot,
+            _conn_count: conn_count,
+            ..
+        } = session;
+        if !reusable || !self.inner.settings.reuse || !conn.has_capability("UNSELECT") {
+            close_politely(conn);
+            drop(slot);
+            return;
+        }
+        if reset.selected {
+            // RFC 3691: UNSELECT leaves the mailbox without expunging. `BAD` (nothing was
+            // selected) is fine; anything untagged in between is dropped with the response.
+            match conn.command("UNSELECT").await {
+                Ok(r) if !matches!(r.status(), Some(imapproxy_codec::Status::Bye)) => {}
+                _ => {
+                    drop(slot);
+                    return;
+                }
+            }
+        }
+        if !idle_and_alive(conn.stream_mut()) {
+            drop(slot);
+            return;
+        }
+        let idle = Idle {
+            conn,
+            backend,
+            digest,
+            since: Instant::now(),
+            slot,
+            conn_count,
+        };
+        let mut trash: Vec<Grant> = Vec::new();
+        let mut to_close = None;
+        {
+            let mut users = lock(&self.inner.users);
+            let state = users.entry(Arc::clone(&idle.slot.user)).or_default();
+            let mut idle = idle;
+            loop {
+                let Some(w) = state.waiters.pop_front() else {
+                    state.idle.push(idle);
+                    break;
+                };
+                if w.backend == idle.backend && w.digest.matches(&idle.digest) {
+                    // Same user, same password, same backend: the waiter gets this session
+                    // without a backend login.
+                    match w.tx.send(Grant::Session(Box::new(idle))) {
+                        Ok(()) => break,
+                        Err(Grant::Session(back)) => idle = *back,
+                        Err(other) => {
+                            trash.push(other);
+                            break;
+                        }
+                    }
+                } else {
+                    // Another client of this user waits with other credentials or for another
+                    // backend: the slot is worth more to it than the cached session.
+                    let Idle {
+                        conn,
+                        backend,
+                        digest,
+                        since,
+                        slot,
+                        conn_count,
+                    } = idle;
+                    match w.tx.send(Grant::Slot(slot)) {
+                        Ok(()) => {
+                            to_close = Some((conn, conn_count));
+                            break;
+                        }
+                        Err(Grant::Slot(slot)) => {
+                            idle = Idle {
+                                conn,
+                                backend,
+                                digest,
+                                since,
+                                slot,
+                                conn_count,
+                            };
+                        }
+                        Err(other) => {
+                            trash.push(other);
+                            to_close = Some((conn, conn_count));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        drop(trash);
+        if let Some((conn, conn_count)) = to_close {
+            close_politely(conn);
+            drop(conn_count);
+        }
+    }
+
+    /// Closes cached sessions idle past `idle_timeout` and tops up warm connections. Runs
+    /// until the pool is dropped; spawn it once.
+    pub async fn maintain(self) {
+        let weak = Arc::downgrade(&self.inner);
+        drop(self);
+        loop {
+            let Some(inner) = weak.upgrade() else { return };
+            let pool = SessionPool { inner };
+            pool.expire();
+            let backends: Vec<Arc<Backend>> =
+                lock(&pool.inner.backends).values().cloned().collect();
+            let s = pool.inner.settings.clone();
+            drop(pool);
+            for be in backends {
+                if let Some(w) = &be.warm {
+                    warm::top_up(w, s.warm, s.warm_max_age).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Closes cached sessions idle past `idle_timeout`.
+    pub fn expire(&self) {
+        let timeout = self.inner.settings.idle_timeout;
+        let mut expired = Vec::new();
+        {
+            let mut users = lock(&self.inner.users);
+            for state in users.values_mut() {
+                let mut i = 0;
+                while i < state.idle.len() {
+                    if state.idle[i].since.elapsed() >= timeout {
+                        expired.push(state.idle.swap_remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+        }
+        for idle in expired {
+            close_politely(idle.conn);
+        }
+    }
+
+    /// Closes every cached session (on shutdown).
+    pub fn close_all(&self) {
+        let all: Vec<Idle> = {
+            let mut users = lock(&self.inner.users);
+            users.values_mut().flat_map(|s| s.idle.drain(..)).collect()
+        };
+        for idle in all {
+            close_politely(idle.conn);
+        }
+    }
+
+    /// Counters and gauges.
+    pub fn status(&self) -> PoolStatus {
+        let mut st = PoolStatus {
+            hits: self.inner.hits.load(Ordering::Relaxed),
+            misses: self.inner.misses.load(Ordering::Relaxed),
+            waits: self.inner.waits.load(Ordering::Relaxed),
+            timeouts: self.inner.timeouts.load(Ordering::Relaxed),
+            ..PoolStatus::default()
+        };
+        for state in lock(&self.inner.users).values() {
+            st.idle_sessions += state.idle.len();
+            st.slots_in_use += state.slots;
+            st.waiting += state.waiters.len();
+        }
+        for (name, be) in lock(&self.inner.backends).iter() {
+            let ready = be.warm.as_ref().map_or(0, |w| w.status().available);
+            st.warm.push((name.to_string(), ready));
+        }
+        st
+    }
+}
+
+/// Sends `LOGOUT` and closes, in the background, bounded in time.
+fn close_politely(mut conn: BackendConn) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.command("LOGOUT")).await;
+        });
+    }
+}

@@ -1,0 +1,80 @@
+//! Warm connections: connected, TLS done, greeting read, not logged in — one deadpool per
+//! backend, kept topped up to `warm` by the pool's maintenance task.
+
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, Object, RecycleError, RecycleResult, Timeouts};
+
+use crate::liveness::idle_and_alive;
+use crate::{BackendConn, BackendTarget, Error};
+
+/// Creates and checks warm connections for one backend.
+pub(crate) struct WarmManager {
+    pub(crate) target: BackendTarget,
+    /// Servers drop connections that stay unauthenticated for long (Dovecot after about
+    /// three minutes); a warm connection is replaced well before that.
+    pub(crate) max_age: Duration,
+}
+
+impl managed::Manager for WarmManager {
+    type Type = BackendConn;
+    type Error = Error;
+
+    async fn create(&self) -> Result<BackendConn, Error> {
+        BackendConn::connect(&self.target).await
+    }
+
+    async fn recycle(&self, conn: &mut BackendConn, metrics: &Metrics) -> RecycleResult<Error> {
+        if metrics.age() >= self.max_age {
+            return Err(RecycleError::message("warm connection too old"));
+        }
+        if !idle_and_alive(conn.stream_mut()) {
+            return Err(RecycleError::message("warm connection closed or not idle"));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) type WarmPool = managed::Pool<WarmManager>;
+
+pub(crate) fn build(target: BackendTarget, size: usize, max_age: Duration) -> Option<WarmPool> {
+    managed::Pool::builder(WarmManager { target, max_age })
+        .max_size(size.max(1))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .ok()
+}
+
+/// A warm connection if one is ready now; never waits for one to be created.
+pub(crate) async fn take_ready(pool: &WarmPool) -> Option<BackendConn> {
+    if pool.status().available == 0 {
+        return None;
+    }
+    let timeouts = Timeouts {
+        wait: Some(Duration::ZERO),
+        create: Some(Duration::from_secs(5)),
+        recycle: Some(Duration::from_secs(1)),
+    };
+    let obj = pool.timeout_get(&timeouts).await.ok()?;
+    Some(Object::take(obj))
+}
+
+/// Drops connections past their age and opens new ones until `want` are idle.
+pub(crate) async fn top_up(pool: &WarmPool, want: usize, max_age: Duration) {
+    pool.retain(|_, m| m.age() < max_age);
+    let status = pool.status();
+    let missing = want.saturating_sub(status.available);
+    if missing == 0 {
+        return;
+    }
+    // Hold every object until all are created, so `get` cannot hand back the same idle one;
+    // dropping them returns them to the pool as idle.
+    let mut held = Vec::with_capacity(missing);
+    for _ in 0..missing {
+        match pool.get().await {
+            Ok(obj) => held.push(obj),
+            Err(e) => tracing::debug!(error = %e, "warm connection failed"),
+        }
+    }
+    drop(held);
+}
