@@ -1,10 +1,54 @@
-//! Backend connections for IMAP proxies and workers.
+//! Backend connections and session pooling for IMAP proxies and IMAP workers — think
+//! deadpool-postgres, for IMAP.
 //!
-//! [`BackendConn::connect`] opens a connection to an IMAP server over plain TCP, implicit TLS or
-//! STARTTLS, reads the greeting (refusing `PREAUTH`) and learns the server's capabilities;
-//! [`BackendConn::login`] sends `ID` with the real client's address and logs in, in one round
-//! trip where the server allows it. The stream can then be taken for relaying with
-//! [`BackendConn::into_parts`].
+//! - [`BackendConn`] opens a connection over plain TCP, implicit TLS or STARTTLS, reads the
+//!   greeting (refusing `PREAUTH`), learns the capabilities, and logs in after sending `ID` with
+//!   the real client's address — in one round trip where the server allows it.
+//! - [`SessionPool`] keeps, per backend, **warm** connections (TLS done, greeting read, not yet
+//!   logged in; a deadpool per backend, topped up by [`SessionPool::maintain`]) and a cache of
+//!   **authenticated** sessions keyed by (backend, user, HMAC of the credentials), compared in
+//!   constant time. A returned session is reset with `UNSELECT` (never `CLOSE`, which
+//!   expunges), checked for liveness before it is lent again (nothing waiting on the socket,
+//!   `NOOP` after a long idle), and expired after `idle_timeout`. Sessions that ran `ENABLE` or
+//!   `COMPRESS`, saw an error, or whose backend lacks `UNSELECT` are never reused.
+//! - Caps: at most `max_per_user` backend sessions per user (lent and cached together) and
+//!   `max_connections` per backend; clients over the cap wait in a FIFO queue for at most
+//!   `wait_timeout`, so 50 workers of one user share 8 sessions instead of hitting the server's
+//!   per-user limit.
+//!
+//! 200 tasks, at most 8 backend sessions:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), imapproxy_pool::Error> {
+//! use std::sync::Arc;
+//! use imapproxy_pool::{BackendTarget, Credentials, PoolSettings, Reset, Secret, SessionPool};
+//!
+//! let pool = SessionPool::new(PoolSettings { max_per_user: 8, ..PoolSettings::default() })?;
+//! pool.add_backend("mail", BackendTarget::plain("127.0.0.1:143"), 100);
+//! tokio::spawn(pool.clone().maintain());
+//! let creds = Arc::new(Credentials {
+//!     username: "user1".into(),
+//!     password: Secret::new(b"pass1".to_vec()),
+//! });
+//! let mut tasks = Vec::new();
+//! for _ in 0..200 {
+//!     let (pool, creds) = (pool.clone(), creds.clone());
+//!     tasks.push(tokio::spawn(async move {
+//!         let mut session = pool.checkout("mail", &creds, &[]).await?;
+//!         session.conn().command("SELECT INBOX").await?;
+//!         let headers = session.conn().command("FETCH 1:* (BODY.PEEK[HEADER])").await?;
+//!         pool.checkin(session, true, Reset { selected: true }).await;
+//!         Ok::<_, imapproxy_pool::Error>(headers.untagged.len())
+//!     }));
+//! }
+//! for t in tasks {
+//!     let _ = t.await;
+//! }
+//! assert!(pool.status().misses <= 8);
+//! # Ok(()) }
+//! ```
+//!
+//! A single connection without a pool:
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), imapproxy_pool::Error> {
@@ -14,10 +58,12 @@
 //! let mut conn = BackendConn::connect(&target).await?;
 //! let creds = Credentials { username: "user1".into(), password: Secret::new(b"pass1".to_vec()) };
 //! conn.login(&creds, &[("x-originating-ip".into(), "192.0.2.7".into())]).await?;
-//! let inbox = conn.command("SELECT INBOX").await?;
-//! assert!(inbox.is_ok());
+//! assert!(conn.command("SELECT INBOX").await?.is_ok());
 //! # Ok(()) }
 //! ```
+//!
+//! The crate emits `tracing` events and `metrics` counters (`imapproxy_pool_checkouts_total`
+//! by result); it installs no subscriber or recorder.
 #![deny(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
