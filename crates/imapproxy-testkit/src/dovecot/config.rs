@@ -56,6 +56,9 @@ impl ConfigParams {
              disable_plaintext_auth = no\n\
              auth_mechanisms = plain login\n\
              auth_verbose = yes\n\
+             # Dovecot waits 2 s before answering a failed login; tests of failures\n\
+             # would spend most of their time there. extra_config can restore it.\n\
+             auth_failure_delay = 0\n\
              auth_master_user_separator = *\n\
              # So that the proxy's ID x-originating-ip and PROXY headers are honoured.\n\
              login_trusted_networks = 127.0.0.0/8\n\
@@ -70,6 +73,10 @@ impl ConfigParams {
              passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%u {masters}\n  master = yes\n  # Also check that the target user exists in the normal passdb.\n  pass = yes\n}}\n\
              passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%u {passwd}\n}}\n\
              userdb {{\n  driver = static\n  args = uid={user} gid={user} home={d}/home/%u\n}}\n\
+             # Auth penalty: after failed logins from an IP, Dovecot delays further\n\
+             # logins from it (up to 15 s). Every test connects from 127.0.0.1, so one\n\
+             # failure test would slow all the others; mode 0 disables the penalty.\n\
+             service anvil {{\n  unix_listener anvil-auth-penalty {{\n    mode = 0\n  }}\n}}\n\
              service imap-login {{\n\
              \x20 inet_listener imap {{\n    port = {imap}\n  }}\n\
              \x20 inet_listener imaps {{\n    port = {imaps}\n    ssl = yes\n  }}\n\
