@@ -356,6 +356,19 @@ impl Framer {
         self.len == 0
     }
 
+    /// The tag of the unfinished message, once its first word is complete (`None` at a
+    /// boundary). A relay needs it when a server refuses a command that announced a
+    /// synchronizing literal: the client then never sends the literal (RFC 9051 §4.3), and
+    /// the framer must be reset rather than wait for bytes that will not come.
+    pub fn partial_tag(&self) -> Option<Tag> {
+        if self.len == 0 {
+            return None;
+        }
+        let line = self.head.get(..usize::from(self.head_len)).unwrap_or(&[]);
+        let end = memchr(b' ', line)?;
+        Tag::new(line.get(..end)?).ok()
+    }
+
     /// Bytes of the current, unfinished message consumed so far (0 at a boundary).
     pub fn partial_len(&self) -> u64 {
         self.len

@@ -286,3 +286,15 @@ fn pseudo_random_garbage_never_panics_and_is_split_invariant() {
         }
     }
 }
+
+#[test]
+fn partial_tag_names_the_unfinished_command() {
+    use imapproxy_codec::{Direction, Framer};
+    let mut f = Framer::new(Direction::Client);
+    assert!(f.partial_tag().is_none());
+    assert!(f.advance(b"b APPEND NoSuchBox {5}\r\n").is_none());
+    assert_eq!(f.partial_tag().unwrap().to_string(), "b");
+    let mut f = Framer::new(Direction::Client);
+    assert!(f.advance(b"abc").is_none());
+    assert!(f.partial_tag().is_none(), "the first word may be cut short");
+}

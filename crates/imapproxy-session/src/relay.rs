@@ -32,6 +32,8 @@ const BUF_SIZE: usize = 16 * 1024;
 /// An unfinished first line shorter than this is held back until it completes, so that a
 /// response that needs rewriting is seen whole. Longer lines are forwarded as they come.
 const HOLD_MAX: usize = 8 * 1024;
+/// How long the relay keeps delivering answers after the client closed its side.
+const EOF_LINGER: Duration = Duration::from_secs(5);
 /// Outstanding tags tracked per session. A client with more commands in flight is legal but
 /// odd; its session is simply not reused.
 const MAX_OUTSTANDING: usize = 256;
@@ -71,6 +73,11 @@ pub(crate) struct SessionFacts {
     pub untracked: bool,
     /// Commands sent and not yet answered.
     pub outstanding: usize,
+    /// Part of a client command was forwarded without its end.
+    pub mid_command: bool,
+    /// Part of a backend response was forwarded without its end: nothing may be written to
+    /// the client now without corrupting it.
+    pub mid_response: bool,
     /// Bytes relayed client → backend and backend → client.
     pub bytes_up: u64,
     /// See `bytes_up`.
@@ -87,6 +94,8 @@ impl SessionFacts {
             || self.idling
             || self.saw_error
             || self.untracked
+            || self.mid_command
+            || self.mid_response
             || self.outstanding > 0)
     }
 }
@@ -330,6 +339,8 @@ pub(crate) struct Relay<'a, C, B> {
     /// The client's `LOGOUT`, answered by the proxy once everything before it is answered.
     logout: Option<Tag>,
     intercept_logout: bool,
+    /// The client closed its side; the relay lingers until its commands are answered.
+    client_eof: bool,
     policy: &'a ResponsePolicy,
 }
 
@@ -340,30 +351,50 @@ impl<'a, C: ReadReady, B: ReadReady> Relay<'a, C, B> {
     pub(crate) fn new(
         client: &'a mut C,
         backend: &'a mut B,
+        client_leftover: Vec<u8>,
         backend_leftover: Vec<u8>,
         idle_timeout: Duration,
         policy: &'a ResponsePolicy,
         intercept_logout: bool,
     ) -> Self {
+        let mut up = Pump::new(Direction::Client, false);
         let mut down = Pump::new(Direction::Server, true);
         let mut facts = SessionFacts::default();
         let mut outstanding = Outstanding::default();
+        let mut logout = None;
         if !backend_leftover.is_empty() {
             down.buf = backend_leftover;
-            down.scan(|f, whole| on_response(policy, &mut facts, &mut outstanding, f, whole));
+            down.scan(|f, whole| {
+                on_response(policy, &mut facts, &mut outstanding, &mut up, f, whole)
+            });
+        }
+        if !client_leftover.is_empty() {
+            // Commands pipelined behind LOGIN: tracked like any other (RFC 9051 §5.5).
+            up.buf = client_leftover;
+            up.scan(|f, whole| {
+                on_command(
+                    &mut facts,
+                    &mut outstanding,
+                    &mut logout,
+                    intercept_logout,
+                    f,
+                    whole,
+                )
+            });
         }
         Self {
             client,
             backend,
-            up: Pump::new(Direction::Client, false),
+            up,
             down,
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
             last_client: Instant::now(),
             facts,
             outstanding,
-            logout: None,
+            logout,
             intercept_logout,
+            client_eof: false,
             policy,
         }
     }
@@ -372,6 +403,8 @@ impl<'a, C: ReadReady, B: ReadReady> Relay<'a, C, B> {
     pub(crate) fn facts(&self) -> SessionFacts {
         let mut facts = self.facts;
         facts.outstanding = self.outstanding.tags.len();
+        facts.mid_command = !self.up.framer.at_boundary() || self.up.written < self.up.buf.len();
+        facts.mid_response = !self.down.is_idle();
         facts
     }
 }
@@ -380,6 +413,7 @@ fn on_response(
     policy: &ResponsePolicy,
     facts: &mut SessionFacts,
     outstanding: &mut Outstanding,
+    up: &mut Pump,
     frame: &Frame,
     whole: Option<&[u8]>,
 ) -> Action {
@@ -388,6 +422,14 @@ fn on_response(
             if let Some(tag) = &frame.tag {
                 if let Some(i) = outstanding.tags.iter().position(|t| t == tag) {
                     outstanding.tags.swap_remove(i);
+                }
+                // The server answered a command whose synchronizing literal it never asked
+                // for (`NO [TRYCREATE]` to an APPEND): the client sends no literal, so the
+                // command ends here (RFC 9051 §4.3, §7.5).
+                if up.framer.partial_tag().as_ref() == Some(tag) {
+                    up.framer = Framer::new(Direction::Client);
+                    up.msg_start = None;
+                    up.scanned = up.buf.len();
                 }
             }
             if matches!(status, Status::Bad | Status::Other) {
@@ -433,6 +475,7 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
             outstanding,
             logout,
             intercept_logout,
+            client_eof,
             policy,
         } = self.get_mut();
         let policy: &ResponsePolicy = policy;
@@ -445,7 +488,7 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
                 &mut **client,
                 &mut bytes_down,
                 || {},
-                |f, whole| on_response(policy, facts, outstanding, f, whole),
+                |f, whole| on_response(policy, facts, outstanding, up, f, whole),
             );
             facts.bytes_down = bytes_down;
             match down_result {
@@ -456,21 +499,37 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
             }
 
             let mut client_active = false;
-            let mut bytes_up = facts.bytes_up;
-            let up_result = up.poll_pump(
-                cx,
-                &mut **client,
-                &mut **backend,
-                &mut bytes_up,
-                || client_active = true,
-                |f, whole| on_command(facts, outstanding, logout, *intercept_logout, f, whole),
-            );
-            facts.bytes_up = bytes_up;
-            match up_result {
-                Poll::Ready(Ok(())) => return Poll::Ready(RelayEnd::ClientClosed),
-                Poll::Ready(Err(Side::Src(e))) => return Poll::Ready(RelayEnd::ClientError(e)),
-                Poll::Ready(Err(Side::Dst(e))) => return Poll::Ready(RelayEnd::BackendError(e)),
-                Poll::Pending => {}
+            if !*client_eof {
+                let mut bytes_up = facts.bytes_up;
+                let up_result = up.poll_pump(
+                    cx,
+                    &mut **client,
+                    &mut **backend,
+                    &mut bytes_up,
+                    || client_active = true,
+                    |f, whole| on_command(facts, outstanding, logout, *intercept_logout, f, whole),
+                );
+                facts.bytes_up = bytes_up;
+                match up_result {
+                    Poll::Ready(Ok(())) => {
+                        // Answers to what the client sent before closing (a LOGOUT followed
+                        // by FIN, say) still reach it if it only half-closed; wait a little.
+                        *client_eof = true;
+                        *last_client = Instant::now();
+                        *idle_timeout = EOF_LINGER;
+                        idle.as_mut().reset(Instant::now() + EOF_LINGER);
+                    }
+                    Poll::Ready(Err(Side::Src(e))) => {
+                        return Poll::Ready(RelayEnd::ClientError(e));
+                    }
+                    Poll::Ready(Err(Side::Dst(e))) => {
+                        return Poll::Ready(RelayEnd::BackendError(e));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if *client_eof && outstanding.tags.is_empty() && down.is_idle() {
+                return Poll::Ready(RelayEnd::ClientClosed);
             }
             if client_active {
                 // Cheaper than resetting the timer on every read: the timer is only moved
@@ -488,7 +547,11 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
         while idle.as_mut().poll(cx).is_ready() {
             let deadline = *last_client + *idle_timeout;
             if deadline <= Instant::now() {
-                return Poll::Ready(RelayEnd::IdleTimeout);
+                return Poll::Ready(if *client_eof {
+                    RelayEnd::ClientClosed
+                } else {
+                    RelayEnd::IdleTimeout
+                });
             }
             idle.as_mut().reset(deadline);
         }

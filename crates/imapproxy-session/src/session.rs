@@ -180,7 +180,7 @@ struct LoggedIn {
 impl Session {
     async fn run(&mut self) -> Result<(), Error> {
         if self.listener.tls == TlsMode::Implicit {
-            self.start_tls().await?;
+            Box::pin(self.start_tls()).await?;
         }
         let greeting = format!(
             "* OK [CAPABILITY {}] {}\r\n",
@@ -188,7 +188,10 @@ impl Session {
             self.proxy.settings.greeting
         );
         self.write(greeting.as_bytes()).await?;
-        let Some(logged_in) = self.preauth().await? else {
+        // Boxed so that its state (parser, read buffer, backend login) is freed before the
+        // relay starts instead of sizing the session task for its whole life: an idle
+        // logged-in session then costs only what the relay holds.
+        let Some(logged_in) = Box::pin(self.preauth()).await? else {
             return Ok(());
         };
         self.relay(logged_in).await
@@ -231,9 +234,17 @@ impl Session {
         Ok(())
     }
 
+    /// Writes and flushes, bounded in time: a client that never reads must not pin the
+    /// session (and its descriptors) forever.
     async fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.stream.write_all(bytes).await.map_err(Error::Client)?;
-        self.stream.flush().await.map_err(Error::Client)
+        let io = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.proxy.settings.preauth_timeout, io).await {
+            Ok(r) => r.map_err(Error::Client),
+            Err(_) => Err(Error::Timeout),
+        }
     }
 
     /// An untagged line and the tagged completion in one write: one packet, no Nagle stall.
@@ -269,15 +280,16 @@ impl Session {
         parser: &mut PreAuthParser,
         buf: &mut [u8],
     ) -> Result<PreAuthEvent, Error> {
+        // One deadline for the whole command: trickling a byte at a time does not extend it.
+        let deadline = tokio::time::Instant::now() + self.proxy.settings.preauth_timeout;
         loop {
             if let Some(ev) = parser.next_event() {
                 return Ok(ev);
             }
-            let timeout = self.proxy.settings.preauth_timeout;
             // Read no more than the parser may buffer: pre-auth memory stays bounded.
             let want = parser.wanted().clamp(1, buf.len());
             let read = tokio::select! {
-                r = tokio::time::timeout(timeout, self.stream.read(&mut buf[..want])) => r,
+                r = tokio::time::timeout_at(deadline, self.stream.read(&mut buf[..want])) => r,
                 _ = self.shutdown.cancelled() => {
                     let _ = self.write(b"* BYE [UNAVAILABLE] Server shutting down.\r\n").await;
                     return Err(Error::Shutdown);
@@ -385,7 +397,7 @@ impl Session {
                     // RFC 9051 §6.2.1: anything pipelined behind STARTTLS was sent in the
                     // clear and must not be executed after the handshake.
                     parser.clear();
-                    self.start_tls().await?;
+                    Box::pin(self.start_tls()).await?;
                 }
             }
             PreAuthCommand::Login { username, password } => {
@@ -546,7 +558,9 @@ impl Session {
                 && !k.to_ascii_lowercase().starts_with("x-")
                 && k.bytes()
                     .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
-            let val_ok = v.len() <= 1024 && v.bytes().all(|b| (0x20..0x7f).contains(&b));
+            // RFC 2971 §3.3: values of at most 1024 octets, as sent (quotes escaped).
+            let escaped = v.len() + v.bytes().filter(|b| matches!(b, b'"' | b'\\')).count();
+            let val_ok = escaped <= 1024 && v.bytes().all(|b| (0x20..0x7f).contains(&b));
             if key_ok && val_ok {
                 fields.push((k.clone(), v.clone()));
             }
@@ -651,14 +665,6 @@ impl Session {
             mut session,
             pipelined,
         } = logged_in;
-        if !pipelined.is_empty() {
-            session
-                .conn()
-                .stream_mut()
-                .write_all(&pipelined)
-                .await
-                .map_err(|_| Error::Protocol("backend write failed"))?;
-        }
         let leftover = session.conn().take_buffered();
         let idle = self.proxy.settings.auth_timeout;
         let proxy = Arc::clone(&self.proxy);
@@ -668,6 +674,7 @@ impl Session {
             let mut relay = Relay::new(
                 &mut self.stream,
                 session.conn().stream_mut(),
+                pipelined,
                 leftover,
                 idle,
                 &proxy.policy,
@@ -693,11 +700,16 @@ impl Session {
         // Back to the pool before the client hears the answer to its LOGOUT, so that its
         // next login (webmail logs in again at once) finds the session cached.
         proxy.pool.checkin(session, reusable, reset).await;
+        // A BYE written into the middle of a response would become part of it (a literal's
+        // bytes, say): at such a point the connection is just closed.
+        let can_speak = !facts.mid_response;
         match end {
             None => {
-                let _ = self
-                    .write(b"* BYE [UNAVAILABLE] Server shutting down.\r\n")
-                    .await;
+                if can_speak {
+                    let _ = self
+                        .write(b"* BYE [UNAVAILABLE] Server shutting down.\r\n")
+                        .await;
+                }
                 Err(Error::Shutdown)
             }
             Some(RelayEnd::Logout(tag)) => {
@@ -710,17 +722,21 @@ impl Session {
             }
             Some(RelayEnd::ClientClosed | RelayEnd::BackendClosed) => Ok(()),
             Some(RelayEnd::IdleTimeout) => {
-                let _ = self
-                    .write(b"* BYE Autologout; idle for too long.\r\n")
-                    .await;
+                if can_speak {
+                    let _ = self
+                        .write(b"* BYE Autologout; idle for too long.\r\n")
+                        .await;
+                }
                 Err(Error::Timeout)
             }
             Some(RelayEnd::ClientError(e)) => Err(Error::Client(e)),
             Some(RelayEnd::BackendError(e)) => {
                 warn!(error = %e, "backend connection failed");
-                let _ = self
-                    .write(b"* BYE [UNAVAILABLE] Internal error, reconnect.\r\n")
-                    .await;
+                if can_speak {
+                    let _ = self
+                        .write(b"* BYE [UNAVAILABLE] Internal error, reconnect.\r\n")
+                        .await;
+                }
                 Ok(())
             }
         }

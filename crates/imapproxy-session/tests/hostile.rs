@@ -129,3 +129,55 @@ async fn too_many_bad_commands_end_the_connection() {
     assert!(bye, "no BYE after 30 invalid commands");
     assert!(c.expect_eof(Duration::from_secs(3)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_closed() {
+    let settings = SessionSettings {
+        preauth_timeout: Duration::from_secs(1),
+        ..SessionSettings::default()
+    };
+    let proxy = start_proxy_with(&[dovecot().imap_addr()], settings).await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.plain).await.unwrap();
+    // Flood NOOPs and never read: the answers pile up until the proxy's writes block.
+    let flood = b"a NOOP\r\n".repeat(4096);
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        use tokio::io::AsyncWriteExt;
+        loop {
+            if tcp.write_all(&flood).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the proxy kept a non-reading client for 20 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_bytes_does_not_extend_the_command_deadline() {
+    let settings = SessionSettings {
+        preauth_timeout: Duration::from_secs(1),
+        ..SessionSettings::default()
+    };
+    let proxy = start_proxy_with(&[dovecot().imap_addr()], settings).await;
+    let mut c = TestClient::connect(proxy.plain).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for b in b"a LOGIN user1 pass1 and a very slow line that never ends".iter() {
+        if c.send_raw(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if started.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+    }
+    assert!(
+        closed || c.expect_eof(Duration::from_secs(1)).await,
+        "still open after trickling for {:?}",
+        started.elapsed()
+    );
+}

@@ -239,3 +239,69 @@ async fn fifty_workers_of_one_user_share_eight_sessions_without_failures() {
     );
     assert_eq!(dovecot.log_count("Maximum number of connections"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_vanishing_mid_command_does_not_leave_a_reusable_session() {
+    let (proxy, _pool) = start_proxy_pooled(
+        &[dovecot().imap_addr()],
+        SessionSettings::default(),
+        pooled(),
+    )
+    .await;
+    let (user, pass) = dovecot().user(18);
+    let (mut c, _) = session(proxy.plain, &user, &pass).await;
+    c.send_raw(b"b APPEND INBOX {100}\r\n").await.unwrap();
+    assert!(c.read_line().await.unwrap().starts_with(b"+"));
+    c.send_raw(b"0123456789").await.unwrap();
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut c, reused) = session(proxy.plain, &user, &pass).await;
+    assert!(!reused, "a session with a half-sent literal was reused");
+    assert!(c.cmd("n", "NOOP").await.unwrap().tagged_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_pipelined_behind_login_are_tracked_for_reset() {
+    let (proxy, _pool) = start_proxy_pooled(
+        &[dovecot().imap_addr()],
+        SessionSettings::default(),
+        pooled(),
+    )
+    .await;
+    let (user, pass) = dovecot().user(19);
+    let mut c = TestClient::connect(proxy.plain).await.unwrap();
+    c.send_raw(format!("a LOGIN {user} {pass}\r\nb SELECT INBOX\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert!(c.read_until_tagged("a").await.unwrap().tagged_ok());
+    assert!(c.read_until_tagged("b").await.unwrap().tagged_ok());
+    assert!(c.logout().await.unwrap().tagged_ok());
+    let (mut c, reused) = session(proxy.plain, &user, &pass).await;
+    assert!(reused);
+    let r = c.cmd("f", "FETCH 1 (UID)").await.unwrap();
+    assert!(
+        !r.tagged_ok(),
+        "the pipelined SELECT leaked into the next client: {}",
+        r.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_synchronizing_literal_does_not_desynchronise_logout() {
+    let (proxy, _pool) = start_proxy_pooled(
+        &[dovecot().imap_addr()],
+        SessionSettings::default(),
+        pooled(),
+    )
+    .await;
+    let (user, pass) = dovecot().user(20);
+    let (mut c, _) = session(proxy.plain, &user, &pass).await;
+    // Thunderbird saving to a Sent folder that does not exist: NO [TRYCREATE], no `+`.
+    c.send_raw(b"b APPEND NoSuchBox {5}\r\n").await.unwrap();
+    let line = String::from_utf8_lossy(&c.read_line().await.unwrap()).into_owned();
+    assert!(line.starts_with("b NO"), "{line}");
+    assert!(c.cmd("n", "NOOP").await.unwrap().tagged_ok());
+    c.set_timeout(Duration::from_secs(5));
+    let r = c.logout().await.unwrap();
+    assert!(r.text().contains("* BYE") && r.tagged_ok(), "{}", r.text());
+}

@@ -266,3 +266,25 @@ async fn commands_pipelined_behind_login_reach_the_backend() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_then_half_close_still_gets_the_answer() {
+    let proxy = start_proxy(&[dovecot().imap_addr()]).await;
+    let (user, pass) = dovecot().user(1);
+    let mut tcp = tokio::net::TcpStream::connect(proxy.plain).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(format!("a LOGIN {user} {pass}\r\nb LOGOUT\r\n").as_bytes())
+        .await
+        .unwrap();
+    tcp.shutdown().await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut all))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(
+        text.contains("a OK") && text.contains("* BYE") && text.contains("b OK"),
+        "{text}"
+    );
+}

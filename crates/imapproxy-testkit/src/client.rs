@@ -182,6 +182,21 @@ impl TestClient {
         Ok(resp.status_line())
     }
 
+    /// Performs the TLS handshake on a plain connection whose `STARTTLS` was already answered
+    /// (sent by hand with [`TestClient::send_raw`], e.g. with commands pipelined behind it).
+    /// Bytes received and not yet read are discarded, as RFC 9051 §6.2.1 requires.
+    pub async fn upgrade_tls(&mut self) -> io::Result<()> {
+        let Conn::Plain(tcp) = std::mem::replace(&mut self.conn, Conn::Gone) else {
+            return Err(
+                TestkitError::Tls("upgrade on a connection that is not plain".into()).into(),
+            );
+        };
+        self.buf.clear();
+        let tls = tls_handshake(tcp, DEFAULT_SERVER_NAME).await?;
+        self.conn = Conn::Tls(Box::new(tls));
+        Ok(())
+    }
+
     /// Writes `bytes` as they are and flushes.
     pub async fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         match &mut self.conn {
