@@ -100,10 +100,13 @@ impl SessionFacts {
     }
 }
 
+/// A capability predicate: true for capabilities hidden from the client.
+pub(crate) type CapabilityFilter = Box<dyn Fn(&[u8]) -> bool + Send + Sync>;
+
 /// Rewrites applied to backend responses after login.
 pub(crate) struct ResponsePolicy {
     /// Returns true for capabilities to remove from lists shown to the client.
-    pub drop_capability: Box<dyn Fn(&[u8]) -> bool + Send + Sync>,
+    pub drop_capability: CapabilityFilter,
     /// What to send instead of the backend's `* ID (...)` reply (which names the backend).
     pub id_reply: Vec<u8>,
 }

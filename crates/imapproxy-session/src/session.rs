@@ -166,7 +166,7 @@ struct Session {
 /// What the pre-auth loop does after a command.
 enum Next {
     Continue,
-    LoggedIn(LoggedIn),
+    LoggedIn(Box<LoggedIn>),
     Logout,
 }
 
@@ -337,7 +337,7 @@ impl Session {
                 PreAuthEvent::Command { tag, command } => {
                     match self.command(&mut parser, &mut buf, tag, command).await? {
                         Next::Continue => {}
-                        Next::LoggedIn(done) => return Ok(Some(done)),
+                        Next::LoggedIn(done) => return Ok(Some(*done)),
                         Next::Logout => return Ok(None),
                     }
                 }
@@ -627,10 +627,10 @@ impl Session {
                     );
                     self.write(&out).await?;
                     info!(reused = session.reused(), "logged in");
-                    return Ok(Next::LoggedIn(LoggedIn {
+                    return Ok(Next::LoggedIn(Box::new(LoggedIn {
                         session,
                         pipelined: parser.take_remaining(),
-                    }));
+                    })));
                 }
                 Err(PoolError::PoolTimeout) => {
                     warn!("all of the user's backend sessions stayed busy");

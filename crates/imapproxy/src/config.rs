@@ -367,29 +367,32 @@ fn default_log_level() -> String {
 
 /// Reads the configuration: the file (if any, which must exist), then `IMAPPROXY_…`
 /// environment variables (`__` separates levels: `IMAPPROXY_SESSION__GREETING=hi`).
-pub fn load(path: Option<&Path>) -> Result<Config, figment::Error> {
+pub fn load(path: Option<&Path>) -> Result<Config, Box<figment::Error>> {
     let mut fig = Figment::new();
     if let Some(path) = path {
         if !path.is_file() {
-            return Err(figment::Error::from(format!(
+            return Err(Box::new(figment::Error::from(format!(
                 "configuration file {} does not exist",
                 path.display()
-            )));
+            ))));
         }
         // `file_exact`: `Toml::file` searches parent directories and silently yields nothing
         // when the file is missing.
         fig = fig.merge(Toml::file_exact(path));
     }
     fig = fig.merge(Env::prefixed("IMAPPROXY_").split("__").ignore(&["config"]));
-    fig.extract()
+    fig.extract().map_err(Box::new)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(toml: &str) -> Result<Config, figment::Error> {
-        Figment::new().merge(Toml::string(toml)).extract()
+    fn parse(toml: &str) -> Result<Config, Box<figment::Error>> {
+        Figment::new()
+            .merge(Toml::string(toml))
+            .extract()
+            .map_err(Box::new)
     }
 
     #[test]
