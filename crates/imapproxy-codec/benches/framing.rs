@@ -27,6 +27,34 @@ fn server_stream() -> Vec<u8> {
     out
 }
 
+/// Webmail listing a mailbox: 5000 small FETCH responses, each a header-fields literal of
+/// ~200 bytes, plus flags and sizes. Dominated by line scanning, not literal skipping: the
+/// realistic worst case for the framer.
+fn header_stream() -> Vec<u8> {
+    let mut out = Vec::new();
+    for n in 1..=5000 {
+        let hdr = format!(
+            "Subject: Quarterly report number {n} for the team\r\n\
+             From: \"Sender {n}\" <sender{n}@example.org>\r\n\
+             Date: Tue, 14 Nov 2023 22:13:{:02} +0000\r\n\r\n",
+            n % 60
+        );
+        out.extend_from_slice(
+            format!(
+                "* {n} FETCH (UID {n} FLAGS (\\Seen) RFC822.SIZE {} \
+                 BODY[HEADER.FIELDS (SUBJECT FROM DATE)] {{{}}}\r\n",
+                1000 + n,
+                hdr.len()
+            )
+            .as_bytes(),
+        );
+        out.extend_from_slice(hdr.as_bytes());
+        out.extend_from_slice(b")\r\n");
+    }
+    out.extend_from_slice(b"A0043 OK Fetch completed (0.020 + 0.000 secs).\r\n");
+    out
+}
+
 /// A webmail-like command stream: small commands, a few APPENDs with literals, IDLE/DONE.
 fn client_stream() -> Vec<u8> {
     let mut out = Vec::new();
@@ -67,6 +95,12 @@ fn bench(c: &mut Criterion) {
             Direction::Server,
             server_stream(),
             201,
+        ),
+        (
+            "server_header_stream",
+            Direction::Server,
+            header_stream(),
+            5001,
         ),
         (
             "client_command_stream",
