@@ -190,6 +190,26 @@ impl ImapConn {
         }
     }
 
+    /// Sends `LOGOUT` and reads up to its tagged `OK`, past the untagged `BYE` that
+    /// RFC 9051 §6.1.3 puts before it.
+    pub async fn logout(&mut self) -> Result<(), BenchError> {
+        let tag = self.send("LOGOUT").await?;
+        loop {
+            let frame = self.next_frame().await?;
+            match frame.kind {
+                FrameKind::Tagged(status) => {
+                    let ours = frame.tag.is_some_and(|t| t.as_bytes() == tag.as_bytes());
+                    if !ours || status != Status::Ok {
+                        return Err(self.unexpected("LOGOUT"));
+                    }
+                    return Ok(());
+                }
+                FrameKind::Untagged(_) => {}
+                _ => return Err(self.unexpected("LOGOUT")),
+            }
+        }
+    }
+
     /// Reads responses until a `+` continuation request (e.g. `+ idling`); a tagged
     /// response first is an error.
     pub async fn read_until_continuation(&mut self, cmd: &str) -> Result<Reply, BenchError> {
@@ -262,6 +282,17 @@ pub fn insecure_connector() -> Result<TlsConnector, BenchError> {
     let config = imapproxy_testkit::insecure_client_config()
         .map_err(BenchError::io("client TLS configuration"))?;
     Ok(TlsConnector::from(config))
+}
+
+/// Like [`insecure_connector`], without TLS session resumption: every connection pays
+/// for a full handshake, as a webmail backend that opens a fresh connection per request
+/// (and keeps no ticket cache between its worker processes) does.
+pub fn insecure_connector_no_resumption() -> Result<TlsConnector, BenchError> {
+    let shared = imapproxy_testkit::insecure_client_config()
+        .map_err(BenchError::io("client TLS configuration"))?;
+    let mut config = (*shared).clone();
+    config.resumption = tokio_rustls::rustls::client::Resumption::disabled();
+    Ok(TlsConnector::from(std::sync::Arc::new(config)))
 }
 
 /// Logs in and selects INBOX; returns the SELECT reply.

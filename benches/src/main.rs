@@ -18,15 +18,23 @@
 //!   proxy plain, proxy implicit TLS, direct implicit TLS.
 //! - `idle-memory`: proxy `VmRSS` growth per session over 1,000 sessions in IDLE, plain
 //!   and implicit-TLS listeners.
+//! - `webmail`: short implicit-TLS sessions (LOGIN, SELECT, a header FETCH, LOGOUT) from
+//!   20 clients over 100 users: sessions/s, login and session latency, and Dovecot's own
+//!   logins per client session, direct vs through the pooling proxy.
+//! - `burst`: 50 workers of one user looping short plain sessions against Dovecot capped
+//!   at 10 sessions per user and IP: completed loops/s and failures, direct vs proxy.
 #![deny(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
 mod bulk;
+mod burst;
+mod clients;
 mod error;
 mod idle;
 mod imap;
 mod proxy;
 mod report;
+mod webmail;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +64,12 @@ enum Scenario {
     Bulk(bulk::BulkArgs),
     /// Proxy memory per logged-in session sitting in IDLE (KiB), plain and TLS listeners.
     IdleMemory(idle::IdleArgs),
+    /// Short implicit-TLS webmail sessions over many users (sessions/s, login latency,
+    /// Dovecot logins per session), proxy vs direct Dovecot.
+    Webmail(webmail::WebmailArgs),
+    /// Many workers of one user against Dovecot's per-user+IP cap (loops/s, failures),
+    /// proxy vs direct Dovecot.
+    Burst(burst::BurstArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +94,8 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
         match &cli.scenario {
             Scenario::Bulk(a) => bulk::run(&binary, cli.runs, a).await,
             Scenario::IdleMemory(a) => idle::run(&binary, cli.runs, a).await,
+            Scenario::Webmail(a) => webmail::run(&binary, cli.runs, a).await,
+            Scenario::Burst(a) => burst::run(&binary, cli.runs, a).await,
         }
     })
 }

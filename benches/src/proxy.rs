@@ -109,9 +109,22 @@ impl ProxyProcess {
         cert: &Path,
         key: &Path,
     ) -> Result<ProxyProcess, BenchError> {
+        Self::start_with(binary, backend, cert, key, "").await
+    }
+
+    /// Like [`ProxyProcess::start`], with `extra` TOML appended to the generated
+    /// configuration (e.g. a `[pool]` section, so that a scenario states the pool settings
+    /// it measures instead of inheriting whatever the defaults are).
+    pub async fn start_with(
+        binary: &Path,
+        backend: SocketAddr,
+        cert: &Path,
+        key: &Path,
+        extra: &str,
+    ) -> Result<ProxyProcess, BenchError> {
         let mut last = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::start_once(binary, backend, cert, key).await {
+            match Self::start_once(binary, backend, cert, key, extra).await {
                 Ok(p) => return Ok(p),
                 // Most likely a port race: try again with new ports.
                 Err(e @ BenchError::ProxyExited { .. }) => last = Some(e),
@@ -126,6 +139,7 @@ impl ProxyProcess {
         backend: SocketAddr,
         cert: &Path,
         key: &Path,
+        extra: &str,
     ) -> Result<ProxyProcess, BenchError> {
         let dir = tempfile::Builder::new()
             .prefix("imapproxy-bench-")
@@ -158,7 +172,8 @@ max_connections = 20000
 
 [log]
 level = "warn"
-"#,
+
+{extra}"#,
             cert = cert.display(),
             key = key.display(),
         );

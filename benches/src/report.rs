@@ -51,6 +51,19 @@ pub fn median(xs: &[f64]) -> f64 {
     }
 }
 
+/// The `p`-th percentile (0..=100) of `xs` by nearest rank; NaN when empty. Sorts `xs`.
+pub fn percentile(xs: &mut [f64], p: f64) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    // Nearest rank: the smallest value with at least p% of the samples at or below it.
+    let rank = ((p / 100.0) * xs.len() as f64).ceil() as usize;
+    xs.get(rank.clamp(1, xs.len()) - 1)
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
 /// Prints `series` as a table: one column per run, then the median.
 pub fn print_table(title: &str, series: &[Series], decimals: usize) {
     let runs = series.iter().map(|s| s.runs.len()).max().unwrap_or(0);
@@ -118,5 +131,16 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let mut xs: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(percentile(&mut xs, 50.0), 50.0);
+        assert_eq!(percentile(&mut xs, 99.0), 99.0);
+        assert_eq!(percentile(&mut xs, 100.0), 100.0);
+        assert_eq!(percentile(&mut xs, 0.0), 1.0);
+        assert_eq!(percentile(&mut [7.0], 99.0), 7.0);
+        assert!(percentile(&mut [], 50.0).is_nan());
     }
 }

@@ -1,7 +1,9 @@
 //! `bench`: criterion micro-benches, then the load scenarios.
 
+use std::process::Command;
+
 use crate::error::XtaskError;
-use crate::run::{cargo, run};
+use crate::run::{cargo, root, run};
 
 /// A load scenario: a binary that drives the proxy and direct Dovecot in the same
 /// run and prints ratios (DESIGN.md "Performance").
@@ -14,10 +16,46 @@ pub struct LoadScenario {
     pub args: &'static [&'static str],
 }
 
-/// The load scenarios, run in order after the criterion benches.
-///
-/// Hook for the lead: add an entry per scenario binary here.
-pub const LOAD_SCENARIOS: &[LoadScenario] = &[];
+/// The load scenarios, run in order after the criterion benches (each one well under
+/// two minutes; see benches/README.md).
+pub const LOAD_SCENARIOS: &[LoadScenario] = &[
+    // Relay throughput of one big FETCH, plain and TLS.
+    LoadScenario {
+        package: "imapproxy-bench",
+        bin: "loadbench",
+        args: &["bulk"],
+    },
+    // Proxy memory per session in IDLE (1,000 sessions: needs the raised open-file limit).
+    LoadScenario {
+        package: "imapproxy-bench",
+        bin: "loadbench",
+        args: &["idle-memory"],
+    },
+    // Short implicit-TLS sessions over 100 users: sessions/s, login latency, Dovecot
+    // logins per client session.
+    LoadScenario {
+        package: "imapproxy-bench",
+        bin: "loadbench",
+        args: &["webmail"],
+    },
+    // 50 workers of one user against Dovecot's cap of 10 per user and IP.
+    LoadScenario {
+        package: "imapproxy-bench",
+        bin: "loadbench",
+        args: &["burst"],
+    },
+    // The same, with workers that stay logged in for 200 ms: without it Dovecot's login
+    // rate keeps overlapping sessions below the cap, so direct never fails.
+    LoadScenario {
+        package: "imapproxy-bench",
+        bin: "loadbench",
+        args: &["burst", "--hold-ms", "200"],
+    },
+];
+
+/// Soft open-file limit the load scenarios run under: `idle-memory` holds 1,000 client
+/// sockets and its Dovecot a process per session (loadbench checks what it needs).
+const NOFILE: u32 = 65536;
 
 /// `cargo xtask bench`.
 pub fn bench() -> Result<(), XtaskError> {
@@ -26,15 +64,69 @@ pub fn bench() -> Result<(), XtaskError> {
     run_load_scenarios()
 }
 
-/// Runs every entry of [`LOAD_SCENARIOS`] in release mode.
+/// Builds the release proxy (loadbench runs that binary and builds nothing), then runs
+/// every entry of [`LOAD_SCENARIOS`] in release mode under a raised open-file limit.
 pub fn run_load_scenarios() -> Result<(), XtaskError> {
     if LOAD_SCENARIOS.is_empty() {
         eprintln!("xtask: no load scenarios registered yet (xtask/src/bench.rs, LOAD_SCENARIOS)");
+        return Ok(());
     }
+    run(cargo().args(["build", "--release", "-p", "imapproxy"]))?;
     for s in LOAD_SCENARIOS {
-        run(cargo()
+        let mut inner = cargo();
+        inner
             .args(["run", "--release", "-p", s.package, "--bin", s.bin, "--"])
-            .args(s.args))?;
+            .args(s.args);
+        run(&mut with_nofile(&inner))?;
     }
     Ok(())
+}
+
+/// `inner` run through `sh`, which first raises the open-file limit to [`NOFILE`] when
+/// it is lower (to the hard limit when [`NOFILE`] is not allowed), then `exec`s it. The
+/// limit is inherited by cargo, loadbench, the proxy and Dovecot.
+fn with_nofile(inner: &Command) -> Command {
+    let script = format!(
+        "cur=$(ulimit -n); \
+         if [ \"$cur\" != unlimited ] && [ \"$cur\" -lt {NOFILE} ]; then \
+           ulimit -n {NOFILE} 2>/dev/null || ulimit -n \"$(ulimit -Hn)\" 2>/dev/null || \
+           echo \"xtask: could not raise the open-file limit above $cur\" >&2; \
+         fi; exec \"$@\""
+    );
+    let mut c = Command::new("sh");
+    c.current_dir(inner.get_current_dir().map_or_else(root, ToOwned::to_owned))
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_is_a_loadbench_subcommand() {
+        let known = ["bulk", "idle-memory", "webmail", "burst"];
+        for s in LOAD_SCENARIOS {
+            assert_eq!((s.package, s.bin), ("imapproxy-bench", "loadbench"));
+            assert!(s.args.first().is_some_and(|a| known.contains(a)));
+        }
+    }
+
+    #[test]
+    fn nofile_wrapper_execs_the_inner_command_with_its_arguments() {
+        let mut inner = Command::new("echo");
+        inner.args(["a b", "c"]);
+        let out = with_nofile(&inner).output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "a b c\n");
+        let mut limit = Command::new("sh");
+        limit.args(["-c", "ulimit -n"]);
+        let out = with_nofile(&limit).output().unwrap();
+        let n = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(n == "unlimited" || n.parse::<u64>().unwrap() > 0, "{n}");
+    }
 }
