@@ -113,7 +113,16 @@ pub async fn run(proxy_bin: &Path, runs: u32, args: &IdleArgs) -> Result<(), Ben
     let mut samples = Vec::new();
     for r in 1..=runs {
         for (listener, security) in [("plain", Security::Plain), ("TLS", Security::Tls)] {
-            let proxy = ProxyProcess::start(proxy_bin, dovecot.imap_addr(), &cert, &key).await?;
+            // 50 sessions per user sit in IDLE at once: lift the pool's per-user cap, and keep
+            // no warm connections so that only sessions are counted.
+            let proxy = ProxyProcess::start_with(
+                proxy_bin,
+                dovecot.imap_addr(),
+                &cert,
+                &key,
+                "[pool]\nmax_per_user = 1000\nwarm = 0\n",
+            )
+            .await?;
             let addr = match security {
                 Security::Plain => proxy.plain,
                 Security::Tls => proxy.implicit,

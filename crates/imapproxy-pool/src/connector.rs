@@ -1,5 +1,6 @@
 //! Opening a backend connection: TCP, TLS or STARTTLS, greeting, CAPABILITY, and login.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -121,7 +122,9 @@ fn response_code(line: &[u8]) -> Option<String> {
 pub struct BackendConn {
     stream: BackendStream,
     buf: Vec<u8>,
-    capabilities: Vec<String>,
+    /// Space-separated, one allocation: every idle session keeps its list, and a list of
+    /// ~50 separately allocated strings would cost more than the rest of the session.
+    capabilities: Arc<str>,
     next_tag: u32,
     io_timeout: Duration,
     addr: String,
@@ -158,7 +161,7 @@ impl BackendConn {
         let mut conn = Self {
             stream,
             buf: Vec::new(),
-            capabilities: Vec::new(),
+            capabilities: Arc::from(""),
             next_tag: 0,
             io_timeout: target.io_timeout,
             addr,
@@ -173,7 +176,7 @@ impl BackendConn {
             _ => return Err(Error::Refused),
         }
         if let Some(caps) = parse_capabilities(&greeting) {
-            conn.capabilities = caps;
+            conn.capabilities = caps.join(" ").into();
         }
         if target.tls == TlsMode::StartTls {
             let resp = conn.command("STARTTLS").await?;
@@ -192,7 +195,7 @@ impl BackendConn {
                 .connect(tcp, &target.server_name, target.connect_timeout)
                 .await?;
             conn.stream = BackendStream::Tls(Box::new(s));
-            conn.capabilities.clear();
+            conn.capabilities = Arc::from("");
         }
         if conn.capabilities.is_empty() {
             conn.refresh_capabilities().await?;
@@ -201,22 +204,32 @@ impl BackendConn {
     }
 
     /// The backend's current capabilities (pre-login until [`BackendConn::login`] succeeds).
-    pub fn capabilities(&self) -> &[String] {
-        &self.capabilities
+    pub fn capabilities(&self) -> impl Iterator<Item = &str> + '_ {
+        self.capabilities.split_ascii_whitespace()
+    }
+
+    /// Shares the capability list with other connections to the same backend: `cache` holds
+    /// the last list seen; an equal list is replaced by that shared copy.
+    pub(crate) fn intern_capabilities(&mut self, cache: &std::sync::Mutex<Option<Arc<str>>>) {
+        let mut cached = cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match cached.as_ref() {
+            Some(c) if **c == *self.capabilities => self.capabilities = Arc::clone(c),
+            _ => *cached = Some(Arc::clone(&self.capabilities)),
+        }
     }
 
     /// Whether the backend advertises `cap` (case-insensitive).
     pub fn has_capability(&self, cap: &str) -> bool {
-        self.capabilities
-            .iter()
-            .any(|c| c.eq_ignore_ascii_case(cap))
+        self.capabilities().any(|c| c.eq_ignore_ascii_case(cap))
     }
 
     /// Sends `CAPABILITY` and stores the answer.
     pub async fn refresh_capabilities(&mut self) -> Result<(), Error> {
         let resp = self.command("CAPABILITY").await?;
         if let Some(caps) = resp.untagged.iter().find_map(|l| parse_capabilities(l)) {
-            self.capabilities = caps;
+            self.capabilities = caps.join(" ").into();
         }
         Ok(())
     }
@@ -358,7 +371,7 @@ impl BackendConn {
             return Err(Error::AuthFailed { code: resp.code() });
         }
         match parse_capabilities(&resp.tagged) {
-            Some(caps) => self.capabilities = caps,
+            Some(caps) => self.capabilities = caps.join(" ").into(),
             None => self.refresh_capabilities().await?,
         }
         Ok(())
@@ -410,8 +423,10 @@ impl BackendConn {
             if self.buf.len() >= MAX_RESPONSE {
                 return Err(Error::TooLarge);
             }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(self.io_timeout, self.stream.read(&mut chunk))
+            // Read straight into the heap buffer: a stack array here would sit in the state of
+            // every future that awaits a response, and so in every session task.
+            self.buf.reserve(4096);
+            let n = tokio::time::timeout(self.io_timeout, self.stream.read_buf(&mut self.buf))
                 .await
                 .map_err(|_| Error::Timeout {
                     addr: self.addr.clone(),
@@ -420,7 +435,6 @@ impl BackendConn {
             if n == 0 {
                 return Err(Error::Refused);
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 

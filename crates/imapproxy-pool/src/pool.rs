@@ -152,6 +152,8 @@ struct UserState {
 
 struct Backend {
     target: BackendTarget,
+    /// The post-login capability list last seen, shared by this backend's sessions.
+    capabilities: Mutex<Option<Arc<str>>>,
     warm: Option<WarmPool>,
     conns: Arc<AtomicUsize>,
     max_connections: usize,
@@ -284,6 +286,7 @@ impl SessionPool {
             .flatten();
         let backend = Arc::new(Backend {
             target,
+            capabilities: Mutex::new(None),
             warm,
             conns: Arc::new(AtomicUsize::new(0)),
             max_connections: max_connections.max(1),
@@ -471,6 +474,7 @@ impl SessionPool {
             None => BackendConn::connect(&be.target).await?,
         };
         conn.login(creds, id_fields).await?;
+        conn.intern_capabilities(&be.capabilities);
         Ok(PooledSession {
             conn,
             backend,

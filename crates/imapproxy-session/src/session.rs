@@ -612,8 +612,6 @@ impl Session {
                     let caps: Vec<&str> = session
                         .conn_ref()
                         .capabilities()
-                        .iter()
-                        .map(String::as_str)
                         .filter(|c| !(self.proxy.policy.drop_capability)(c.as_bytes()))
                         .collect();
                     let mut out = Vec::with_capacity(512);
@@ -633,10 +631,12 @@ impl Session {
                     })));
                 }
                 Err(PoolError::PoolTimeout) => {
-                    warn!("all of the user's backend sessions stayed busy");
+                    // Expected under bursts; counted by the pool, not worth a warning each.
+                    info!("all of the user's backend sessions stayed busy");
+                    // RFC 5530 [LIMIT], as Dovecot answers when its per-user cap is hit.
                     self.tagged(
                         tag,
-                        "NO [UNAVAILABLE] Too many sessions for this user, try again later.",
+                        "NO [LIMIT] Too many sessions for this user, try again later.",
                     )
                     .await?;
                     return Ok(Next::Continue);
@@ -699,7 +699,8 @@ impl Session {
         };
         // Back to the pool before the client hears the answer to its LOGOUT, so that its
         // next login (webmail logs in again at once) finds the session cached.
-        proxy.pool.checkin(session, reusable, reset).await;
+        // Boxed: the reset's state machine is needed once, not for the session's whole life.
+        Box::pin(proxy.pool.checkin(session, reusable, reset)).await;
         // A BYE written into the middle of a response would become part of it (a literal's
         // bytes, say): at such a point the connection is just closed.
         let can_speak = !facts.mid_response;
