@@ -23,4 +23,24 @@ pub enum Error {
     /// Every backend is down or draining (or there are none).
     #[error("no healthy backend is available")]
     NoHealthyBackend,
+    /// The user directory did not answer (down, failing, or slower than its timeout). The
+    /// session answers `NO [UNAVAILABLE]` (RFC 5530) and the client may retry later.
+    #[error("the user directory is unavailable: {0}")]
+    DirectoryUnavailable(String),
+    /// A line of a static map is malformed.
+    #[error("map line {line}: {reason}")]
+    InvalidMap {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A static map file could not be read.
+    #[error("cannot read map file {path}: {reason}")]
+    MapFile {
+        /// The file's path as given.
+        path: String,
+        /// The operating system's reason.
+        reason: String,
+    },
 }

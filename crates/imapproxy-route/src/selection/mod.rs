@@ -1,13 +1,26 @@
-//! Choosing backends for a session: the [`Selector`] trait and the [`RoundRobin`] strategy.
+//! Choosing backends for a session: the [`Selector`] trait and its strategies, one module
+//! each.
 //!
 //! A selector returns an ordered list of candidates, preferred first, rather than one answer,
 //! so the caller can fall through to the next when a connection or login fails without
-//! asking again.
+//! asking again. Every strategy here returns *all* healthy backends, only the order differs.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use crate::{BackendId, Error, Health, Registry};
+use crate::{Backend, BackendId, BackendState, Error, Health, Registry};
+
+mod least_connections;
+mod p2c;
+mod rendezvous;
+mod round_robin;
+mod weighted;
+
+pub use least_connections::LeastConnections;
+pub use p2c::PowerOfTwoChoices;
+pub use rendezvous::RendezvousHash;
+pub use round_robin::RoundRobin;
+pub use weighted::WeightedRoundRobin;
 
 /// What a selector may know about the session it routes.
 #[derive(Debug, Clone, Copy)]
@@ -70,47 +83,21 @@ pub trait Selector: Send + Sync + 'static {
     }
 }
 
-/// Takes the healthy backends in turn: each call starts one further along the list.
-///
-/// Ignores [`crate::Backend::weight`] and the request; every [`Health::Up`] backend is a
-/// candidate, so a failed connect falls through to all the others.
-#[derive(Debug, Default)]
-pub struct RoundRobin {
-    cursor: AtomicUsize,
+/// The [`Health::Up`] backends with their states, in registry order: what every strategy
+/// starts from.
+pub(crate) fn up_entries(registry: &Registry) -> Vec<(&Backend, &Arc<BackendState>)> {
+    registry
+        .iter()
+        .filter(|(_, state)| state.health() == Health::Up)
+        .collect()
 }
 
-impl RoundRobin {
-    /// A round-robin starting at the first backend.
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-impl Selector for RoundRobin {
-    fn select(&self, registry: &Registry, _req: &Request<'_>) -> Vec<BackendId> {
-        let mut up: Vec<BackendId> = registry
-            .iter()
-            .filter(|(_, state)| state.health() == Health::Up)
-            .map(|(backend, _)| backend.id.clone())
-            .collect();
-        if up.is_empty() {
-            return up;
-        }
-        // Relaxed is enough: the cursor only spreads load, it orders nothing. fetch_add
-        // wraps on overflow, which merely skips a step once every 2^64 calls.
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % up.len();
-        up.rotate_left(start);
-        up
-    }
-}
-
+/// Shared helpers for the strategies' tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Backend;
+pub(crate) mod testing {
+    use crate::{Backend, BackendId, Registry};
 
-    fn registry(names: &[&str]) -> Registry {
+    pub(crate) fn registry(names: &[&str]) -> Registry {
         Registry::new(
             names
                 .iter()
@@ -121,9 +108,28 @@ mod tests {
         .unwrap()
     }
 
-    fn names(ids: &[BackendId]) -> Vec<&str> {
+    pub(crate) fn weighted(entries: &[(&str, u32)]) -> Registry {
+        Registry::new(
+            entries
+                .iter()
+                .enumerate()
+                .map(|(i, (n, w))| {
+                    Backend::new(*n, format!("127.0.0.1:{}", 10_000 + i)).with_weight(*w)
+                })
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    pub(crate) fn names(ids: &[BackendId]) -> Vec<&str> {
         ids.iter().map(BackendId::as_str).collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{names, registry};
+    use super::*;
 
     #[test]
     fn round_robin_cycles_over_all_backends() {
