@@ -4,7 +4,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use imapproxy_pool::{BackendTarget, PoolSettings};
-use imapproxy_route::{Backend, BackendId, Registry, RoundRobin, Selector};
+use imapproxy_route::{
+    Backend, BackendId, LeastConnections, PowerOfTwoChoices, Registry, RendezvousHash, RoundRobin,
+    Selector, StaticMap, WeightedRoundRobin,
+};
 use imapproxy_session::{ListenerSettings, SessionSettings, Upstreams};
 use imapproxy_tls::{BackendTls, BackendVerify, DEFAULT_SELF_SIGNED_NAMES, ServerTls, TlsMode};
 
@@ -119,15 +122,19 @@ impl Built {
             targets.insert(id, target);
         }
         let registry = Registry::new(backends).map_err(|e| e.to_string())?;
-        let selector: Arc<dyn Selector> = match cfg.routing.strategy.as_str() {
-            "round-robin" => Arc::new(RoundRobin::default()),
-            other => {
-                return Err(format!(
-                    "[routing] strategy {other:?} is not supported by this version \
-                     (supported: \"round-robin\")"
-                ));
-            }
-        };
+        let selector = selector_for(&cfg.routing.strategy)?;
+        if let Some(path) = &cfg.routing.map {
+            // Validated so `imapproxy check` catches a broken map; not yet used for routing
+            // (the session does not consult a directory yet).
+            let map = StaticMap::from_path(path)
+                .map_err(|e| format!("[routing] map {}: {e}", path.display()))?;
+            map.validate(&registry).map_err(|e| {
+                format!(
+                    "[routing] map {}: {e} (not among [[backends]])",
+                    path.display()
+                )
+            })?;
+        }
         let settings = SessionSettings {
             greeting: cfg.session.greeting.clone(),
             preauth_timeout: cfg.session.preauth_timeout,
@@ -160,6 +167,33 @@ impl Built {
     }
 }
 
+/// The `[routing] strategy` names, as accepted in the file.
+pub const STRATEGIES: [&str; 5] = [
+    "round-robin",
+    "least-connections",
+    "weighted",
+    "p2c",
+    "hash",
+];
+
+/// Builds the selector named by `[routing] strategy`.
+pub fn selector_for(strategy: &str) -> Result<Arc<dyn Selector>, String> {
+    Ok(match strategy {
+        "round-robin" => Arc::new(RoundRobin::new()),
+        "least-connections" => Arc::new(LeastConnections::new()),
+        "weighted" => Arc::new(WeightedRoundRobin::new()),
+        "p2c" => Arc::new(PowerOfTwoChoices::new()),
+        "hash" => Arc::new(RendezvousHash::new()),
+        other => {
+            let names: Vec<String> = STRATEGIES.iter().map(|s| format!("{s:?}")).collect();
+            return Err(format!(
+                "[routing] strategy {other:?} is unknown; use one of {}",
+                names.join(", ")
+            ));
+        }
+    })
+}
+
 /// Parses `192.0.2.0/24`, `::1/128` or a bare address.
 pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
     let (addr, len) = match s.split_once('/') {
@@ -177,7 +211,115 @@ pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_cidr;
+    use super::{STRATEGIES, parse_cidr, selector_for};
+    use imapproxy_route::{Backend, Health, Registry, Request};
+
+    fn registry() -> Registry {
+        Registry::new(vec![
+            Backend::new("a", "127.0.0.1:1").with_weight(3),
+            Backend::new("b", "127.0.0.1:2"),
+            Backend::new("c", "127.0.0.1:3").with_weight(0),
+        ])
+        .unwrap()
+    }
+
+    fn firsts(strategy: &str, user: &str, n: usize) -> Vec<String> {
+        let registry = registry();
+        let selector = selector_for(strategy).unwrap();
+        (0..n)
+            .map(|_| {
+                let candidates = selector.select(&registry, &Request::new(user));
+                // Every strategy lists every healthy backend, so callers can fall through.
+                assert_eq!(candidates.len(), 3, "{strategy}");
+                candidates[0].to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_strategy_rotates() {
+        assert_eq!(firsts("round-robin", "u", 4), ["a", "b", "c", "a"]);
+    }
+
+    #[test]
+    fn least_connections_strategy_prefers_the_idle() {
+        let registry = registry();
+        let _busy = registry.state("a").unwrap().session_started();
+        let selector = selector_for("least-connections").unwrap();
+        let candidates = selector.select(&registry, &Request::new("u"));
+        assert_eq!(candidates.last().unwrap().as_str(), "a");
+    }
+
+    #[test]
+    fn weighted_strategy_follows_weights() {
+        assert_eq!(firsts("weighted", "u", 4), ["a", "a", "b", "a"]);
+    }
+
+    #[test]
+    fn p2c_strategy_skips_unhealthy() {
+        let registry = registry();
+        registry.set_health("b", Health::Down).unwrap();
+        let selector = selector_for("p2c").unwrap();
+        let candidates = selector.select(&registry, &Request::new("u"));
+        assert_eq!(candidates.len(), 2);
+        assert!(candidates.iter().all(|id| id.as_str() != "b"));
+    }
+
+    #[test]
+    fn hash_strategy_is_stable_per_user() {
+        let seq = firsts("hash", "alice@example.org", 5);
+        assert!(seq.iter().all(|first| *first == seq[0]));
+        assert_eq!(
+            selector_for("hash")
+                .unwrap()
+                .select(&registry(), &Request::new("alice@example.org"))[0]
+                .as_str(),
+            seq[0]
+        );
+    }
+
+    #[test]
+    fn routing_map_is_loaded_and_checked_against_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.map");
+        std::fs::write(&good, "alice mail1\n* mail1\n").unwrap();
+        let unknown = dir.path().join("unknown.map");
+        std::fs::write(&unknown, "alice mail9\n").unwrap();
+        let broken = dir.path().join("broken.map");
+        std::fs::write(&broken, "alice\n").unwrap();
+        let build = |map: &std::path::Path| {
+            let toml = format!(
+                "[[listeners]]\naddr = \"127.0.0.1:1143\"\n\
+                 [[backends]]\nname = \"mail1\"\naddr = \"127.0.0.1:10143\"\n\
+                 [routing]\nstrategy = \"hash\"\nmap = {:?}\n",
+                map.display().to_string()
+            );
+            let cfg: crate::config::Config = figment::Figment::new()
+                .merge(<figment::providers::Toml as figment::providers::Format>::string(&toml))
+                .extract()
+                .unwrap();
+            super::Built::from_config(&cfg).err()
+        };
+        assert_eq!(build(&good), None);
+        let err = build(&unknown).unwrap();
+        assert!(err.contains("mail9"), "{err}");
+        let err = build(&broken).unwrap();
+        assert!(err.contains("line 1"), "{err}");
+        let err = build(&dir.path().join("missing.map")).unwrap();
+        assert!(err.contains("missing.map"), "{err}");
+    }
+
+    #[test]
+    fn unknown_strategy_lists_the_options() {
+        let Err(err) = selector_for("random") else {
+            panic!("accepted an unknown strategy");
+        };
+        assert!(err.contains("\"random\""), "{err}");
+        for name in STRATEGIES {
+            assert!(err.contains(&format!("{name:?}")), "{err}");
+            assert!(selector_for(name).is_ok(), "{name}");
+        }
+    }
 
     #[test]
     fn cidr_parsing() {

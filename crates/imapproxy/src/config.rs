@@ -132,15 +132,24 @@ pub struct BackendConfig {
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingConfig {
-    /// `round-robin` (more strategies come with the routing work).
+    /// `round-robin` (default), `least-connections`, `weighted` (smooth weighted round-robin
+    /// by `[[backends]] weight`), `p2c` (power of two choices) or `hash` (rendezvous hashing
+    /// by user); see `crate::build::STRATEGIES`.
     #[serde(default = "default_strategy")]
     pub strategy: String,
+    /// A static user map file (`user backend`, `@domain backend`, `* backend`; see
+    /// `imapproxy_route::StaticMap`). Loaded and checked against `[[backends]]` at start and by
+    /// `imapproxy check`, but NOT YET USED FOR ROUTING: the session does not consult a
+    /// directory yet.
+    #[serde(default)]
+    pub map: Option<PathBuf>,
 }
 
 impl Default for RoutingConfig {
     fn default() -> Self {
         Self {
             strategy: default_strategy(),
+            map: None,
         }
     }
 }
@@ -461,6 +470,20 @@ addr = "127.0.0.1:8143"
         assert_eq!(cfg.backends[0].addr, "127.0.0.1:143");
         assert_eq!(cfg.session.preauth_timeout, Duration::from_secs(60));
         assert_eq!(cfg.session.auth_timeout, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn routing_keys_parse() {
+        let cfg =
+            parse("[routing]\nstrategy = \"p2c\"\nmap = \"/etc/imapproxy/users.map\"\n").unwrap();
+        assert_eq!(cfg.routing.strategy, "p2c");
+        assert_eq!(
+            cfg.routing.map.as_deref(),
+            Some(Path::new("/etc/imapproxy/users.map"))
+        );
+        let defaults = parse("").unwrap();
+        assert_eq!(defaults.routing.strategy, "round-robin");
+        assert!(defaults.routing.map.is_none());
     }
 
     #[test]
