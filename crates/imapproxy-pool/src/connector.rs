@@ -1,5 +1,6 @@
 //! Opening a backend connection: TCP, TLS or STARTTLS, greeting, CAPABILITY, and login.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,56 @@ pub struct BackendTarget {
     pub connect_timeout: Duration,
     /// Bound on every exchange the connector performs (greeting, CAPABILITY, login).
     pub io_timeout: Duration,
+    /// Send a PROXY protocol v2 header right after the TCP connect, before TLS and the
+    /// greeting, so that the backend (Dovecot with `haproxy = yes` and
+    /// `haproxy_trusted_networks`) sees the real client. The pool then keeps no warm
+    /// connections for this backend (they cannot know their client in advance). A cached
+    /// authenticated session is reused only for the same user, and keeps the address of the
+    /// client it was opened for.
+    pub proxy_protocol: bool,
+}
+
+/// The client a backend connection is opened for, as announced in a PROXY v2 header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddrs {
+    /// The client's address.
+    pub source: SocketAddr,
+    /// The address the client connected to (the proxy's listener, or the balancer's front).
+    pub destination: SocketAddr,
+}
+
+/// A PROXY protocol v2 header (HAProxy spec §2.2): `PROXY` with the client's addresses, or
+/// `LOCAL` (the backend keeps the connection's own endpoints) when there is no client, as for
+/// health checks. Mixed families are sent as IPv6, the IPv4 side mapped (`::ffff:a.b.c.d`).
+pub fn proxy_v2_header(client: Option<ClientAddrs>) -> Result<Vec<u8>, Error> {
+    use ppp::v2::{AddressFamily, Builder, Command, Protocol, Version};
+    let built = match client {
+        Some(ClientAddrs {
+            source,
+            destination,
+        }) => {
+            let pair = match (source, destination) {
+                (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => {
+                    (source, destination)
+                }
+                _ => (as_v6(source), as_v6(destination)),
+            };
+            Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, pair).build()
+        }
+        None => Builder::new(
+            Version::Two | Command::Local,
+            AddressFamily::Unspecified | Protocol::Unspecified,
+        )
+        .build(),
+    };
+    Ok(built?)
+}
+
+fn as_v6(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) => SocketAddr::from((a.ip().to_ipv6_mapped(), a.port())),
+        v6 @ SocketAddr::V6(_) => v6,
+    }
 }
 
 impl BackendTarget {
@@ -47,6 +98,7 @@ impl BackendTarget {
             server_name,
             connect_timeout: Duration::from_secs(5),
             io_timeout: Duration::from_secs(30),
+            proxy_protocol: false,
         }
     }
 }
@@ -132,8 +184,18 @@ pub struct BackendConn {
 
 impl BackendConn {
     /// Connects to `target`: TCP (with `TCP_NODELAY`), TLS or STARTTLS as configured, reads the
-    /// greeting and learns the capabilities.
+    /// greeting and learns the capabilities. With [`BackendTarget::proxy_protocol`] it sends a
+    /// PROXY v2 `LOCAL` header; use [`BackendConn::connect_for`] to name a client.
     pub async fn connect(target: &BackendTarget) -> Result<Self, Error> {
+        Self::connect_for(target, None).await
+    }
+
+    /// [`BackendConn::connect`] on behalf of `client`: with [`BackendTarget::proxy_protocol`]
+    /// the PROXY v2 header names it (`LOCAL` when `None`); otherwise `client` is unused.
+    pub async fn connect_for(
+        target: &BackendTarget,
+        client: Option<ClientAddrs>,
+    ) -> Result<Self, Error> {
         let addr = target.addr.clone();
         let tcp = tokio::time::timeout(target.connect_timeout, TcpStream::connect(&target.addr))
             .await
@@ -148,6 +210,17 @@ impl BackendConn {
         // Every exchange is a small request and a reply: Nagle plus delayed ACK would add
         // ~40 ms to each (see DESIGN.md, "Performance").
         tcp.set_nodelay(true)?;
+        let mut tcp = tcp;
+        if target.proxy_protocol {
+            // Before TLS and before the greeting: the header is the first thing on the wire.
+            let header = proxy_v2_header(client)?;
+            tokio::time::timeout(target.connect_timeout, tcp.write_all(&header))
+                .await
+                .map_err(|_| Error::Timeout {
+                    addr: addr.clone(),
+                    step: "PROXY header",
+                })??;
+        }
         let stream = match target.tls {
             TlsMode::Implicit => {
                 let tls = tls_client(target)?;
@@ -508,6 +581,35 @@ mod tests {
         assert!(quotable(b"pass word"));
         assert!(!quotable(b"a\r\nb"));
         assert!(!quotable("pässword".as_bytes()));
+    }
+
+    #[test]
+    fn proxy_v2_headers_parse_back() {
+        let client = ClientAddrs {
+            source: "127.0.0.5:40000".parse().unwrap(),
+            destination: "127.0.0.1:1143".parse().unwrap(),
+        };
+        let h = proxy_v2_header(Some(client)).unwrap();
+        let parsed = ppp::v2::Header::try_from(h.as_slice()).unwrap();
+        assert_eq!(parsed.command, ppp::v2::Command::Proxy);
+        assert_eq!(
+            parsed.addresses,
+            ppp::v2::Addresses::from((client.source, client.destination))
+        );
+        assert_eq!(parsed.len(), h.len());
+
+        let mixed = ClientAddrs {
+            source: "[2001:db8::1]:1".parse().unwrap(),
+            destination: "127.0.0.1:143".parse().unwrap(),
+        };
+        let h = proxy_v2_header(Some(mixed)).unwrap();
+        let parsed = ppp::v2::Header::try_from(h.as_slice()).unwrap();
+        assert_eq!(parsed.address_family(), ppp::v2::AddressFamily::IPv6);
+
+        let h = proxy_v2_header(None).unwrap();
+        let parsed = ppp::v2::Header::try_from(h.as_slice()).unwrap();
+        assert_eq!(parsed.command, ppp::v2::Command::Local);
+        assert_eq!(h.len(), 16);
     }
 
     #[test]

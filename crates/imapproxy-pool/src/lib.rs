@@ -75,7 +75,9 @@ mod pool;
 mod stream;
 mod warm;
 
-pub use connector::{BackendConn, BackendTarget, Credentials, Response};
+pub use connector::{
+    BackendConn, BackendTarget, ClientAddrs, Credentials, Response, proxy_v2_header,
+};
 pub use error::Error;
 pub use imapproxy_codec::Secret;
 pub use pool::{PoolSettings, PoolStatus, PooledSession, Reset, SessionPool};

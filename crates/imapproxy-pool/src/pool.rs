@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use crate::digest::{Digest, DigestKey};
 use crate::liveness::idle_and_alive;
 use crate::warm::{self, WarmPool};
-use crate::{BackendConn, BackendTarget, Credentials, Error};
+use crate::{BackendConn, BackendTarget, ClientAddrs, Credentials, Error};
 
 /// Pool behaviour. The binary fills it from `[pool]`.
 #[derive(Clone, Debug)]
@@ -248,6 +248,13 @@ impl std::fmt::Debug for SessionPool {
     }
 }
 
+/// Whom a fresh backend login is for.
+struct LoginFor<'a> {
+    creds: &'a Credentials,
+    id_fields: &'a [(String, String)],
+    client: Option<ClientAddrs>,
+}
+
 enum Plan {
     Reuse(Box<Idle>),
     New(UserSlot, Option<(BackendConn, ConnCount)>),
@@ -281,7 +288,9 @@ impl SessionPool {
     /// Registers (or replaces) a backend under `name`, with its connection cap.
     pub fn add_backend(&self, name: &str, target: BackendTarget, max_connections: usize) {
         let s = &self.inner.settings;
-        let warm = (s.warm > 0)
+        // Warm connections are opened before their client is known: a backend that takes a
+        // PROXY header (naming the client) gets none.
+        let warm = (s.warm > 0 && !target.proxy_protocol)
             .then(|| warm::build(target.clone(), s.warm, s.warm_max_age))
             .flatten();
         let backend = Arc::new(Backend {
@@ -309,6 +318,20 @@ impl SessionPool {
         backend: &str,
         creds: &Credentials,
         id_fields: &[(String, String)],
+    ) -> Result<PooledSession, Error> {
+        self.checkout_for(backend, creds, id_fields, None).await
+    }
+
+    /// [`SessionPool::checkout`] on behalf of `client`: a backend with
+    /// [`BackendTarget::proxy_protocol`] gets a new connection whose PROXY v2 header names
+    /// `client` (never a warm one). A cached session of the same user and password is still
+    /// reused, and keeps the address of the client it was first opened for.
+    pub async fn checkout_for(
+        &self,
+        backend: &str,
+        creds: &Credentials,
+        id_fields: &[(String, String)],
+        client: Option<ClientAddrs>,
     ) -> Result<PooledSession, Error> {
         let (backend, be) = self
             .backend(backend)
@@ -388,7 +411,17 @@ impl SessionPool {
                     metrics::counter!("imapproxy_pool_checkouts_total", "result" => "miss")
                         .increment(1);
                     return self
-                        .login(backend, &be, slot, digest, creds, id_fields)
+                        .login(
+                            backend,
+                            &be,
+                            slot,
+                            digest,
+                            LoginFor {
+                                creds,
+                                id_fields,
+                                client,
+                            },
+                        )
                         .await;
                 }
                 Plan::Wait(id, rx) => {
@@ -457,21 +490,26 @@ impl SessionPool {
         be: &Backend,
         slot: UserSlot,
         digest: Digest,
-        creds: &Credentials,
-        id_fields: &[(String, String)],
+        who: LoginFor<'_>,
     ) -> Result<PooledSession, Error> {
+        let LoginFor {
+            creds,
+            id_fields,
+            client,
+        } = who;
         let count = be.conns.fetch_add(1, Ordering::AcqRel) + 1;
         let conn_count = ConnCount(Arc::clone(&be.conns));
         if count > be.max_connections {
             return Err(Error::BackendFull);
         }
         let warm = match &be.warm {
-            Some(pool) => warm::take_ready(pool).await,
-            None => None,
+            // A warm connection's PROXY header (if any) could not name this client.
+            Some(pool) if !be.target.proxy_protocol => warm::take_ready(pool).await,
+            _ => None,
         };
         let mut conn = match warm {
             Some(conn) => conn,
-            None => BackendConn::connect(&be.target).await?,
+            None => BackendConn::connect_for(&be.target, client).await?,
         };
         conn.login(creds, id_fields).await?;
         conn.intern_capabilities(&be.capabilities);

@@ -25,4 +25,10 @@ pub enum Error {
     /// The proxy is shutting down.
     #[error("shutting down")]
     Shutdown,
+    /// A PROXY protocol header was missing, malformed, or sent by an untrusted peer.
+    #[error("PROXY protocol: {0}")]
+    ProxyHeader(&'static str),
+    /// A trusted network entry is not `address/prefix` or an address.
+    #[error("not a network (address/prefix): {0:?}")]
+    InvalidNetwork(String),
 }

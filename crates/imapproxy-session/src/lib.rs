@@ -41,12 +41,14 @@
 #![warn(missing_docs, rust_2018_idioms)]
 
 mod error;
+pub mod proxy_protocol;
 mod relay;
 mod session;
 mod settings;
 mod stream;
 
 pub use error::Error;
+pub use proxy_protocol::{ProxyProtocolSettings, TrustedNetworks};
 pub use session::{Proxy, serve};
 pub use settings::{ListenerSettings, SessionSettings, Upstreams};
 pub use stream::ClientStream;

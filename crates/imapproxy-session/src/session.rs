@@ -10,7 +10,7 @@ use imapproxy_codec::preauth::{
 };
 use imapproxy_codec::{Secret, Tag};
 use imapproxy_pool::{
-    Credentials, Error as PoolError, PoolSettings, PooledSession, Reset, SessionPool,
+    ClientAddrs, Credentials, Error as PoolError, PoolSettings, PooledSession, Reset, SessionPool,
 };
 use imapproxy_route::{BackendId, Request};
 use imapproxy_tls::TlsMode;
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::error::Error;
+use crate::proxy_protocol;
 use crate::relay::{Relay, RelayEnd, ResponsePolicy};
 use crate::settings::{ListenerSettings, SessionSettings, Upstreams};
 use crate::stream::ClientStream;
@@ -111,14 +112,36 @@ impl Proxy {
 
 /// Serves one accepted client connection until it ends. Never panics on client or backend
 /// input; errors are logged in the session's span and answered in IMAP terms.
+///
+/// On a listener named in [`SessionSettings::proxy_protocol`](crate::SessionSettings) the
+/// connection must start with a PROXY v1/v2 header from a trusted peer; otherwise it is
+/// dropped without a byte sent. The header's source address then stands for the client
+/// everywhere: logs, the backend `ID` fields, routing, and an outbound PROXY header.
 pub async fn serve(
     proxy: Arc<Proxy>,
     listener: Arc<ListenerSettings>,
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
     let id = proxy.next_id.fetch_add(1, Ordering::Relaxed);
+    let mut peer = peer;
+    let mut local = tcp.local_addr().ok();
+    let pp = &proxy.settings.proxy_protocol;
+    if local.is_some_and(|l| pp.expects_header(l)) {
+        match Box::pin(proxy_protocol::accept_header(&mut tcp, peer, pp)).await {
+            Ok(Some(addrs)) => {
+                peer = addrs.source;
+                local = Some(addrs.destination);
+            }
+            // LOCAL or UNKNOWN: the balancer's own connection; the TCP peer stands.
+            Ok(None) => {}
+            Err(e) => {
+                info!(id, tcp_peer = %peer, error = %e, "connection dropped");
+                return;
+            }
+        }
+    }
     let span = info_span!(
         "session",
         id,
@@ -129,7 +152,6 @@ pub async fn serve(
     async move {
         // Small request/response exchanges: never let Nagle hold a reply back.
         let _ = tcp.set_nodelay(true);
-        let local = tcp.local_addr().ok();
         let mut session = Session {
             proxy,
             listener,
@@ -597,6 +619,11 @@ impl Session {
             upstreams.selector.select(&upstreams.registry, &request)
         };
         let id_fields = self.backend_id_fields();
+        // For backends that take a PROXY header: the client, and where it connected.
+        let client = self.local.map(|destination| ClientAddrs {
+            source: self.peer,
+            destination,
+        });
         for backend_id in candidates
             .iter()
             .take(self.proxy.settings.max_backend_attempts)
@@ -604,7 +631,7 @@ impl Session {
             match self
                 .proxy
                 .pool
-                .checkout(backend_id.as_str(), &creds, &id_fields)
+                .checkout_for(backend_id.as_str(), &creds, &id_fields, client)
                 .await
             {
                 Ok(session) => {

@@ -9,6 +9,8 @@ use imapproxy_pool::BackendTarget;
 use imapproxy_route::{BackendId, Registry, Selector};
 use imapproxy_tls::{ServerTls, TlsMode};
 
+use crate::proxy_protocol::ProxyProtocolSettings;
+
 /// Behaviour shared by every session of a proxy.
 #[derive(Clone, Debug)]
 pub struct SessionSettings {
@@ -29,6 +31,8 @@ pub struct SessionSettings {
     pub drop_capabilities: Vec<String>,
     /// Attempts at different backends for one login before answering `NO [UNAVAILABLE]`.
     pub max_backend_attempts: usize,
+    /// Listeners that expect a PROXY v1/v2 header, and the peers trusted to send one.
+    pub proxy_protocol: ProxyProtocolSettings,
 }
 
 impl Default for SessionSettings {
@@ -42,6 +46,7 @@ impl Default for SessionSettings {
             preauth_limits: PreAuthLimits::default(),
             drop_capabilities: Vec::new(),
             max_backend_attempts: 3,
+            proxy_protocol: ProxyProtocolSettings::default(),
         }
     }
 }
