@@ -8,7 +8,9 @@ use imapproxy_route::{
     Backend, BackendId, LeastConnections, PowerOfTwoChoices, Registry, RendezvousHash, RoundRobin,
     Selector, StaticMap, WeightedRoundRobin,
 };
-use imapproxy_session::{ListenerSettings, SessionSettings, Upstreams};
+use imapproxy_session::{
+    ListenerSettings, ProxyProtocolSettings, SessionSettings, TrustedNetworks, Upstreams,
+};
 use imapproxy_tls::{BackendTls, BackendVerify, DEFAULT_SELF_SIGNED_NAMES, ServerTls, TlsMode};
 
 use crate::config::{Config, TlsSetting};
@@ -34,6 +36,8 @@ impl Built {
                 format!("[limits] trusted_networks: {net:?} is not an address/prefix")
             })?;
         }
+        let trusted = TrustedNetworks::parse(&cfg.limits.trusted_networks)
+            .map_err(|e| format!("[limits] trusted_networks: {e}"))?;
         if cfg.health.interval.is_zero() {
             return Err("[health] interval must be positive".into());
         }
@@ -66,12 +70,13 @@ impl Built {
             }
         };
         let mut listeners = Vec::new();
+        let mut proxy_protocol = ProxyProtocolSettings {
+            trusted,
+            ..ProxyProtocolSettings::default()
+        };
         for l in &cfg.listeners {
             if l.proxy_protocol {
-                return Err(format!(
-                    "listener {}: proxy_protocol = true is not supported yet",
-                    l.addr
-                ));
+                proxy_protocol.listeners.push(l.addr);
             }
             let tls: TlsMode = l.tls.into();
             listeners.push((
@@ -98,6 +103,7 @@ impl Built {
             let mut target = BackendTarget::plain(b.addr.clone());
             target.tls = b.tls.into();
             target.connect_timeout = b.connect_timeout;
+            target.proxy_protocol = b.proxy_protocol;
             if let Some(name) = &b.server_name {
                 target.server_name = name.clone();
             }
@@ -141,6 +147,7 @@ impl Built {
             auth_timeout: cfg.session.auth_timeout,
             tls_handshake_timeout: cfg.session.tls_handshake_timeout,
             drop_capabilities: cfg.session.drop_capabilities.clone(),
+            proxy_protocol,
             ..SessionSettings::default()
         };
         if settings.greeting.contains(['\r', '\n']) {
@@ -327,5 +334,53 @@ mod tests {
         assert_eq!(parse_cidr("::1").map(|c| c.1), Some(128));
         assert!(parse_cidr("10.0.0.0/33").is_none());
         assert!(parse_cidr("localhost").is_none());
+    }
+}
+
+#[cfg(test)]
+mod proxy_protocol_tests {
+    use figment::Figment;
+    use figment::providers::{Format, Toml};
+
+    use super::Built;
+    use crate::config::Config;
+
+    fn build(toml: &str) -> Result<Built, String> {
+        let cfg: Config = Figment::new()
+            .merge(Toml::string(toml))
+            .extract()
+            .map_err(|e| e.to_string())?;
+        Built::from_config(&cfg)
+    }
+
+    #[test]
+    fn proxy_protocol_listener_and_backend() {
+        let built = build(
+            r#"
+[[listeners]]
+addr = "127.0.0.1:1143"
+tls = "none"
+proxy_protocol = true
+
+[[listeners]]
+addr = "127.0.0.1:1144"
+tls = "none"
+
+[[backends]]
+name = "mail1"
+addr = "127.0.0.1:10143"
+proxy_protocol = true
+
+[limits]
+trusted_networks = ["10.0.0.0/8"]
+"#,
+        )
+        .unwrap();
+        let pp = &built.settings.proxy_protocol;
+        assert!(pp.expects_header("127.0.0.1:1143".parse().unwrap()));
+        assert!(!pp.expects_header("127.0.0.1:1144".parse().unwrap()));
+        assert!(pp.trusted.contains("10.1.2.3".parse().unwrap()));
+        assert!(!pp.trusted.contains("127.0.0.1".parse().unwrap()));
+        assert!(built.upstreams.targets.values().all(|t| t.proxy_protocol));
     }
 }

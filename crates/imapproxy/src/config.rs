@@ -79,7 +79,8 @@ pub struct ListenerConfig {
     /// TLS mode.
     #[serde(default)]
     pub tls: TlsSetting,
-    /// Expect a PROXY protocol header (not implemented yet: refused at start).
+    /// Expect a PROXY protocol v1/v2 header first, from `[limits].trusted_networks` only
+    /// (any other peer is dropped).
     #[serde(default)]
     pub proxy_protocol: bool,
     /// Allow plaintext LOGIN/AUTHENTICATE before TLS.
@@ -126,6 +127,10 @@ pub struct BackendConfig {
     /// Bound on connect plus TLS handshake.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Send a PROXY v2 header with the client's address (Dovecot: `haproxy = yes` and
+    /// `haproxy_trusted_networks`). No warm connections are kept for such a backend.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 /// `[routing]`.
@@ -316,6 +321,7 @@ fn default_backends() -> Vec<BackendConfig> {
         server_name: None,
         tls_insecure_skip_verify: false,
         connect_timeout: default_connect_timeout(),
+        proxy_protocol: false,
     }]
 }
 
