@@ -27,6 +27,7 @@ async fn main() -> std::io::Result<()> {
     let upstreams = Upstreams {
         registry,
         selector: Arc::new(RoundRobin::default()),
+        directory: None,
         targets: HashMap::from([(id, BackendTarget::plain(backend))]),
     };
     let proxy = Arc::new(

@@ -18,7 +18,12 @@
 //! let registry = Registry::new(vec![Backend::new(id.clone(), "127.0.0.1:143")])
 //!     .map_err(std::io::Error::other)?;
 //! let targets = HashMap::from([(id, BackendTarget::plain("127.0.0.1:143"))]);
-//! let upstreams = Upstreams { registry, selector: Arc::new(RoundRobin::default()), targets };
+//! let upstreams = Upstreams {
+//!     registry,
+//!     selector: Arc::new(RoundRobin::default()),
+//!     directory: None,
+//!     targets,
+//! };
 //! let proxy = Arc::new(
 //!     Proxy::new(SessionSettings::default(), upstreams, PoolSettings::default())
 //!         .map_err(std::io::Error::other)?,

@@ -12,7 +12,7 @@ use imapproxy_codec::{Secret, Tag};
 use imapproxy_pool::{
     ClientAddrs, Credentials, Error as PoolError, PoolSettings, PooledSession, Reset, SessionPool,
 };
-use imapproxy_route::{BackendId, Request};
+use imapproxy_route::{BackendId, Request, SessionGuard, route_first};
 use imapproxy_tls::TlsMode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -195,6 +195,7 @@ enum Next {
 /// A successful backend login, ready to relay.
 struct LoggedIn {
     session: PooledSession,
+    _guard: Option<SessionGuard>,
     /// Bytes the client pipelined behind its login command, for the backend.
     pipelined: Vec<u8>,
 }
@@ -616,7 +617,27 @@ impl Session {
                 client_ip: Some(self.peer.ip()),
                 client_id: &self.client_id,
             };
-            upstreams.selector.select(&upstreams.registry, &request)
+            match &upstreams.directory {
+                // The directory says where the mailbox is; the strategy's candidates follow
+                // as fallback (only healthy backends either way).
+                Some(directory) => match directory.lookup(&user_key).await {
+                    Ok(route) => route_first(
+                        route.as_ref(),
+                        &upstreams.registry,
+                        upstreams.selector.select(&upstreams.registry, &request),
+                    ),
+                    Err(e) => {
+                        warn!(error = %e, "user directory unavailable");
+                        self.tagged(
+                            tag,
+                            "NO [UNAVAILABLE] Service temporarily unavailable, try again later.",
+                        )
+                        .await?;
+                        return Ok(Next::Continue);
+                    }
+                },
+                None => upstreams.selector.select(&upstreams.registry, &request),
+            }
         };
         let id_fields = self.backend_id_fields();
         // For backends that take a PROXY header: the client, and where it connected.
@@ -652,9 +673,16 @@ impl Session {
                     );
                     self.write(&out).await?;
                     info!(reused = session.reused(), "logged in");
+                    // Counted while the client uses the backend: least-connections and
+                    // power-of-two-choices read it.
+                    let guard = upstreams
+                        .registry
+                        .state(backend_id)
+                        .map(|state| state.session_started());
                     return Ok(Next::LoggedIn(Box::new(LoggedIn {
                         session,
                         pipelined: parser.take_remaining(),
+                        _guard: guard,
                     })));
                 }
                 Err(PoolError::PoolTimeout) => {
@@ -691,6 +719,7 @@ impl Session {
         let LoggedIn {
             mut session,
             pipelined,
+            _guard,
         } = logged_in;
         let leftover = session.conn().take_buffered();
         let idle = self.proxy.settings.auth_timeout;

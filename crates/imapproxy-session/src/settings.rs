@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use imapproxy_codec::preauth::PreAuthLimits;
 use imapproxy_pool::BackendTarget;
-use imapproxy_route::{BackendId, Registry, Selector};
+use imapproxy_route::{BackendId, Directory, Registry, Selector};
 use imapproxy_tls::{ServerTls, TlsMode};
 
 use crate::proxy_protocol::ProxyProtocolSettings;
@@ -68,6 +68,9 @@ pub struct Upstreams {
     pub registry: Registry,
     /// Selection strategy.
     pub selector: Arc<dyn Selector>,
+    /// Where each user's mailbox lives, asked before the selector (whose candidates follow as
+    /// fallback). Wrap slow directories in `imapproxy_route::CachedDirectory` for a timeout.
+    pub directory: Option<Arc<dyn Directory>>,
     /// Connection settings per backend.
     pub targets: HashMap<BackendId, BackendTarget>,
 }

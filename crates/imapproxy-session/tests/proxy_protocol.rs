@@ -52,6 +52,7 @@ async fn start(target: BackendTarget, inbound: bool, trusted: &[&str]) -> PpProx
     let upstreams = Upstreams {
         registry: Registry::new(vec![Backend::new(id.clone(), target.addr.clone())]).unwrap(),
         selector: Arc::new(RoundRobin::default()),
+        directory: None,
         targets: HashMap::from([(id, target)]),
     };
     let pool = PoolSettings {

@@ -20,6 +20,7 @@ async fn the_session_future_stays_small() {
     let upstreams = Upstreams {
         registry: Registry::default(),
         selector: Arc::new(RoundRobin::default()),
+        directory: None,
         targets: Default::default(),
     };
     let proxy = Arc::new(Proxy::new(Default::default(), upstreams, Default::default()).unwrap());

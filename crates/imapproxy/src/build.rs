@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use imapproxy_pool::{BackendTarget, PoolSettings};
 use imapproxy_route::{
-    Backend, BackendId, LeastConnections, PowerOfTwoChoices, Registry, RendezvousHash, RoundRobin,
-    Selector, StaticMap, WeightedRoundRobin,
+    Backend, BackendId, Directory, LeastConnections, PowerOfTwoChoices, Registry, RendezvousHash,
+    RoundRobin, Selector, StaticMap, WeightedRoundRobin,
 };
 use imapproxy_session::{
     ListenerSettings, ProxyProtocolSettings, SessionSettings, TrustedNetworks, Upstreams,
@@ -129,9 +129,8 @@ impl Built {
         }
         let registry = Registry::new(backends).map_err(|e| e.to_string())?;
         let selector = selector_for(&cfg.routing.strategy)?;
+        let mut directory: Option<Arc<dyn Directory>> = None;
         if let Some(path) = &cfg.routing.map {
-            // Validated so `imapproxy check` catches a broken map; not yet used for routing
-            // (the session does not consult a directory yet).
             let map = StaticMap::from_path(path)
                 .map_err(|e| format!("[routing] map {}: {e}", path.display()))?;
             map.validate(&registry).map_err(|e| {
@@ -140,6 +139,8 @@ impl Built {
                     path.display()
                 )
             })?;
+            // In memory: the TTL cache and timeout matter for remote directories, not here.
+            directory = Some(Arc::new(map));
         }
         let settings = SessionSettings {
             greeting: cfg.session.greeting.clone(),
@@ -168,6 +169,7 @@ impl Built {
             upstreams: Upstreams {
                 registry,
                 selector,
+                directory,
                 targets,
             },
         })

@@ -48,6 +48,24 @@ pub async fn start_proxy_pooled(
     settings: SessionSettings,
     pool: PoolSettings,
 ) -> (TestProxy, SessionPool) {
+    start_proxy_routed(
+        backends,
+        settings,
+        pool,
+        Arc::new(RoundRobin::default()),
+        None,
+    )
+    .await
+}
+
+/// A proxy with its own selector and directory; backends are named `backend0`, `backend1`...
+pub async fn start_proxy_routed(
+    backends: &[SocketAddr],
+    settings: SessionSettings,
+    pool: PoolSettings,
+    selector: Arc<dyn imapproxy_route::Selector>,
+    directory: Option<Arc<dyn imapproxy_route::Directory>>,
+) -> (TestProxy, SessionPool) {
     let mut list = Vec::new();
     let mut targets = HashMap::new();
     for (i, addr) in backends.iter().enumerate() {
@@ -57,7 +75,8 @@ pub async fn start_proxy_pooled(
     }
     let upstreams = Upstreams {
         registry: Registry::new(list).unwrap(),
-        selector: Arc::new(RoundRobin::default()),
+        selector,
+        directory,
         targets,
     };
     let proxy = Arc::new(Proxy::new(settings, upstreams, pool).unwrap());
