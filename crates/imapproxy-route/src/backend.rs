@@ -196,6 +196,19 @@ impl BackendState {
         Health::from_u8(self.health.swap(health.to_u8(), Ordering::AcqRel))
     }
 
+    /// Changes the health from `current` to `new` only if it is still `current` (so a health
+    /// check never overwrites an operator's concurrent drain); true when it changed.
+    pub fn compare_and_set_health(&self, current: Health, new: Health) -> bool {
+        self.health
+            .compare_exchange(
+                current.to_u8(),
+                new.to_u8(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
     /// Number of client sessions currently routed to this backend.
     #[must_use]
     pub fn active(&self) -> usize {

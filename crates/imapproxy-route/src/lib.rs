@@ -15,6 +15,9 @@
 //!   cache and timeout: a dead directory gives [`Error::DirectoryUnavailable`], never a hang),
 //!   and [`route_first`], [`resolve`] and [`Routed`] to put a directory's answer in front of
 //!   a selector's candidates.
+//! - [`HealthCheck`] (an active check, e.g. the pool crate's IMAP check) and
+//!   [`HealthMonitor`]: checks every backend each interval with a timeout, rise/fall
+//!   hysteresis, passive failure reports from sessions; draining stays the operator's.
 //!
 //! The crate knows nothing of connections: the pool connects, the session counts.
 //!
@@ -132,6 +135,7 @@ mod backend;
 mod directory;
 mod error;
 mod hash;
+mod health;
 mod registry;
 mod selection;
 
@@ -140,6 +144,10 @@ pub use backend::{
 };
 pub use directory::{CachedDirectory, Directory, Route, Routed, StaticMap, resolve, route_first};
 pub use error::Error;
+pub use health::{
+    CheckRecord, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_THRESHOLD, DEFAULT_HEALTH_TIMEOUT,
+    HealthCheck, HealthMonitor, HealthSettings, MonitorHandle,
+};
 pub use registry::Registry;
 pub use selection::{
     LeastConnections, PowerOfTwoChoices, RendezvousHash, Request, RoundRobin, Selector,
