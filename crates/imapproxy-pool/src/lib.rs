@@ -62,6 +62,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! [`ImapCheck`] is an active health check (connect, greeting, `NOOP`, optional probe
+//! login, `LOGOUT`) for a health monitor such as `imapproxy_route::HealthMonitor`.
+//!
 //! The crate emits `tracing` events and `metrics` counters (`imapproxy_pool_checkouts_total`
 //! by result); it installs no subscriber or recorder.
 #![deny(unsafe_code)]
@@ -70,6 +73,7 @@
 mod connector;
 mod digest;
 mod error;
+mod health;
 mod liveness;
 mod pool;
 mod stream;
@@ -79,6 +83,7 @@ pub use connector::{
     BackendConn, BackendTarget, ClientAddrs, Credentials, Response, proxy_v2_header,
 };
 pub use error::Error;
+pub use health::ImapCheck;
 pub use imapproxy_codec::Secret;
 pub use pool::{PoolSettings, PoolStatus, PooledSession, Reset, SessionPool};
 pub use stream::BackendStream;
