@@ -29,6 +29,7 @@ async fn main() -> std::io::Result<()> {
         selector: Arc::new(RoundRobin::default()),
         directory: None,
         targets: HashMap::from([(id, BackendTarget::plain(backend))]),
+        health: None,
     };
     let proxy = Arc::new(
         Proxy::new(

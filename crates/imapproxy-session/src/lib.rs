@@ -23,6 +23,7 @@
 //!     selector: Arc::new(RoundRobin::default()),
 //!     directory: None,
 //!     targets,
+//!     health: None,
 //! };
 //! let proxy = Arc::new(
 //!     Proxy::new(SessionSettings::default(), upstreams, PoolSettings::default())
@@ -46,6 +47,7 @@
 #![warn(missing_docs, rust_2018_idioms)]
 
 mod error;
+mod health;
 pub mod proxy_protocol;
 mod relay;
 mod session;
@@ -53,6 +55,7 @@ mod settings;
 mod stream;
 
 pub use error::Error;
+pub use health::ImapHealthCheck;
 pub use proxy_protocol::{ProxyProtocolSettings, TrustedNetworks};
 pub use session::{Proxy, serve};
 pub use settings::{ListenerSettings, SessionSettings, Upstreams};

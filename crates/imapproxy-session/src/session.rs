@@ -673,6 +673,11 @@ impl Session {
                     );
                     self.write(&out).await?;
                     info!(reused = session.reused(), "logged in");
+                    // A fresh connection proves the backend reachable; a cached session
+                    // proves nothing about new connections.
+                    if let (Some(health), false) = (&upstreams.health, session.reused()) {
+                        health.report_success(backend_id);
+                    }
                     // Counted while the client uses the backend: least-connections and
                     // power-of-two-choices read it.
                     let guard = upstreams
@@ -703,6 +708,14 @@ impl Session {
                 }
                 Err(e) => {
                     warn!(backend = %backend_id, error = %e, "backend login failed");
+                    // Passive marking: the backend could not be reached, which counts toward
+                    // its `fall` like a failed check. Login answers and our own caps
+                    // (`BackendFull`) say nothing about its health.
+                    if let Some(health) = &upstreams.health
+                        && unreachable(&e)
+                    {
+                        health.report_failure(backend_id, &e.to_string());
+                    }
                 }
             }
         }
@@ -798,4 +811,17 @@ impl Session {
             }
         }
     }
+}
+
+/// Whether a checkout failed because the backend could not be reached (connect, TLS,
+/// timeout, refused or cut connection), as opposed to a login answer or a cap of our own.
+fn unreachable(e: &PoolError) -> bool {
+    matches!(
+        e,
+        PoolError::Connect { .. }
+            | PoolError::Timeout { .. }
+            | PoolError::Refused
+            | PoolError::Io(_)
+            | PoolError::Tls(_)
+    )
 }

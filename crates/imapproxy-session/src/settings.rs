@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use imapproxy_codec::preauth::PreAuthLimits;
 use imapproxy_pool::BackendTarget;
-use imapproxy_route::{BackendId, Directory, Registry, Selector};
+use imapproxy_route::{BackendId, Directory, HealthMonitor, Registry, Selector};
 use imapproxy_tls::{ServerTls, TlsMode};
 
 use crate::proxy_protocol::ProxyProtocolSettings;
@@ -73,6 +73,10 @@ pub struct Upstreams {
     pub directory: Option<Arc<dyn Directory>>,
     /// Connection settings per backend.
     pub targets: HashMap<BackendId, BackendTarget>,
+    /// Health monitor of `registry`'s backends, told when a login cannot reach a backend
+    /// (connect, TLS, timeout, refused) so that it is taken out before the next active check.
+    /// `None`: no passive marking.
+    pub health: Option<Arc<HealthMonitor>>,
 }
 
 impl std::fmt::Debug for Upstreams {

@@ -54,6 +54,7 @@ async fn start(target: BackendTarget, inbound: bool, trusted: &[&str]) -> PpProx
         selector: Arc::new(RoundRobin::default()),
         directory: None,
         targets: HashMap::from([(id, target)]),
+        health: None,
     };
     let pool = PoolSettings {
         reuse: false,

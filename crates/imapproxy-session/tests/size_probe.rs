@@ -22,6 +22,7 @@ async fn the_session_future_stays_small() {
         selector: Arc::new(RoundRobin::default()),
         directory: None,
         targets: Default::default(),
+        health: None,
     };
     let proxy = Arc::new(Proxy::new(Default::default(), upstreams, Default::default()).unwrap());
     let listener = Arc::new(ListenerSettings {

@@ -3,13 +3,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use imapproxy_pool::{BackendTarget, PoolSettings};
+use imapproxy_pool::{BackendTarget, Credentials, ImapCheck, PoolSettings, Secret};
 use imapproxy_route::{
-    Backend, BackendId, Directory, LeastConnections, PowerOfTwoChoices, Registry, RendezvousHash,
-    RoundRobin, Selector, StaticMap, WeightedRoundRobin,
+    Backend, BackendId, Directory, HealthMonitor, HealthSettings, LeastConnections,
+    PowerOfTwoChoices, Registry, RendezvousHash, RoundRobin, Selector, StaticMap,
+    WeightedRoundRobin,
 };
 use imapproxy_session::{
-    ListenerSettings, ProxyProtocolSettings, SessionSettings, TrustedNetworks, Upstreams,
+    ImapHealthCheck, ListenerSettings, ProxyProtocolSettings, SessionSettings, TrustedNetworks,
+    Upstreams,
 };
 use imapproxy_tls::{BackendTls, BackendVerify, DEFAULT_SELF_SIGNED_NAMES, ServerTls, TlsMode};
 
@@ -38,8 +40,14 @@ impl Built {
         }
         let trusted = TrustedNetworks::parse(&cfg.limits.trusted_networks)
             .map_err(|e| format!("[limits] trusted_networks: {e}"))?;
-        if cfg.health.interval.is_zero() {
-            return Err("[health] interval must be positive".into());
+        if cfg.health.interval.is_zero() || cfg.health.timeout.is_zero() {
+            return Err("[health] interval and timeout must be positive".into());
+        }
+        if cfg.health.rise == 0 || cfg.health.fall == 0 {
+            return Err("[health] rise and fall must be at least 1".into());
+        }
+        if cfg.health.probe_user.is_some() != cfg.health.probe_password.is_some() {
+            return Err("[health] probe_user and probe_password go together".into());
         }
         if cfg.pool.max_per_user == 0
             || cfg.pool.idle_timeout.is_zero()
@@ -162,6 +170,24 @@ impl Built {
             wait_timeout: cfg.pool.wait_timeout,
             ..PoolSettings::default()
         };
+        let probe = match (&cfg.health.probe_user, &cfg.health.probe_password) {
+            (Some(user), Some(password)) => Some(Credentials {
+                username: user.clone(),
+                password: Secret::new(password.clone().into_bytes()),
+            }),
+            _ => None,
+        };
+        let check = ImapHealthCheck::new(targets.clone(), ImapCheck { probe });
+        let health = HealthMonitor::new(
+            &registry,
+            Arc::new(check),
+            HealthSettings {
+                interval: cfg.health.interval,
+                timeout: cfg.health.timeout,
+                rise: cfg.health.rise,
+                fall: cfg.health.fall,
+            },
+        );
         Ok(Self {
             listeners,
             settings,
@@ -171,6 +197,7 @@ impl Built {
                 selector,
                 directory,
                 targets,
+                health: Some(Arc::new(health)),
             },
         })
     }

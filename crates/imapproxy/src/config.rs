@@ -192,19 +192,40 @@ impl Default for PoolConfig {
     }
 }
 
-/// `[health]`: accepted; active checks come with the routing work.
+/// `[health]`: active IMAP checks of every backend (connect, greeting, `NOOP`, optional
+/// probe login, `LOGOUT`) with rise/fall hysteresis; sessions also report connect failures.
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     /// Interval between checks.
     #[serde(default = "default_health_interval", with = "humantime_serde")]
     pub interval: Duration,
+    /// Bound on one check.
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down backend up.
+    #[serde(default = "default_health_threshold")]
+    pub rise: u32,
+    /// Consecutive failures (checks or sessions' connect failures) that take a backend down.
+    #[serde(default = "default_health_threshold")]
+    pub fall: u32,
+    /// Probe login: user name (with `probe_password`); none by default.
+    #[serde(default)]
+    pub probe_user: Option<String>,
+    /// Probe login: password.
+    #[serde(default)]
+    pub probe_password: Option<String>,
 }
 
 impl Default for HealthConfig {
     fn default() -> Self {
         Self {
             interval: default_health_interval(),
+            timeout: default_health_interval(),
+            rise: default_health_threshold(),
+            fall: default_health_threshold(),
+            probe_user: None,
+            probe_password: None,
         }
     }
 }
@@ -355,6 +376,9 @@ fn default_wait() -> Duration {
 fn default_health_interval() -> Duration {
     Duration::from_secs(2)
 }
+fn default_health_threshold() -> u32 {
+    2
+}
 fn default_trusted() -> Vec<String> {
     vec!["127.0.0.0/8".into(), "::1/128".into()]
 }
@@ -461,6 +485,17 @@ addr = "127.0.0.1:8143"
         assert_eq!(cfg.backends[0].name, "mail1");
         assert_eq!(cfg.pool.idle_timeout, Duration::from_secs(60));
         assert_eq!(cfg.health.interval, Duration::from_secs(2));
+        assert_eq!(cfg.health.timeout, Duration::from_secs(2));
+        assert_eq!((cfg.health.rise, cfg.health.fall), (2, 2));
+    }
+
+    #[test]
+    fn health_thresholds_and_timeout_are_read() {
+        let cfg = parse("[health]\ninterval = \"500ms\"\ntimeout = \"1s\"\nrise = 3\nfall = 1\n")
+            .unwrap();
+        assert_eq!(cfg.health.interval, Duration::from_millis(500));
+        assert_eq!(cfg.health.timeout, Duration::from_secs(1));
+        assert_eq!((cfg.health.rise, cfg.health.fall), (3, 1));
     }
 
     #[test]

@@ -42,6 +42,12 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot set up the session pool: {e}"))?,
     );
     let maintenance = tokio::spawn(proxy.pool().clone().maintain());
+    // Active checks of every backend; stopped (dropped) at shutdown.
+    let health = proxy
+        .upstreams()
+        .health
+        .as_ref()
+        .map(|monitor| monitor.spawn());
     let shutdown = CancellationToken::new();
     let sessions = TaskTracker::new();
     let mut accept_loops = Vec::new();
@@ -94,6 +100,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     // Cached backend sessions get a polite LOGOUT.
     proxy.pool().close_all();
     maintenance.abort();
+    drop(health);
     tokio::time::sleep(Duration::from_millis(200)).await;
     info!("stopped");
     Ok(())

@@ -78,6 +78,7 @@ pub async fn start_proxy_routed(
         selector,
         directory,
         targets,
+        health: None,
     };
     let proxy = Arc::new(Proxy::new(settings, upstreams, pool).unwrap());
     let session_pool = proxy.pool().clone();
