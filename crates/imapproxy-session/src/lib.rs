@@ -48,15 +48,19 @@
 
 mod error;
 mod health;
+pub mod limits;
 pub mod proxy_protocol;
 mod relay;
 mod session;
 mod settings;
 mod stream;
+pub mod throttle;
 
 pub use error::Error;
 pub use health::ImapHealthCheck;
+pub use limits::{ConnectionLimitSettings, ConnectionLimits, LimitSettings};
 pub use proxy_protocol::{ProxyProtocolSettings, TrustedNetworks};
 pub use session::{Proxy, serve};
 pub use settings::{ListenerSettings, SessionSettings, Upstreams};
 pub use stream::ClientStream;
+pub use throttle::{Throttle, ThrottleSettings};

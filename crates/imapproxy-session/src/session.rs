@@ -20,10 +20,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::error::Error;
+use crate::limits::ConnectionLimits;
 use crate::proxy_protocol;
 use crate::relay::{Relay, RelayEnd, ResponsePolicy};
 use crate::settings::{ListenerSettings, SessionSettings, Upstreams};
 use crate::stream::ClientStream;
+use crate::throttle::{Throttle, Verdict};
 
 /// The ID the proxy gives for itself, before and after login (RFC 2971). It names no backend.
 const PROXY_ID: &[u8] = b"* ID (\"name\" \"imapproxy\")\r\n";
@@ -41,6 +43,8 @@ pub struct Proxy {
     policy: ResponsePolicy,
     pool: SessionPool,
     next_id: AtomicU64,
+    throttle: Throttle,
+    limits: Arc<ConnectionLimits>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -82,8 +86,12 @@ impl Proxy {
                 || (cap.len() >= 9 && cap[..9].eq_ignore_ascii_case(b"COMPRESS="))
                 || extra.iter().any(|e| e.eq_ignore_ascii_case(cap))
         });
+        let throttle = Throttle::new(settings.limits.throttle.clone());
+        let limits = Arc::new(ConnectionLimits::new(settings.limits.connections.clone()));
         Ok(Self {
             settings,
+            throttle,
+            limits,
             upstreams: Arc::new(upstreams),
             policy: ResponsePolicy {
                 drop_capability,
@@ -107,6 +115,16 @@ impl Proxy {
     /// The backends.
     pub fn upstreams(&self) -> &Upstreams {
         &self.upstreams
+    }
+
+    /// Failed-login counters.
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
+    }
+
+    /// Connection counters.
+    pub fn connection_limits(&self) -> &ConnectionLimits {
+        &self.limits
     }
 }
 
@@ -142,6 +160,16 @@ pub async fn serve(
             }
         }
     }
+    // Counted by the real client address (after a PROXY header), before any TLS work.
+    let permit = match proxy.limits.try_acquire(peer.ip()) {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            info!(id, client = %peer, limit = refusal.as_str(), "connection refused");
+            // Best effort and never waiting: a flood must not hold tasks on full buffers.
+            let _ = tcp.try_write(b"* BYE [LIMIT] Too many connections.\r\n");
+            return;
+        }
+    };
     let span = info_span!(
         "session",
         id,
@@ -150,6 +178,7 @@ pub async fn serve(
         backend = tracing::field::Empty
     );
     async move {
+        let _permit = permit;
         // Small request/response exchanges: never let Nagle hold a reply back.
         let _ = tcp.set_nodelay(true);
         let mut session = Session {
@@ -610,6 +639,11 @@ impl Session {
         }
         let user_key = creds.username.to_lowercase();
         tracing::Span::current().record("user", user_key.as_str());
+        // Before any backend work: a blocked attempt never reaches a backend.
+        match self.proxy.throttle.check(self.peer.ip(), &user_key) {
+            Verdict::Allow => {}
+            verdict => return self.throttled(tag, verdict).await,
+        }
         let upstreams = Arc::clone(&self.proxy.upstreams);
         let candidates: Vec<BackendId> = {
             let request = Request {
@@ -672,6 +706,9 @@ impl Session {
                         format!(" OK [CAPABILITY {}] Logged in.\r\n", caps.join(" ")).as_bytes(),
                     );
                     self.write(&out).await?;
+                    self.proxy
+                        .throttle
+                        .record_success(self.peer.ip(), &user_key);
                     info!(reused = session.reused(), "logged in");
                     // A fresh connection proves the backend reachable; a cached session
                     // proves nothing about new connections.
@@ -703,6 +740,11 @@ impl Session {
                 }
                 Err(e) if !e.is_retryable() => {
                     info!("authentication failed");
+                    let delay = self
+                        .proxy
+                        .throttle
+                        .record_failure(self.peer.ip(), &user_key);
+                    tokio::time::sleep(delay).await;
                     self.auth_failed(tag).await?;
                     return Ok(Next::Continue);
                 }
@@ -726,6 +768,21 @@ impl Session {
         )
         .await?;
         Ok(Next::Continue)
+    }
+
+    /// Answers an attempt the throttle refused, after the longest failure delay so that the
+    /// timing tells nothing. A blocked user (from this address) sees an ordinary failure; a
+    /// blocked address is told and disconnected (RFC 5530 `LIMIT`).
+    async fn throttled(&mut self, tag: &Tag, verdict: Verdict) -> Result<Next, Error> {
+        info!(blocked = ?verdict, "login throttled");
+        tokio::time::sleep(self.proxy.throttle.settings().max_delay).await;
+        if verdict == Verdict::UserBlocked {
+            self.auth_failed(tag).await?;
+            return Ok(Next::Continue);
+        }
+        self.write(b"* BYE [LIMIT] Too many failed logins, try again later.\r\n")
+            .await?;
+        Err(Error::Protocol("address blocked after failed logins"))
     }
 
     async fn relay(&mut self, logged_in: LoggedIn) -> Result<(), Error> {

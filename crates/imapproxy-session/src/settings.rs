@@ -9,6 +9,7 @@ use imapproxy_pool::BackendTarget;
 use imapproxy_route::{BackendId, Directory, HealthMonitor, Registry, Selector};
 use imapproxy_tls::{ServerTls, TlsMode};
 
+use crate::limits::LimitSettings;
 use crate::proxy_protocol::ProxyProtocolSettings;
 
 /// Behaviour shared by every session of a proxy.
@@ -33,6 +34,8 @@ pub struct SessionSettings {
     pub max_backend_attempts: usize,
     /// Listeners that expect a PROXY v1/v2 header, and the peers trusted to send one.
     pub proxy_protocol: ProxyProtocolSettings,
+    /// Failed-login throttling and connection limits (`[limits]`).
+    pub limits: LimitSettings,
 }
 
 impl Default for SessionSettings {
@@ -47,6 +50,7 @@ impl Default for SessionSettings {
             drop_capabilities: Vec::new(),
             max_backend_attempts: 3,
             proxy_protocol: ProxyProtocolSettings::default(),
+            limits: LimitSettings::default(),
         }
     }
 }

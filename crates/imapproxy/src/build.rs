@@ -10,8 +10,8 @@ use imapproxy_route::{
     WeightedRoundRobin,
 };
 use imapproxy_session::{
-    ImapHealthCheck, ListenerSettings, ProxyProtocolSettings, SessionSettings, TrustedNetworks,
-    Upstreams,
+    ConnectionLimitSettings, ImapHealthCheck, LimitSettings, ListenerSettings,
+    ProxyProtocolSettings, SessionSettings, ThrottleSettings, TrustedNetworks, Upstreams,
 };
 use imapproxy_tls::{BackendTls, BackendVerify, DEFAULT_SELF_SIGNED_NAMES, ServerTls, TlsMode};
 
@@ -40,6 +40,7 @@ impl Built {
         }
         let trusted = TrustedNetworks::parse(&cfg.limits.trusted_networks)
             .map_err(|e| format!("[limits] trusted_networks: {e}"))?;
+        let limits = limit_settings(&cfg.limits, &trusted)?;
         if cfg.health.interval.is_zero() || cfg.health.timeout.is_zero() {
             return Err("[health] interval and timeout must be positive".into());
         }
@@ -157,6 +158,7 @@ impl Built {
             tls_handshake_timeout: cfg.session.tls_handshake_timeout,
             drop_capabilities: cfg.session.drop_capabilities.clone(),
             proxy_protocol,
+            limits,
             ..SessionSettings::default()
         };
         if settings.greeting.contains(['\r', '\n']) {
@@ -243,6 +245,34 @@ pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
         None => max,
     };
     Some((ip, len))
+}
+
+/// `[limits]` beyond `trusted_networks`: login throttling and connection limits, both
+/// exempting the trusted networks (the global connection cap still counts them).
+fn limit_settings(
+    cfg: &crate::config::LimitsConfig,
+    trusted: &TrustedNetworks,
+) -> Result<LimitSettings, String> {
+    if cfg.max_failures > 0 && (cfg.failure_window.is_zero() || cfg.block_duration.is_zero()) {
+        return Err("[limits] failure_window and block_duration must be positive".into());
+    }
+    Ok(LimitSettings {
+        throttle: ThrottleSettings {
+            max_failures: cfg.max_failures,
+            max_failures_per_ip: cfg.max_failures_per_ip,
+            failure_window: cfg.failure_window,
+            block_duration: cfg.block_duration,
+            trusted: trusted.clone(),
+            ..ThrottleSettings::default()
+        },
+        connections: ConnectionLimitSettings {
+            max_connections: cfg.max_connections,
+            max_connections_per_ip: cfg.max_connections_per_ip,
+            max_new_connections_per_ip_per_sec: cfg.max_new_connections_per_ip_per_sec,
+            trusted: trusted.clone(),
+            ..ConnectionLimitSettings::default()
+        },
+    })
 }
 
 #[cfg(test)]
@@ -411,5 +441,82 @@ trusted_networks = ["10.0.0.0/8"]
         assert!(pp.trusted.contains("10.1.2.3".parse().unwrap()));
         assert!(!pp.trusted.contains("127.0.0.1".parse().unwrap()));
         assert!(built.upstreams.targets.values().all(|t| t.proxy_protocol));
+    }
+}
+
+#[cfg(test)]
+mod limits_tests {
+    use std::time::Duration;
+
+    use figment::Figment;
+    use figment::providers::{Format, Toml};
+
+    use super::Built;
+    use crate::config::Config;
+
+    const BASE: &str = r#"
+[[listeners]]
+addr = "127.0.0.1:1143"
+tls = "none"
+
+[[backends]]
+name = "mail1"
+addr = "127.0.0.1:10143"
+"#;
+
+    fn build(limits: &str) -> Result<Built, String> {
+        let cfg: Config = Figment::new()
+            .merge(Toml::string(&format!("{BASE}\n[limits]\n{limits}")))
+            .extract()
+            .map_err(|e| e.to_string())?;
+        Built::from_config(&cfg)
+    }
+
+    #[test]
+    fn limits_have_public_server_defaults() {
+        let l = build("").unwrap().settings.limits;
+        assert_eq!(l.throttle.max_failures, 5);
+        assert_eq!(l.throttle.max_failures_per_ip, 20);
+        assert_eq!(l.throttle.failure_window, Duration::from_secs(300));
+        assert_eq!(l.throttle.block_duration, Duration::from_secs(900));
+        assert!(l.throttle.trusted.contains("127.0.0.1".parse().unwrap()));
+        assert_eq!(l.connections.max_connections, 10_000);
+        assert_eq!(l.connections.max_connections_per_ip, 20);
+        assert_eq!(l.connections.max_new_connections_per_ip_per_sec, 10);
+    }
+
+    #[test]
+    fn limits_keys_are_read() {
+        let l = build(
+            r#"
+trusted_networks = ["10.0.0.0/8"]
+max_failures = 3
+max_failures_per_ip = 7
+failure_window = "1m"
+block_duration = "2s"
+max_connections_per_ip = 4
+max_new_connections_per_ip_per_sec = 2
+max_connections = 100
+"#,
+        )
+        .unwrap()
+        .settings
+        .limits;
+        assert_eq!(l.throttle.max_failures, 3);
+        assert_eq!(l.throttle.max_failures_per_ip, 7);
+        assert_eq!(l.throttle.failure_window, Duration::from_secs(60));
+        assert_eq!(l.throttle.block_duration, Duration::from_secs(2));
+        assert!(!l.throttle.trusted.contains("127.0.0.1".parse().unwrap()));
+        assert!(l.connections.trusted.contains("10.9.9.9".parse().unwrap()));
+        assert_eq!(l.connections.max_connections, 100);
+        assert_eq!(l.connections.max_connections_per_ip, 4);
+        assert_eq!(l.connections.max_new_connections_per_ip_per_sec, 2);
+    }
+
+    #[test]
+    fn zero_block_duration_is_refused() {
+        let e = build("block_duration = \"0s\"").err().unwrap();
+        assert!(e.contains("block_duration"), "{e}");
+        assert!(build("max_failures = 0\nblock_duration = \"0s\"").is_ok());
     }
 }

@@ -237,12 +237,42 @@ pub struct LimitsConfig {
     /// Networks allowed to send PROXY headers and exempt from throttling.
     #[serde(default = "default_trusted")]
     pub trusted_networks: Vec<String>,
+    /// Failed logins of one user from one address within `failure_window` before that
+    /// user is blocked from that address (0: no login throttling).
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    /// Failed logins from one address (any users) within `failure_window` before the
+    /// address is blocked.
+    #[serde(default = "default_max_failures_per_ip")]
+    pub max_failures_per_ip: u32,
+    /// Window in which failed logins are counted.
+    #[serde(default = "default_failure_window", with = "humantime_serde")]
+    pub failure_window: Duration,
+    /// How long a block lasts.
+    #[serde(default = "default_block_duration", with = "humantime_serde")]
+    pub block_duration: Duration,
+    /// Open connections per client address (0: unlimited).
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: u32,
+    /// New connections per second per client address, also the burst (0: unlimited).
+    #[serde(default = "default_max_new_connections_per_ip_per_sec")]
+    pub max_new_connections_per_ip_per_sec: u32,
+    /// Open client connections in total (0: unlimited).
+    #[serde(default = "default_max_client_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             trusted_networks: default_trusted(),
+            max_failures: default_max_failures(),
+            max_failures_per_ip: default_max_failures_per_ip(),
+            failure_window: default_failure_window(),
+            block_duration: default_block_duration(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            max_new_connections_per_ip_per_sec: default_max_new_connections_per_ip_per_sec(),
+            max_connections: default_max_client_connections(),
         }
     }
 }
@@ -381,6 +411,27 @@ fn default_health_threshold() -> u32 {
 }
 fn default_trusted() -> Vec<String> {
     vec!["127.0.0.0/8".into(), "::1/128".into()]
+}
+fn default_max_failures() -> u32 {
+    5
+}
+fn default_max_failures_per_ip() -> u32 {
+    20
+}
+fn default_failure_window() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+fn default_block_duration() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_max_connections_per_ip() -> u32 {
+    20
+}
+fn default_max_new_connections_per_ip_per_sec() -> u32 {
+    10
+}
+fn default_max_client_connections() -> usize {
+    10_000
 }
 fn default_greeting() -> String {
     "IMAP proxy ready.".into()
