@@ -48,6 +48,9 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         .health
         .as_ref()
         .map(|monitor| monitor.spawn());
+    // Two stages: `stop_accepting` closes the listeners at once; `shutdown` tells running
+    // sessions to say BYE, after the grace period.
+    let stop_accepting = CancellationToken::new();
     let shutdown = CancellationToken::new();
     let sessions = TaskTracker::new();
     let mut accept_loops = Vec::new();
@@ -58,12 +61,13 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         info!(%addr, tls = %settings.tls, "listening");
         let proxy = Arc::clone(&proxy);
         let shutdown = shutdown.clone();
+        let stop_accepting = stop_accepting.clone();
         let sessions = sessions.clone();
         accept_loops.push(tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
                     r = listener.accept() => r,
-                    _ = shutdown.cancelled() => return,
+                    _ = stop_accepting.cancelled() => return,
                 };
                 match accepted {
                     Ok((tcp, peer)) => {
@@ -85,17 +89,30 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         }));
     }
     wait_for_signal().await;
-    info!("shutting down: closing listeners and sessions");
-    shutdown.cancel();
+    // Drain: no new connections; running sessions get `shutdown_grace` to finish on their
+    // own (a second signal cuts it short), then the rest are told BYE.
+    info!(grace = ?cfg.session.shutdown_grace, "shutting down: listeners closed, draining sessions");
+    stop_accepting.cancel();
     for l in accept_loops {
         let _ = l.await;
     }
     sessions.close();
-    if tokio::time::timeout(cfg.session.shutdown_grace, sessions.wait())
-        .await
-        .is_err()
-    {
-        warn!("some sessions did not finish within the grace period");
+    let drained = tokio::select! {
+        r = tokio::time::timeout(cfg.session.shutdown_grace, sessions.wait()) => r.is_ok(),
+        _ = wait_for_signal() => false,
+    };
+    if !drained {
+        info!(
+            remaining = sessions.len(),
+            "grace period over: saying BYE to the remaining sessions"
+        );
+        shutdown.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), sessions.wait())
+            .await
+            .is_err()
+        {
+            warn!("some sessions did not end after BYE");
+        }
     }
     // Cached backend sessions get a polite LOGOUT.
     proxy.pool().close_all();

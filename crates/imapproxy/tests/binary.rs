@@ -302,7 +302,7 @@ fn hostile_input_keeps_memory_bounded() {
 }
 
 #[test]
-fn sigterm_says_bye_to_sessions_and_exits_cleanly() {
+fn sigterm_drains_then_says_bye_and_exits_cleanly() {
     let mut proxy = ProxyProcess::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let addr = proxy.plain;
@@ -317,6 +317,16 @@ fn sigterm_says_bye_to_sessions_and_exits_cleanly() {
         .status()
         .unwrap();
     assert!(status.success());
+    // Draining: the listeners close at once, the running session goes on working during
+    // the grace period (3 s in this config)...
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "still accepting after SIGTERM"
+    );
+    let r = rt.block_on(client.cmd("n", "NOOP")).unwrap();
+    assert!(r.tagged_ok(), "{}", r.text());
+    // ...and is told BYE when it is over.
     let line = rt.block_on(client.read_line()).unwrap();
     assert!(
         line.starts_with(b"* BYE"),
