@@ -120,6 +120,17 @@ pub struct Credentials {
     pub password: Secret<Vec<u8>>,
 }
 
+/// One step of a relayed SASL exchange (see [`BackendConn::sasl_start`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SaslStep {
+    /// The backend sent a continuation: its text (base64, as sent, without `+ ` and CRLF),
+    /// for the client to answer.
+    Challenge(Vec<u8>),
+    /// The backend accepted: the connection is logged in, capabilities are post-login.
+    Done,
+}
+
 /// One response read by the connector: the untagged lines before it and the tagged line.
 #[derive(Debug, Default)]
 pub struct Response {
@@ -384,6 +395,133 @@ impl BackendConn {
         self.finish_login(resp).await
     }
 
+    /// Starts relaying a SASL exchange the proxy does not verify itself (RFC 9051 §6.2.2):
+    /// sends `ID` with `id_fields` (as [`BackendConn::login`] does), then
+    /// `AUTHENTICATE <mechanism>` with the client's first message (`initial_response`, raw,
+    /// not yet base64) — as SASL-IR (RFC 4959) when the backend offers it, otherwise after the
+    /// backend's first empty continuation. `None` starts without a first message.
+    ///
+    /// Returns the tag of the exchange and the first step: a challenge for the client, or
+    /// [`SaslStep::Done`] when the backend accepted at once. A refusal is
+    /// [`Error::AuthFailed`].
+    pub async fn sasl_start(
+        &mut self,
+        mechanism: &str,
+        initial_response: Option<&[u8]>,
+        id_fields: &[(String, String)],
+    ) -> Result<(String, SaslStep), Error> {
+        if mechanism.is_empty()
+            || !mechanism
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(Error::Protocol("invalid SASL mechanism name".into()));
+        }
+        let mut out = Vec::with_capacity(256);
+        let id_tag = self.push_id(&mut out, id_fields);
+        let tag = self.tag();
+        out.extend_from_slice(tag.as_bytes());
+        out.extend_from_slice(b" AUTHENTICATE ");
+        out.extend_from_slice(mechanism.as_bytes());
+        let sasl_ir = self.has_capability("SASL-IR");
+        let mut pending = None;
+        if let Some(ir) = initial_response {
+            if sasl_ir {
+                out.push(b' ');
+                push_sasl_data(&mut out, ir);
+            } else {
+                pending = Some(ir);
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+        self.write_all(&out).await?;
+        if let Some(tag) = id_tag {
+            // The ID answer carries the backend's name: read and drop it.
+            self.read_response(&tag).await?;
+        }
+        let step = self.sasl_read(&tag).await?;
+        match (pending, step) {
+            // Without SASL-IR the first message answers the server's empty challenge.
+            (Some(ir), SaslStep::Challenge(_)) => {
+                let step = self.sasl_respond(&tag, ir).await?;
+                Ok((tag, step))
+            }
+            (_, step) => Ok((tag, step)),
+        }
+    }
+
+    /// Sends the client's answer (raw, not yet base64) to the last challenge of the exchange
+    /// tagged `tag` and reads the next step.
+    pub async fn sasl_respond(&mut self, tag: &str, response: &[u8]) -> Result<SaslStep, Error> {
+        let mut out = Vec::with_capacity(response.len() * 4 / 3 + 8);
+        // An empty answer to a continuation is an empty line (RFC 9051 §6.2.2).
+        if !response.is_empty() {
+            push_sasl_data(&mut out, response);
+        }
+        out.extend_from_slice(b"\r\n");
+        self.write_all(&out).await?;
+        self.sasl_read(tag).await
+    }
+
+    /// Cancels the exchange tagged `tag` with `*` (RFC 9051 §6.2.2) and waits for the
+    /// backend's (`BAD`) answer.
+    pub async fn sasl_cancel(&mut self, tag: &str) -> Result<(), Error> {
+        self.write_all(b"*\r\n").await?;
+        self.read_response(tag).await.map(|_| ())
+    }
+
+    /// The next continuation or the tagged end of a SASL exchange.
+    async fn sasl_read(&mut self, tag: &str) -> Result<SaslStep, Error> {
+        loop {
+            let msg = self.read_message().await?;
+            if let Some(rest) = msg.strip_prefix(b"+") {
+                let text = rest.strip_suffix(b"\r\n").unwrap_or(rest);
+                let text = text.strip_prefix(b" ").unwrap_or(text);
+                return Ok(SaslStep::Challenge(text.to_vec()));
+            }
+            let is_ours = msg.len() > tag.len()
+                && msg.starts_with(tag.as_bytes())
+                && msg.get(tag.len()) == Some(&b' ');
+            if is_ours {
+                let resp = Response {
+                    untagged: Vec::new(),
+                    tagged: msg,
+                };
+                self.finish_login(resp).await?;
+                return Ok(SaslStep::Done);
+            }
+            if msg.starts_with(b"* BYE") {
+                return Err(Error::Refused);
+            }
+        }
+    }
+
+    /// Appends an `ID` command with `fields` when there are any and the backend has `ID`;
+    /// returns its tag.
+    fn push_id(&mut self, out: &mut Vec<u8>, id_fields: &[(String, String)]) -> Option<String> {
+        if id_fields.is_empty() || !self.has_capability("ID") {
+            return None;
+        }
+        let tag = self.tag();
+        out.extend_from_slice(tag.as_bytes());
+        out.extend_from_slice(b" ID (");
+        for (i, (k, v)) in id_fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b' ');
+            }
+            push_quoted(out, k.as_bytes());
+            out.push(b' ');
+            push_quoted(out, v.as_bytes());
+        }
+        out.extend_from_slice(b")\r\n");
+        Some(tag)
+    }
+
+    /// The capability list as one shared string.
+    pub(crate) fn capability_string(&self) -> Arc<str> {
+        Arc::clone(&self.capabilities)
+    }
+
     async fn login_with_literals(
         &mut self,
         mut out: Vec<u8>,
@@ -526,6 +664,20 @@ impl BackendConn {
     /// The stream, for callers that exchange commands themselves.
     pub fn stream_mut(&mut self) -> &mut BackendStream {
         &mut self.stream
+    }
+}
+
+/// Base64 of `data`; an empty message is `=` (RFC 4959 §3 for SASL-IR, and accepted by
+/// servers as an empty continuation answer).
+fn push_sasl_data(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        out.push(b'=');
+    } else {
+        out.extend_from_slice(
+            base64::engine::general_purpose::STANDARD
+                .encode(data)
+                .as_bytes(),
+        );
     }
 }
 

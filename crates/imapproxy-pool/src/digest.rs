@@ -41,6 +41,18 @@ impl DigestKey {
     }
 }
 
+impl DigestKey {
+    /// A digest no other checkout produces: for sessions without a password (SASL relayed
+    /// to the backend), which must never be matched for reuse.
+    pub(crate) fn unmatchable(&self, user: &str) -> Result<Digest, Error> {
+        let mut bytes = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| Error::Protocol("no system randomness".into()))?;
+        Ok(self.digest(user, &bytes))
+    }
+}
+
 impl Digest {
     /// Constant-time equality: the time taken does not depend on where the digests differ.
     pub(crate) fn matches(&self, other: &Digest) -> bool {

@@ -80,10 +80,10 @@ mod stream;
 mod warm;
 
 pub use connector::{
-    BackendConn, BackendTarget, ClientAddrs, Credentials, Response, proxy_v2_header,
+    BackendConn, BackendTarget, ClientAddrs, Credentials, Response, SaslStep, proxy_v2_header,
 };
 pub use error::Error;
 pub use health::ImapCheck;
 pub use imapproxy_codec::Secret;
-pub use pool::{PoolSettings, PoolStatus, PooledSession, Reset, SessionPool};
+pub use pool::{PoolSettings, PoolStatus, PooledSession, Reset, SaslLogin, SessionPool};
 pub use stream::BackendStream;

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use crate::digest::{Digest, DigestKey};
 use crate::liveness::idle_and_alive;
 use crate::warm::{self, WarmPool};
-use crate::{BackendConn, BackendTarget, ClientAddrs, Credentials, Error};
+use crate::{BackendConn, BackendTarget, ClientAddrs, Credentials, Error, SaslStep};
 
 /// Pool behaviour. The binary fills it from `[pool]`.
 #[derive(Clone, Debug)]
@@ -57,6 +57,9 @@ pub struct PooledSession {
     digest: Digest,
     slot: UserSlot,
     reused: bool,
+    /// False for sessions logged in by a relayed SASL exchange: there is no password to
+    /// match a later login against, so they are never cached.
+    reusable: bool,
     _conn_count: ConnCount,
 }
 
@@ -89,6 +92,65 @@ impl PooledSession {
     /// The backend's name.
     pub fn backend(&self) -> &str {
         &self.backend
+    }
+
+    /// Whether [`SessionPool::checkin`] may cache this session (false after a relayed SASL
+    /// login, which has no password to key the cache with).
+    pub fn cacheable(&self) -> bool {
+        self.reusable
+    }
+}
+
+/// A backend connection reserved for one user (slot taken, counted against the backend's
+/// cap) that is not logged in yet: the caller relays a SASL exchange through it (RFC 9051
+/// §6.2.2), for mechanisms the proxy cannot verify itself (XOAUTH2, OAUTHBEARER, SCRAM-*).
+/// From [`SessionPool::checkout_sasl`].
+#[derive(Debug)]
+pub struct SaslLogin {
+    session: PooledSession,
+    tag: Option<String>,
+}
+
+impl SaslLogin {
+    /// Sends `ID` and `AUTHENTICATE <mechanism>` with the client's first message (raw bytes);
+    /// see [`BackendConn::sasl_start`].
+    pub async fn start(
+        &mut self,
+        mechanism: &str,
+        initial_response: Option<&[u8]>,
+        id_fields: &[(String, String)],
+    ) -> Result<SaslStep, Error> {
+        let (tag, step) = self
+            .session
+            .conn
+            .sasl_start(mechanism, initial_response, id_fields)
+            .await?;
+        self.tag = Some(tag);
+        Ok(step)
+    }
+
+    /// Relays the client's answer (raw bytes) to the last challenge.
+    pub async fn respond(&mut self, response: &[u8]) -> Result<SaslStep, Error> {
+        let tag = self.started()?;
+        self.session.conn.sasl_respond(&tag, response).await
+    }
+
+    /// Relays the client's `*` (cancel) and reads the backend's answer.
+    pub async fn cancel(&mut self) -> Result<(), Error> {
+        let tag = self.started()?;
+        self.session.conn.sasl_cancel(&tag).await
+    }
+
+    fn started(&self) -> Result<String, Error> {
+        self.tag
+            .clone()
+            .ok_or_else(|| Error::Protocol("SASL exchange not started".into()))
+    }
+
+    /// The logged-in session, once a step returned [`SaslStep::Done`]. It is never cached
+    /// ([`PooledSession::cacheable`] is false).
+    pub fn into_session(self) -> PooledSession {
+        self.session
     }
 }
 
@@ -154,6 +216,8 @@ struct Backend {
     target: BackendTarget,
     /// The post-login capability list last seen, shared by this backend's sessions.
     capabilities: Mutex<Option<Arc<str>>>,
+    /// The pre-login capability list last seen (warm or fresh connections).
+    prelogin: Arc<Mutex<Option<Arc<str>>>>,
     warm: Option<WarmPool>,
     conns: Arc<AtomicUsize>,
     max_connections: usize,
@@ -253,6 +317,8 @@ struct LoginFor<'a> {
     creds: &'a Credentials,
     id_fields: &'a [(String, String)],
     client: Option<ClientAddrs>,
+    /// Leave the connection unauthenticated: the caller relays a SASL exchange.
+    sasl: bool,
 }
 
 enum Plan {
@@ -290,17 +356,75 @@ impl SessionPool {
         let s = &self.inner.settings;
         // Warm connections are opened before their client is known: a backend that takes a
         // PROXY header (naming the client) gets none.
+        let prelogin = Arc::new(Mutex::new(None));
         let warm = (s.warm > 0 && !target.proxy_protocol)
-            .then(|| warm::build(target.clone(), s.warm, s.warm_max_age))
+            .then(|| {
+                warm::build(
+                    target.clone(),
+                    s.warm,
+                    s.warm_max_age,
+                    Arc::clone(&prelogin),
+                )
+            })
             .flatten();
         let backend = Arc::new(Backend {
             target,
             capabilities: Mutex::new(None),
+            prelogin,
             warm,
             conns: Arc::new(AtomicUsize::new(0)),
             max_connections: max_connections.max(1),
         });
         lock(&self.inner.backends).insert(Arc::from(name), backend);
+    }
+
+    /// SASL mechanisms (upper-cased, without `AUTH=`) that every backend whose pre-login
+    /// capabilities are known advertises; empty while none is known. Learnt from warm and
+    /// fresh connections, so it fills in once [`SessionPool::maintain`] or a login has
+    /// connected.
+    pub fn common_prelogin_mechanisms(&self) -> Vec<String> {
+        let lists: Vec<Arc<str>> = lock(&self.inner.backends)
+            .values()
+            .filter_map(|be| lock(&be.prelogin).clone())
+            .collect();
+        let mechs = |caps: &str| -> Vec<String> {
+            caps.split_ascii_whitespace()
+                .filter_map(|c| {
+                    c.get(..5)
+                        .filter(|p| p.eq_ignore_ascii_case("AUTH="))
+                        .and_then(|_| c.get(5..))
+                })
+                .map(str::to_ascii_uppercase)
+                .collect()
+        };
+        let Some((first, rest)) = lists.split_first() else {
+            return Vec::new();
+        };
+        let others: Vec<Vec<String>> = rest.iter().map(|c| mechs(c)).collect();
+        mechs(first)
+            .into_iter()
+            .filter(|m| others.iter().all(|o| o.contains(m)))
+            .collect()
+    }
+
+    /// A connection to `backend` reserved for `username` (waiting in the user's queue like
+    /// [`SessionPool::checkout`]), not logged in: the caller relays a SASL exchange through
+    /// the returned [`SaslLogin`]. Never served from the cache, and the session it yields is
+    /// never cached.
+    pub async fn checkout_sasl(
+        &self,
+        backend: &str,
+        username: &str,
+        client: Option<ClientAddrs>,
+    ) -> Result<SaslLogin, Error> {
+        let creds = Credentials {
+            username: username.to_owned(),
+            password: imapproxy_codec::Secret::new(Vec::new()),
+        };
+        let session = self
+            .checkout_inner(backend, &creds, &[], client, true)
+            .await?;
+        Ok(SaslLogin { session, tag: None })
     }
 
     fn backend(&self, name: &str) -> Option<(Arc<str>, Arc<Backend>)> {
@@ -333,14 +457,29 @@ impl SessionPool {
         id_fields: &[(String, String)],
         client: Option<ClientAddrs>,
     ) -> Result<PooledSession, Error> {
+        self.checkout_inner(backend, creds, id_fields, client, false)
+            .await
+    }
+
+    async fn checkout_inner(
+        &self,
+        backend: &str,
+        creds: &Credentials,
+        id_fields: &[(String, String)],
+        client: Option<ClientAddrs>,
+        sasl: bool,
+    ) -> Result<PooledSession, Error> {
         let (backend, be) = self
             .backend(backend)
             .ok_or_else(|| Error::Protocol(format!("unknown backend {backend:?}")))?;
         let user: Arc<str> = Arc::from(creds.username.to_lowercase());
-        let digest = self
-            .inner
-            .key
-            .digest(&creds.username, creds.password.expose());
+        let digest = if sasl {
+            self.inner.key.unmatchable(&creds.username)?
+        } else {
+            self.inner
+                .key
+                .digest(&creds.username, creds.password.expose())
+        };
         let settings = &self.inner.settings;
 
         let plan = {
@@ -420,6 +559,7 @@ impl SessionPool {
                                 creds,
                                 id_fields,
                                 client,
+                                sasl,
                             },
                         )
                         .await;
@@ -474,6 +614,7 @@ impl SessionPool {
                 digest,
                 slot,
                 reused: true,
+                reusable: true,
                 _conn_count: conn_count,
             })
         } else {
@@ -496,6 +637,7 @@ impl SessionPool {
             creds,
             id_fields,
             client,
+            sasl,
         } = who;
         let count = be.conns.fetch_add(1, Ordering::AcqRel) + 1;
         let conn_count = ConnCount(Arc::clone(&be.conns));
@@ -511,14 +653,18 @@ impl SessionPool {
             Some(conn) => conn,
             None => BackendConn::connect_for(&be.target, client).await?,
         };
-        conn.login(creds, id_fields).await?;
-        conn.intern_capabilities(&be.capabilities);
+        warm::record_prelogin(&be.prelogin, &conn);
+        if !sasl {
+            conn.login(creds, id_fields).await?;
+            conn.intern_capabilities(&be.capabilities);
+        }
         Ok(PooledSession {
             conn,
             backend,
             digest,
             slot,
             reused: false,
+            reusable: !sasl,
             _conn_count: conn_count,
         })
     }
@@ -534,9 +680,11 @@ impl SessionPool {
             digest,
             slot,
             _conn_count: conn_count,
+            reusable: cacheable,
             ..
         } = session;
-        if !reusable || !self.inner.settings.reuse || !conn.has_capability("UNSELECT") {
+        if !reusable || !cacheable || !self.inner.settings.reuse || !conn.has_capability("UNSELECT")
+        {
             close_politely(conn);
             drop(slot);
             return;

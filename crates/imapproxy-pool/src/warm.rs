@@ -1,6 +1,7 @@
 //! Warm connections: connected, TLS done, greeting read, not logged in — one deadpool per
 //! backend, kept topped up to `warm` by the pool's maintenance task.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Object, RecycleError, RecycleResult, Timeouts};
@@ -14,6 +15,8 @@ pub(crate) struct WarmManager {
     /// Servers drop connections that stay unauthenticated for long (Dovecot after about
     /// three minutes); a warm connection is replaced well before that.
     pub(crate) max_age: Duration,
+    /// Where the backend's pre-login capability list is recorded for the session layer.
+    pub(crate) prelogin: Arc<Mutex<Option<Arc<str>>>>,
 }
 
 impl managed::Manager for WarmManager {
@@ -21,7 +24,9 @@ impl managed::Manager for WarmManager {
     type Error = Error;
 
     async fn create(&self) -> Result<BackendConn, Error> {
-        BackendConn::connect(&self.target).await
+        let conn = BackendConn::connect(&self.target).await?;
+        record_prelogin(&self.prelogin, &conn);
+        Ok(conn)
     }
 
     async fn recycle(&self, conn: &mut BackendConn, metrics: &Metrics) -> RecycleResult<Error> {
@@ -37,12 +42,30 @@ impl managed::Manager for WarmManager {
 
 pub(crate) type WarmPool = managed::Pool<WarmManager>;
 
-pub(crate) fn build(target: BackendTarget, size: usize, max_age: Duration) -> Option<WarmPool> {
-    managed::Pool::builder(WarmManager { target, max_age })
-        .max_size(size.max(1))
-        .runtime(deadpool::Runtime::Tokio1)
-        .build()
-        .ok()
+/// Remembers `conn`'s (pre-login) capability list as its backend's.
+pub(crate) fn record_prelogin(cell: &Mutex<Option<Arc<str>>>, conn: &BackendConn) {
+    let caps = conn.capability_string();
+    let mut cell = cell.lock().unwrap_or_else(PoisonError::into_inner);
+    if cell.as_deref() != Some(&*caps) {
+        *cell = Some(caps);
+    }
+}
+
+pub(crate) fn build(
+    target: BackendTarget,
+    size: usize,
+    max_age: Duration,
+    prelogin: Arc<Mutex<Option<Arc<str>>>>,
+) -> Option<WarmPool> {
+    managed::Pool::builder(WarmManager {
+        target,
+        max_age,
+        prelogin,
+    })
+    .max_size(size.max(1))
+    .runtime(deadpool::Runtime::Tokio1)
+    .build()
+    .ok()
 }
 
 /// A warm connection if one is ready now; never waits for one to be created.
