@@ -51,6 +51,7 @@ mod health;
 pub mod limits;
 pub mod proxy_protocol;
 mod relay;
+mod sasl;
 mod session;
 mod settings;
 mod stream;

@@ -10,7 +10,8 @@ use imapproxy_codec::preauth::{
 };
 use imapproxy_codec::{Secret, Tag};
 use imapproxy_pool::{
-    ClientAddrs, Credentials, Error as PoolError, PoolSettings, PooledSession, Reset, SessionPool,
+    ClientAddrs, Credentials, Error as PoolError, PoolSettings, PooledSession, Reset, SaslStep,
+    SessionPool,
 };
 use imapproxy_route::{BackendId, Request, SessionGuard, route_first};
 use imapproxy_tls::TlsMode;
@@ -23,6 +24,7 @@ use crate::error::Error;
 use crate::limits::ConnectionLimits;
 use crate::proxy_protocol;
 use crate::relay::{Relay, RelayEnd, ResponsePolicy};
+use crate::sasl;
 use crate::settings::{ListenerSettings, SessionSettings, Upstreams};
 use crate::stream::ClientStream;
 use crate::throttle::{Throttle, Verdict};
@@ -267,6 +269,13 @@ impl Session {
             caps.push_str(" LOGINDISABLED");
         } else {
             caps.push_str(" AUTH=PLAIN AUTH=LOGIN");
+            // Relayed mechanisms only when every backend known so far offers them.
+            for mech in self.proxy.pool.common_prelogin_mechanisms() {
+                if sasl::is_passthrough(&mech) {
+                    caps.push_str(" AUTH=");
+                    caps.push_str(&mech);
+                }
+            }
         }
         caps
     }
@@ -476,6 +485,20 @@ impl Session {
                     .await?;
                     return Ok(Next::Continue);
                 }
+                if let Mechanism::Other(name) = &mechanism
+                    && sasl::is_passthrough(name)
+                    && self.proxy.pool.common_prelogin_mechanisms().contains(name)
+                {
+                    let name = name.clone();
+                    return Box::pin(self.sasl_passthrough(
+                        parser,
+                        buf,
+                        &tag,
+                        &name,
+                        initial_response,
+                    ))
+                    .await;
+                }
                 let creds = self
                     .authenticate(parser, buf, &tag, mechanism, initial_response)
                     .await?;
@@ -645,33 +668,8 @@ impl Session {
             verdict => return self.throttled(tag, verdict).await,
         }
         let upstreams = Arc::clone(&self.proxy.upstreams);
-        let candidates: Vec<BackendId> = {
-            let request = Request {
-                user: &user_key,
-                client_ip: Some(self.peer.ip()),
-                client_id: &self.client_id,
-            };
-            match &upstreams.directory {
-                // The directory says where the mailbox is; the strategy's candidates follow
-                // as fallback (only healthy backends either way).
-                Some(directory) => match directory.lookup(&user_key).await {
-                    Ok(route) => route_first(
-                        route.as_ref(),
-                        &upstreams.registry,
-                        upstreams.selector.select(&upstreams.registry, &request),
-                    ),
-                    Err(e) => {
-                        warn!(error = %e, "user directory unavailable");
-                        self.tagged(
-                            tag,
-                            "NO [UNAVAILABLE] Service temporarily unavailable, try again later.",
-                        )
-                        .await?;
-                        return Ok(Next::Continue);
-                    }
-                },
-                None => upstreams.selector.select(&upstreams.registry, &request),
-            }
+        let Some(candidates) = self.candidates(tag, &user_key).await? else {
+            return Ok(Next::Continue);
         };
         let id_fields = self.backend_id_fields();
         // For backends that take a PROXY header: the client, and where it connected.
@@ -690,42 +688,9 @@ impl Session {
                 .await
             {
                 Ok(session) => {
-                    tracing::Span::current().record("backend", tracing::field::display(backend_id));
-                    let caps: Vec<&str> = session
-                        .conn_ref()
-                        .capabilities()
-                        .filter(|c| !(self.proxy.policy.drop_capability)(c.as_bytes()))
-                        .collect();
-                    let mut out = Vec::with_capacity(512);
-                    if session.reused() {
-                        // up-imapproxy's convention: webmail may skip re-initialising.
-                        out.extend_from_slice(b"* OK [XPROXYREUSE] Reusing a cached session.\r\n");
-                    }
-                    out.extend_from_slice(tag.as_bytes());
-                    out.extend_from_slice(
-                        format!(" OK [CAPABILITY {}] Logged in.\r\n", caps.join(" ")).as_bytes(),
-                    );
-                    self.write(&out).await?;
-                    self.proxy
-                        .throttle
-                        .record_success(self.peer.ip(), &user_key);
-                    info!(reused = session.reused(), "logged in");
-                    // A fresh connection proves the backend reachable; a cached session
-                    // proves nothing about new connections.
-                    if let (Some(health), false) = (&upstreams.health, session.reused()) {
-                        health.report_success(backend_id);
-                    }
-                    // Counted while the client uses the backend: least-connections and
-                    // power-of-two-choices read it.
-                    let guard = upstreams
-                        .registry
-                        .state(backend_id)
-                        .map(|state| state.session_started());
-                    return Ok(Next::LoggedIn(Box::new(LoggedIn {
-                        session,
-                        pipelined: parser.take_remaining(),
-                        _guard: guard,
-                    })));
+                    return self
+                        .logged_in(parser, tag, session, backend_id, &user_key)
+                        .await;
                 }
                 Err(PoolError::PoolTimeout) => {
                     // Expected under bursts; counted by the pool, not worth a warning each.
@@ -768,6 +733,251 @@ impl Session {
         )
         .await?;
         Ok(Next::Continue)
+    }
+
+    /// Relays a SASL exchange the proxy cannot verify (XOAUTH2, OAUTHBEARER, SCRAM-*) to a
+    /// backend chosen for the user named in the client's first message. Throttling applies
+    /// as for `LOGIN`; the client sees the backend's challenges but never its final words:
+    /// `OK` with the post-login capabilities, or `NO [AUTHENTICATIONFAILED]`.
+    async fn sasl_passthrough(
+        &mut self,
+        parser: &mut PreAuthParser,
+        buf: &mut [u8],
+        tag: &Tag,
+        mechanism: &str,
+        initial_response: Option<Secret<Vec<u8>>>,
+    ) -> Result<Next, Error> {
+        let first = match initial_response {
+            Some(ir) => ir,
+            None => match self.auth_step(parser, buf, b"+ \r\n").await? {
+                Some(d) => d,
+                None => {
+                    self.auth_cancelled(tag).await?;
+                    return Ok(Next::Continue);
+                }
+            },
+        };
+        let username = match sasl::username(mechanism, first.expose()) {
+            Some(u)
+                if !u.is_empty()
+                    && u.len() <= MAX_USERNAME
+                    && !u.bytes().any(|b| b.is_ascii_control()) =>
+            {
+                u
+            }
+            _ => {
+                self.auth_failed(tag).await?;
+                return Ok(Next::Continue);
+            }
+        };
+        let user_key = username.to_lowercase();
+        tracing::Span::current().record("user", user_key.as_str());
+        // Before any backend work: a blocked attempt never reaches a backend.
+        match self.proxy.throttle.check(self.peer.ip(), &user_key) {
+            Verdict::Allow => {}
+            verdict => return self.throttled(tag, verdict).await,
+        }
+        let upstreams = Arc::clone(&self.proxy.upstreams);
+        let Some(candidates) = self.candidates(tag, &user_key).await? else {
+            return Ok(Next::Continue);
+        };
+        let id_fields = self.backend_id_fields();
+        let client = self.local.map(|destination| ClientAddrs {
+            source: self.peer,
+            destination,
+        });
+        for backend_id in candidates
+            .iter()
+            .take(self.proxy.settings.max_backend_attempts)
+        {
+            // Until the client has seen a challenge, a backend that cannot be reached is
+            // replaced by the next candidate, as for LOGIN.
+            let started = match self
+                .proxy
+                .pool
+                .checkout_sasl(backend_id.as_str(), &username, client)
+                .await
+            {
+                Ok(mut login) => match login
+                    .start(mechanism, Some(first.expose()), &id_fields)
+                    .await
+                {
+                    Ok(step) => Ok((login, step)),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            let (mut login, mut step) = match started {
+                Ok(started) => started,
+                Err(PoolError::PoolTimeout) => {
+                    info!("all of the user's backend sessions stayed busy");
+                    self.tagged(
+                        tag,
+                        "NO [LIMIT] Too many sessions for this user, try again later.",
+                    )
+                    .await?;
+                    return Ok(Next::Continue);
+                }
+                Err(e) if !e.is_retryable() => return self.sasl_failed(tag, &user_key).await,
+                Err(e) => {
+                    warn!(backend = %backend_id, error = %e, "backend login failed");
+                    if let Some(health) = &upstreams.health
+                        && unreachable(&e)
+                    {
+                        health.report_failure(backend_id, &e.to_string());
+                    }
+                    continue;
+                }
+            };
+            loop {
+                let challenge = match step {
+                    SaslStep::Done => {
+                        let session = login.into_session();
+                        return self
+                            .logged_in(parser, tag, session, backend_id, &user_key)
+                            .await;
+                    }
+                    SaslStep::Challenge(c) => c,
+                    _ => return Err(Error::Protocol("unexpected SASL step")),
+                };
+                // The challenge is the backend's base64 text; anything but base64 characters
+                // would let a backend inject lines into the client's stream.
+                if !challenge
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+                {
+                    warn!(backend = %backend_id, "invalid SASL challenge from backend");
+                    return self.sasl_unavailable(tag).await;
+                }
+                let mut prompt = Vec::with_capacity(challenge.len() + 4);
+                prompt.extend_from_slice(b"+ ");
+                prompt.extend_from_slice(&challenge);
+                prompt.extend_from_slice(b"\r\n");
+                let Some(answer) = self.auth_step(parser, buf, &prompt).await? else {
+                    // RFC 9051 §6.2.2: the client's `*` cancels; the backend is told too (its
+                    // connection is then dropped with the login).
+                    let _ = login.cancel().await;
+                    self.auth_cancelled(tag).await?;
+                    return Ok(Next::Continue);
+                };
+                step = match login.respond(answer.expose()).await {
+                    Ok(step) => step,
+                    Err(e) if !e.is_retryable() => {
+                        return self.sasl_failed(tag, &user_key).await;
+                    }
+                    Err(e) => {
+                        warn!(backend = %backend_id, error = %e, "backend failed during SASL");
+                        return self.sasl_unavailable(tag).await;
+                    }
+                };
+            }
+        }
+        warn!("no backend available");
+        self.sasl_unavailable(tag).await
+    }
+
+    /// A relayed SASL exchange the backend refused: counted like a wrong password.
+    async fn sasl_failed(&mut self, tag: &Tag, user_key: &str) -> Result<Next, Error> {
+        info!("authentication failed");
+        let delay = self.proxy.throttle.record_failure(self.peer.ip(), user_key);
+        tokio::time::sleep(delay).await;
+        self.auth_failed(tag).await?;
+        Ok(Next::Continue)
+    }
+
+    async fn sasl_unavailable(&mut self, tag: &Tag) -> Result<Next, Error> {
+        self.tagged(
+            tag,
+            "NO [UNAVAILABLE] Service temporarily unavailable, try again later.",
+        )
+        .await?;
+        Ok(Next::Continue)
+    }
+
+    /// The backends to try for `user_key`: the directory's answer first, then the strategy's
+    /// (healthy ones only). `None` when the client was told the directory is unavailable.
+    async fn candidates(
+        &mut self,
+        tag: &Tag,
+        user_key: &str,
+    ) -> Result<Option<Vec<BackendId>>, Error> {
+        let upstreams = Arc::clone(&self.proxy.upstreams);
+        let candidates: Vec<BackendId> = {
+            let request = Request {
+                user: user_key,
+                client_ip: Some(self.peer.ip()),
+                client_id: &self.client_id,
+            };
+            match &upstreams.directory {
+                // The directory says where the mailbox is; the strategy's candidates follow
+                // as fallback (only healthy backends either way).
+                Some(directory) => match directory.lookup(user_key).await {
+                    Ok(route) => route_first(
+                        route.as_ref(),
+                        &upstreams.registry,
+                        upstreams.selector.select(&upstreams.registry, &request),
+                    ),
+                    Err(e) => {
+                        warn!(error = %e, "user directory unavailable");
+                        self.tagged(
+                            tag,
+                            "NO [UNAVAILABLE] Service temporarily unavailable, try again later.",
+                        )
+                        .await?;
+                        return Ok(None);
+                    }
+                },
+                None => upstreams.selector.select(&upstreams.registry, &request),
+            }
+        };
+        Ok(Some(candidates))
+    }
+
+    /// Tells the client it is logged in on `backend_id` (post-login capabilities, filtered)
+    /// and hands the session to the relay.
+    async fn logged_in(
+        &mut self,
+        parser: &mut PreAuthParser,
+        tag: &Tag,
+        session: PooledSession,
+        backend_id: &BackendId,
+        user_key: &str,
+    ) -> Result<Next, Error> {
+        let upstreams = Arc::clone(&self.proxy.upstreams);
+        tracing::Span::current().record("backend", tracing::field::display(backend_id));
+        let caps: Vec<&str> = session
+            .conn_ref()
+            .capabilities()
+            .filter(|c| !(self.proxy.policy.drop_capability)(c.as_bytes()))
+            .collect();
+        let mut out = Vec::with_capacity(512);
+        if session.reused() {
+            // up-imapproxy's convention: webmail may skip re-initialising.
+            out.extend_from_slice(b"* OK [XPROXYREUSE] Reusing a cached session.\r\n");
+        }
+        out.extend_from_slice(tag.as_bytes());
+        out.extend_from_slice(
+            format!(" OK [CAPABILITY {}] Logged in.\r\n", caps.join(" ")).as_bytes(),
+        );
+        self.write(&out).await?;
+        self.proxy.throttle.record_success(self.peer.ip(), user_key);
+        info!(reused = session.reused(), "logged in");
+        // A fresh connection proves the backend reachable; a cached session
+        // proves nothing about new connections.
+        if let (Some(health), false) = (&upstreams.health, session.reused()) {
+            health.report_success(backend_id);
+        }
+        // Counted while the client uses the backend: least-connections and
+        // power-of-two-choices read it.
+        let guard = upstreams
+            .registry
+            .state(backend_id)
+            .map(|state| state.session_started());
+        Ok(Next::LoggedIn(Box::new(LoggedIn {
+            session,
+            pipelined: parser.take_remaining(),
+            _guard: guard,
+        })))
     }
 
     /// Answers an attempt the throttle refused, after the longest failure delay so that the
