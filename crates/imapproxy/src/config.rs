@@ -314,13 +314,16 @@ impl Default for SessionConfig {
     }
 }
 
-/// `[admin]`: accepted; the admin endpoint comes with the routing work.
+/// `[admin]`: the admin HTTP endpoint.
 #[derive(Debug, Deserialize, Clone, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Bind address.
+    /// Bind address (loopback is the safe choice); absent: no admin endpoint.
     #[serde(default)]
     pub addr: Option<SocketAddr>,
+    /// When set, every admin request but `/healthz` needs `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// `[log]`.

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::admin::{self, AdminState};
 use crate::build::Built;
 use crate::config::{Config, LogConfig};
 
@@ -34,9 +35,10 @@ pub fn init_logging(log: &LogConfig) {
 pub async fn run(cfg: Config) -> Result<(), String> {
     let built = Built::from_config(&cfg)?;
     raise_fd_limit();
-    if cfg.admin.addr.is_some() {
-        warn!("[admin] is accepted but the admin endpoint is not implemented yet");
-    }
+    // Libraries emit `metrics` counters; the binary alone installs the exporter.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     let proxy = Arc::new(
         Proxy::new(built.settings, built.upstreams, built.pool)
             .map_err(|e| format!("cannot set up the session pool: {e}"))?,
@@ -88,6 +90,20 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             }
         }));
     }
+    let stop_admin = CancellationToken::new();
+    if let Some(addr) = cfg.admin.addr {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?;
+        info!(%addr, "admin endpoint listening");
+        let state = Arc::new(AdminState {
+            proxy: Arc::clone(&proxy),
+            metrics,
+            token: cfg.admin.token.clone(),
+            sessions: sessions.clone(),
+        });
+        tokio::spawn(admin::serve(listener, state, stop_admin.clone()));
+    }
     wait_for_signal().await;
     // Drain: no new connections; running sessions get `shutdown_grace` to finish on their
     // own (a second signal cuts it short), then the rest are told BYE.
@@ -119,6 +135,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     maintenance.abort();
     drop(health);
     tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_admin.cancel();
     info!("stopped");
     Ok(())
 }

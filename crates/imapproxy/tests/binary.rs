@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use imapproxy_testkit::{Dovecot, TestClient, free_port};
 
+const ADMIN_TOKEN: &str = "t0ken-for-tests";
+
 fn dovecot() -> &'static Dovecot {
     Dovecot::shared()
 }
@@ -19,6 +21,7 @@ struct ProxyProcess {
     plain: SocketAddr,
     starttls: SocketAddr,
     implicit: SocketAddr,
+    admin: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -32,8 +35,8 @@ impl Drop for ProxyProcess {
 impl ProxyProcess {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let [plain, starttls, implicit] =
-            [0; 3].map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let [plain, starttls, implicit, admin] =
+            [0; 4].map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
         let config = format!(
             r#"
 [[listeners]]
@@ -55,6 +58,10 @@ addr = "{backend}"
 
 [session]
 shutdown_grace = "3s"
+
+[admin]
+addr = "{admin}"
+token = "{ADMIN_TOKEN}"
 "#,
             backend = dovecot().imap_addr()
         );
@@ -73,9 +80,10 @@ shutdown_grace = "3s"
             plain,
             starttls,
             implicit,
+            admin,
             _dir: dir,
         };
-        for addr in [plain, starttls, implicit] {
+        for addr in [plain, starttls, implicit, admin] {
             wait_for_port(addr);
         }
         proxy
@@ -345,4 +353,102 @@ fn sigterm_drains_then_says_bye_and_exits_cleanly() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "{exit:?}");
+}
+
+/// `curl` against the admin endpoint: (HTTP status, body).
+fn admin(proxy: &ProxyProcess, method: &str, path: &str, token: bool) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+    ]);
+    if token {
+        cmd.args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")]);
+    }
+    let out = cmd
+        .arg(format!("http://{}{path}", proxy.admin))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_owned())
+}
+
+#[test]
+fn admin_endpoint_reports_drains_and_exports_metrics() {
+    let proxy = ProxyProcess::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (user, pass) = dovecot().user(19);
+
+    assert_eq!(
+        admin(&proxy, "GET", "/healthz", false),
+        (200, "ok\n".into())
+    );
+    assert_eq!(
+        admin(&proxy, "GET", "/backends", false).0,
+        401,
+        "the token is required"
+    );
+
+    let login = |expect_ok: bool| {
+        rt.block_on(async {
+            let mut c = TestClient::connect(proxy.plain).await.unwrap();
+            let r = c.login(&user, &pass).await.unwrap();
+            assert_eq!(r.tagged_ok(), expect_ok, "{}", r.text());
+            if expect_ok {
+                assert!(c.logout().await.unwrap().tagged_ok());
+            }
+        })
+    };
+    login(true);
+
+    let (code, body) = admin(&proxy, "GET", "/backends", true);
+    assert_eq!(code, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["backends"][0]["name"], "mail1");
+    assert_eq!(json["backends"][0]["health"], "up");
+    assert!(json["pool"]["misses"].as_u64().unwrap() >= 1, "{json}");
+
+    // Prometheus text: every sample line is `name{labels} value`, and the counters moved.
+    let (code, metrics) = admin(&proxy, "GET", "/metrics", true);
+    assert_eq!(code, 200);
+    for line in metrics
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (name, value) = line.rsplit_once(' ').unwrap();
+        assert!(value.parse::<f64>().is_ok(), "bad sample {line:?}");
+        assert!(
+            name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'),
+            "{line:?}"
+        );
+    }
+    assert!(
+        metrics.contains("imapproxy_pool_checkouts_total"),
+        "{metrics}"
+    );
+
+    // Draining the only backend: no new sessions; undrain brings it back.
+    let (code, body) = admin(&proxy, "POST", "/backends/mail1/drain", true);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("draining"));
+    login(false);
+    assert_eq!(admin(&proxy, "POST", "/backends/nope/drain", true).0, 404);
+    assert_eq!(
+        admin(&proxy, "POST", "/backends/mail1/undrain", true).0,
+        200
+    );
+    login(true);
+
+    // The status page names every backend.
+    let (code, page) = admin(&proxy, "GET", "/", true);
+    assert_eq!(code, 200);
+    assert!(page.contains("<td>mail1</td>"), "{page}");
+    assert!(page.contains(&dovecot().imap_addr().to_string()));
 }

@@ -1,0 +1,211 @@
+//! 1,000 clients that connect and never send a byte (issue 5, "slow and silent clients"):
+//! the real binary keeps its memory small while they wait and closes every one of them with
+//! the pre-auth timeout.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use imapproxy_testkit::free_port;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Silent clients held open at once.
+const CLIENTS: usize = 1_000;
+/// `[session] preauth_timeout` of the proxy under test.
+const PREAUTH: Duration = Duration::from_secs(2);
+/// Time on top of the pre-auth timeout for the close to reach the client on a busy machine.
+const SLACK: Duration = Duration::from_secs(3);
+/// Bound on the proxy's RSS growth while all clients are connected. Measured (debug build,
+/// 2 cores): about 15 MiB, i.e. ~16 KB per silent connection (task, socket, pre-auth
+/// buffers); the bound keeps a 2x margin and still catches a per-connection cost of 32 KB.
+const MAX_RSS_GROWTH_KIB: u64 = 32 * 1024;
+
+/// The proxy process, killed on drop.
+struct ProxyProcess {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ProxyProcess {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        // Nobody logs in, so the backend is never contacted: a closed port will do.
+        // Loopback must not be limited: 0 turns the per-address limits off.
+        let config = format!(
+            r#"
+[[listeners]]
+addr = "{addr}"
+tls = "none"
+allow_plaintext_auth = true
+
+[[backends]]
+name = "mail1"
+addr = "127.0.0.1:{backend}"
+
+[session]
+preauth_timeout = "2s"
+
+[limits]
+max_connections_per_ip = 0
+max_new_connections_per_ip_per_sec = 0
+max_connections = 10000
+"#,
+            backend = free_port()
+        );
+        let path = dir.path().join("imapproxy.toml");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_imapproxy"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "proxy did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+/// Connects and reads the greeting; returns the open stream and when it connected.
+async fn connect_silent(addr: SocketAddr) -> (BufReader<TcpStream>, Instant) {
+    let started = Instant::now();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut rd = BufReader::new(tcp);
+    let mut greeting = String::new();
+    tokio::time::timeout(Duration::from_secs(10), rd.read_line(&mut greeting))
+        .await
+        .expect("greeting in time")
+        .unwrap();
+    assert!(greeting.starts_with("* OK"), "{greeting:?}");
+    (rd, started)
+}
+
+/// Waits for the proxy to end the connection: EOF, a reset, or a `* BYE` line.
+async fn wait_closed(mut rd: BufReader<TcpStream>) {
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match rd.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) if line.starts_with(b"* BYE") => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_silent_connections_cost_little_and_are_all_timed_out() {
+    // The test holds 1,000 sockets (and the proxy as many): raise the soft descriptor limit.
+    rlimit::increase_nofile_limit(4096).unwrap();
+    let (soft, _) = rlimit::Resource::NOFILE.get().unwrap();
+    assert!(
+        soft >= CLIENTS as u64 + 64,
+        "RLIMIT_NOFILE soft limit {soft}"
+    );
+
+    let proxy = ProxyProcess::start();
+    // Warm up (runtime threads, allocator arenas) with a few connections that leave at once.
+    for _ in 0..20 {
+        let (rd, _) = connect_silent(proxy.addr).await;
+        drop(rd);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = proxy.rss_kib();
+
+    // Connect in batches so the listen backlog is never the bottleneck.
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS / 100 {
+        let batch: Vec<_> = (0..100)
+            .map(|_| tokio::spawn(connect_silent(proxy.addr)))
+            .collect();
+        for c in batch {
+            clients.push(c.await.unwrap());
+        }
+    }
+    let all_open = Instant::now();
+    let during = proxy.rss_kib();
+    let growth = during.saturating_sub(before);
+    println!(
+        "RSS before {before} KiB, with {CLIENTS} silent clients {during} KiB, growth {growth} KiB \
+         ({} bytes per connection)",
+        growth * 1024 / CLIENTS as u64
+    );
+    assert!(
+        growth < MAX_RSS_GROWTH_KIB,
+        "RSS grew by {growth} KiB with {CLIENTS} silent clients"
+    );
+    // Everyone connected before the first timeout fires: they were all silent together.
+    let first = clients.iter().map(|(_, t)| *t).min().unwrap();
+    assert!(
+        all_open - first < PREAUTH,
+        "connecting took {:?}",
+        all_open - first
+    );
+
+    let waits: Vec<_> = clients
+        .into_iter()
+        .map(|(rd, started)| {
+            tokio::spawn(async move {
+                tokio::time::timeout(PREAUTH + SLACK, wait_closed(rd))
+                    .await
+                    .map(|()| started.elapsed())
+            })
+        })
+        .collect();
+    let mut closed = 0;
+    for w in waits {
+        let elapsed = w
+            .await
+            .unwrap()
+            .expect("connection not closed within the pre-auth timeout + slack");
+        // Closed by the timeout, not earlier (the greeting was read before `started` + a bit).
+        assert!(
+            elapsed >= PREAUTH - Duration::from_millis(100),
+            "closed after {elapsed:?}, before the pre-auth timeout"
+        );
+        closed += 1;
+    }
+    assert_eq!(closed, CLIENTS);
+
+    // The proxy gives the memory back (or at least holds no more) once they are gone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = proxy.rss_kib();
+    println!("RSS after all were closed: {after} KiB");
+    // And it still serves new clients after the flood.
+    let mut probe = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = probe.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"* OK"),
+        "proxy still serves after the flood"
+    );
+}
