@@ -103,6 +103,7 @@ fn print_banner(dovecot: &Dovecot, config: &Path) {
         "\n\
          Dovecot (backend)  {backend} plain, {imaps} TLS; users {users}, password `{PASSWORD}`\n\
          imapproxy          {IMAP_LISTEN} STARTTLS (plaintext login allowed), {IMAPS_LISTEN} implicit TLS\n\
+         admin              http://{ADMIN_LISTEN}/\n\
          config             {config}\n\
          CA certificate     {ca}\n\
          \n\
@@ -112,6 +113,7 @@ fn print_banner(dovecot: &Dovecot, config: &Path) {
          \x20 curl --ssl-reqd --cacert {ca} 'imap://localhost:1143/INBOX;UID=3' --user demo3:{PASSWORD}\n\
          \x20 openssl s_client -connect {IMAPS_LISTEN} -quiet\n\
          \x20 openssl s_client -connect {IMAP_LISTEN} -starttls imap -quiet\n\
+         \x20 curl http://{ADMIN_LISTEN}/metrics\n\
          \n\
          Ctrl-C stops the proxy and Dovecot.\n",
         backend = dovecot.imap_addr(),
