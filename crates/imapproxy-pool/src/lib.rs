@@ -62,6 +62,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! For SASL mechanisms a proxy cannot verify itself (XOAUTH2, OAUTHBEARER, SCRAM-*),
+//! [`SessionPool::checkout_sasl`] reserves a connection for the user and returns a
+//! [`SaslLogin`] through which the caller relays the exchange (`start`, `respond`, `cancel`,
+//! each returning a [`SaslStep`]); such sessions have no password to key the cache with and
+//! are never cached. [`SessionPool::common_prelogin_mechanisms`] tells which mechanisms every
+//! backend advertises before login, learnt from warm and fresh connections.
+//!
 //! [`ImapCheck`] is an active health check (connect, greeting, `NOOP`, optional probe
 //! login, `LOGOUT`) for a health monitor such as `imapproxy_route::HealthMonitor`.
 //!
