@@ -433,6 +433,18 @@ fn admin_endpoint_reports_drains_and_exports_metrics() {
         metrics.contains("imapproxy_pool_checkouts_total"),
         "{metrics}"
     );
+    // The login counters move as logins happen.
+    let logins = |m: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with("imapproxy_logins_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    let before = logins(&metrics);
+    assert!(before >= 1.0, "{metrics}");
+    login(true);
+    let after = logins(&admin(&proxy, "GET", "/metrics", true).1);
+    assert_eq!(after, before + 1.0);
 
     // Draining the only backend: no new sessions; undrain brings it back.
     let (code, body) = admin(&proxy, "POST", "/backends/mail1/drain", true);

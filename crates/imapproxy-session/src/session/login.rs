@@ -1,0 +1,406 @@
+//! Logging in on a backend: throttling, routing, the pool, SASL pass-through.
+
+use super::*;
+
+impl Session {
+    /// The `ID` fields sent to the backend: where the client really is (Dovecot honours these
+    /// from `login_trusted_networks`), then the client's own fields. Client fields named `x-*`
+    /// are dropped so that nobody can claim another address.
+    pub(super) fn backend_id_fields(&self) -> Vec<(String, String)> {
+        let mut fields = vec![
+            ("x-originating-ip".to_owned(), self.peer.ip().to_string()),
+            (
+                "x-originating-port".to_owned(),
+                self.peer.port().to_string(),
+            ),
+        ];
+        if let Some(local) = self.local {
+            fields.push(("x-connected-ip".to_owned(), local.ip().to_string()));
+            fields.push(("x-connected-port".to_owned(), local.port().to_string()));
+        }
+        fields.push((
+            "x-session-ext-id".to_owned(),
+            format!("imapproxy-{}", self.id),
+        ));
+        for (k, v) in &self.client_id {
+            let Some(v) = v else { continue };
+            let key_ok = !k.is_empty()
+                && k.len() <= 30
+                && !k.to_ascii_lowercase().starts_with("x-")
+                && k.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+            // RFC 2971 §3.3: values of at most 1024 octets, as sent (quotes escaped).
+            let escaped = v.len() + v.bytes().filter(|b| matches!(b, b'"' | b'\\')).count();
+            let val_ok = escaped <= 1024 && v.bytes().all(|b| (0x20..0x7f).contains(&b));
+            if key_ok && val_ok {
+                fields.push((k.clone(), v.clone()));
+            }
+        }
+        fields
+    }
+
+    /// Logs in on a backend chosen by the selector, through the pool (a cached session of
+    /// the same user and password needs no backend round trip), falling through to the next
+    /// candidate when one cannot be reached. The client sees `OK`,
+    /// `NO [AUTHENTICATIONFAILED]` or `NO [UNAVAILABLE]`, never a backend's own words.
+    pub(super) async fn login(
+        &mut self,
+        parser: &mut PreAuthParser,
+        tag: &Tag,
+        creds: Credentials,
+    ) -> Result<Next, Error> {
+        self.login_started = Some(std::time::Instant::now());
+        if creds.username.is_empty()
+            || creds.username.len() > MAX_USERNAME
+            || creds.username.bytes().any(|b| b.is_ascii_control())
+        {
+            self.auth_failed(tag).await?;
+            return Ok(Next::Continue);
+        }
+        let user_key = creds.username.to_lowercase();
+        tracing::Span::current().record("user", user_key.as_str());
+        // Before any backend work: a blocked attempt never reaches a backend.
+        match self.proxy.throttle.check(self.peer.ip(), &user_key) {
+            Verdict::Allow => {}
+            verdict => return self.throttled(tag, verdict).await,
+        }
+        let upstreams = Arc::clone(&self.proxy.upstreams);
+        let Some(candidates) = self.candidates(tag, &user_key).await? else {
+            return Ok(Next::Continue);
+        };
+        let id_fields = self.backend_id_fields();
+        // For backends that take a PROXY header: the client, and where it connected.
+        let client = self.local.map(|destination| ClientAddrs {
+            source: self.peer,
+            destination,
+        });
+        for backend_id in candidates
+            .iter()
+            .take(self.proxy.settings.max_backend_attempts)
+        {
+            match self
+                .proxy
+                .pool
+                .checkout_for(backend_id.as_str(), &creds, &id_fields, client)
+                .await
+            {
+                Ok(session) => {
+                    return self
+                        .logged_in(parser, tag, session, backend_id, &user_key)
+                        .await;
+                }
+                Err(PoolError::PoolTimeout) => {
+                    // Expected under bursts; counted by the pool, not worth a warning each.
+                    info!("all of the user's backend sessions stayed busy");
+                    // RFC 5530 [LIMIT], as Dovecot answers when its per-user cap is hit.
+                    count_login("limit");
+                    self.tagged(
+                        tag,
+                        "NO [LIMIT] Too many sessions for this user, try again later.",
+                    )
+                    .await?;
+                    return Ok(Next::Continue);
+                }
+                Err(e) if !e.is_retryable() => {
+                    info!("authentication failed");
+                    let delay = self
+                        .proxy
+                        .throttle
+                        .record_failure(self.peer.ip(), &user_key);
+                    tokio::time::sleep(delay).await;
+                    self.auth_failed(tag).await?;
+                    return Ok(Next::Continue);
+                }
+                Err(e) => {
+                    warn!(backend = %backend_id, error = %e, "backend login failed");
+                    // Passive marking: the backend could not be reached, which counts toward
+                    // its `fall` like a failed check. Login answers and our own caps
+                    // (`BackendFull`) say nothing about its health.
+                    if let Some(health) = &upstreams.health
+                        && unreachable(&e)
+                    {
+                        health.report_failure(backend_id, &e.to_string());
+                    }
+                }
+            }
+        }
+        warn!("no backend available");
+        count_login("unavailable");
+        self.tagged(
+            tag,
+            "NO [UNAVAILABLE] Service temporarily unavailable, try again later.",
+        )
+        .await?;
+        Ok(Next::Continue)
+    }
+
+    /// Relays a SASL exchange the proxy cannot verify (XOAUTH2, OAUTHBEARER, SCRAM-*) to a
+    /// backend chosen for the user named in the client's first message. Throttling applies
+    /// as for `LOGIN`; the client sees the backend's challenges but never its final words:
+    /// `OK` with the post-login capabilities, or `NO [AUTHENTICATIONFAILED]`.
+    pub(super) async fn sasl_passthrough(
+        &mut self,
+        parser: &mut PreAuthParser,
+        buf: &mut [u8],
+        tag: &Tag,
+        mechanism: &str,
+        initial_response: Option<Secret<Vec<u8>>>,
+    ) -> Result<Next, Error> {
+        self.login_started = Some(std::time::Instant::now());
+        let first = match initial_response {
+            Some(ir) => ir,
+            None => match self.auth_step(parser, buf, b"+ \r\n").await? {
+                Some(d) => d,
+                None => {
+                    self.auth_cancelled(tag).await?;
+                    return Ok(Next::Continue);
+                }
+            },
+        };
+        let username = match sasl::username(mechanism, first.expose()) {
+            Some(u)
+                if !u.is_empty()
+                    && u.len() <= MAX_USERNAME
+                    && !u.bytes().any(|b| b.is_ascii_control()) =>
+            {
+                u
+            }
+            _ => {
+                self.auth_failed(tag).await?;
+                return Ok(Next::Continue);
+            }
+        };
+        let user_key = username.to_lowercase();
+        tracing::Span::current().record("user", user_key.as_str());
+        // Before any backend work: a blocked attempt never reaches a backend.
+        match self.proxy.throttle.check(self.peer.ip(), &user_key) {
+            Verdict::Allow => {}
+            verdict => return self.throttled(tag, verdict).await,
+        }
+        let upstreams = Arc::clone(&self.proxy.upstreams);
+        let Some(candidates) = self.candidates(tag, &user_key).await? else {
+            return Ok(Next::Continue);
+        };
+        let id_fields = self.backend_id_fields();
+        let client = self.local.map(|destination| ClientAddrs {
+            source: self.peer,
+            destination,
+        });
+        for backend_id in candidates
+            .iter()
+            .take(self.proxy.settings.max_backend_attempts)
+        {
+            // Until the client has seen a challenge, a backend that cannot be reached is
+            // replaced by the next candidate, as for LOGIN.
+            let started = match self
+                .proxy
+                .pool
+                .checkout_sasl(backend_id.as_str(), &username, client)
+                .await
+            {
+                Ok(mut login) => match login
+                    .start(mechanism, Some(first.expose()), &id_fields)
+                    .await
+                {
+                    Ok(step) => Ok((login, step)),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            let (mut login, mut step) = match started {
+                Ok(started) => started,
+                Err(PoolError::PoolTimeout) => {
+                    info!("all of the user's backend sessions stayed busy");
+                    count_login("limit");
+                    self.tagged(
+                        tag,
+                        "NO [LIMIT] Too many sessions for this user, try again later.",
+                    )
+                    .await?;
+                    return Ok(Next::Continue);
+                }
+                Err(e) if !e.is_retryable() => return self.sasl_failed(tag, &user_key).await,
+                Err(e) => {
+                    warn!(backend = %backend_id, error = %e, "backend login failed");
+                    if let Some(health) = &upstreams.health
+                        && unreachable(&e)
+                    {
+                        health.report_failure(backend_id, &e.to_string());
+                    }
+                    continue;
+                }
+            };
+            loop {
+                let challenge = match step {
+                    SaslStep::Done => {
+                        let session = login.into_session();
+                        return self
+                            .logged_in(parser, tag, session, backend_id, &user_key)
+                            .await;
+                    }
+                    SaslStep::Challenge(c) => c,
+                    _ => return Err(Error::Protocol("unexpected SASL step")),
+                };
+                // The challenge is the backend's base64 text; anything but base64 characters
+                // would let a backend inject lines into the client's stream.
+                if !challenge
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+                {
+                    warn!(backend = %backend_id, "invalid SASL challenge from backend");
+                    return self.sasl_unavailable(tag).await;
+                }
+                let mut prompt = Vec::with_capacity(challenge.len() + 4);
+                prompt.extend_from_slice(b"+ ");
+                prompt.extend_from_slice(&challenge);
+                prompt.extend_from_slice(b"\r\n");
+                let Some(answer) = self.auth_step(parser, buf, &prompt).await? else {
+                    // RFC 9051 §6.2.2: the client's `*` cancels; the backend is told too (its
+                    // connection is then dropped with the login).
+                    let _ = login.cancel().await;
+                    self.auth_cancelled(tag).await?;
+                    return Ok(Next::Continue);
+                };
+                step = match login.respond(answer.expose()).await {
+                    Ok(step) => step,
+                    Err(e) if !e.is_retryable() => {
+                        return self.sasl_failed(tag, &user_key).await;
+                    }
+                    Err(e) => {
+                        warn!(backend = %backend_id, error = %e, "backend failed during SASL");
+                        return self.sasl_unavailable(tag).await;
+                    }
+                };
+            }
+        }
+        warn!("no backend available");
+        self.sasl_unavailable(tag).await
+    }
+
+    /// A relayed SASL exchange the backend refused: counted like a wrong password.
+    pub(super) async fn sasl_failed(&mut self, tag: &Tag, user_key: &str) -> Result<Next, Error> {
+        info!("authentication failed");
+        let delay = self.proxy.throttle.record_failure(self.peer.ip(), user_key);
+        tokio::time::sleep(delay).await;
+        self.auth_failed(tag).await?;
+        Ok(Next::Continue)
+    }
+
+    pub(super) async fn sasl_unavailable(&mut self, tag: &Tag) -> Result<Next, Error> {
+        count_login("unavailable");
+        self.tagged(
+            tag,
+            "NO [UNAVAILABLE] Service temporarily unavailable, try again later.",
+        )
+        .await?;
+        Ok(Next::Continue)
+    }
+
+    /// The backends to try for `user_key`: the directory's answer first, then the strategy's
+    /// (healthy ones only). `None` when the client was told the directory is unavailable.
+    pub(super) async fn candidates(
+        &mut self,
+        tag: &Tag,
+        user_key: &str,
+    ) -> Result<Option<Vec<BackendId>>, Error> {
+        let upstreams = Arc::clone(&self.proxy.upstreams);
+        let candidates: Vec<BackendId> = {
+            let request = Request {
+                user: user_key,
+                client_ip: Some(self.peer.ip()),
+                client_id: &self.client_id,
+            };
+            match &upstreams.directory {
+                // The directory says where the mailbox is; the strategy's candidates follow
+                // as fallback (only healthy backends either way).
+                Some(directory) => match directory.lookup(user_key).await {
+                    Ok(route) => route_first(
+                        route.as_ref(),
+                        &upstreams.registry,
+                        upstreams.selector.select(&upstreams.registry, &request),
+                    ),
+                    Err(e) => {
+                        warn!(error = %e, "user directory unavailable");
+                        count_login("unavailable");
+                        self.tagged(
+                            tag,
+                            "NO [UNAVAILABLE] Service temporarily unavailable, try again later.",
+                        )
+                        .await?;
+                        return Ok(None);
+                    }
+                },
+                None => upstreams.selector.select(&upstreams.registry, &request),
+            }
+        };
+        Ok(Some(candidates))
+    }
+
+    /// Tells the client it is logged in on `backend_id` (post-login capabilities, filtered)
+    /// and hands the session to the relay.
+    pub(super) async fn logged_in(
+        &mut self,
+        parser: &mut PreAuthParser,
+        tag: &Tag,
+        session: PooledSession,
+        backend_id: &BackendId,
+        user_key: &str,
+    ) -> Result<Next, Error> {
+        let upstreams = Arc::clone(&self.proxy.upstreams);
+        tracing::Span::current().record("backend", tracing::field::display(backend_id));
+        let caps: Vec<&str> = session
+            .conn_ref()
+            .capabilities()
+            .filter(|c| !(self.proxy.policy.drop_capability)(c.as_bytes()))
+            .collect();
+        let mut out = Vec::with_capacity(512);
+        if session.reused() {
+            // up-imapproxy's convention: webmail may skip re-initialising.
+            out.extend_from_slice(b"* OK [XPROXYREUSE] Reusing a cached session.\r\n");
+        }
+        out.extend_from_slice(tag.as_bytes());
+        out.extend_from_slice(
+            format!(" OK [CAPABILITY {}] Logged in.\r\n", caps.join(" ")).as_bytes(),
+        );
+        self.write(&out).await?;
+        self.proxy.throttle.record_success(self.peer.ip(), user_key);
+        info!(reused = session.reused(), "logged in");
+        count_login(if session.reused() { "reused" } else { "ok" });
+        if let Some(started) = self.login_started.take() {
+            metrics::histogram!("imapproxy_login_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+        // A fresh connection proves the backend reachable; a cached session
+        // proves nothing about new connections.
+        if let (Some(health), false) = (&upstreams.health, session.reused()) {
+            health.report_success(backend_id);
+        }
+        // Counted while the client uses the backend: least-connections and
+        // power-of-two-choices read it.
+        let guard = upstreams
+            .registry
+            .state(backend_id)
+            .map(|state| state.session_started());
+        Ok(Next::LoggedIn(Box::new(LoggedIn {
+            session,
+            pipelined: parser.take_remaining(),
+            _guard: guard,
+        })))
+    }
+
+    /// Answers an attempt the throttle refused, after the longest failure delay so that the
+    /// timing tells nothing. A blocked user (from this address) sees an ordinary failure; a
+    /// blocked address is told and disconnected (RFC 5530 `LIMIT`).
+    pub(super) async fn throttled(&mut self, tag: &Tag, verdict: Verdict) -> Result<Next, Error> {
+        info!(blocked = ?verdict, "login throttled");
+        count_login("throttled");
+        tokio::time::sleep(self.proxy.throttle.settings().max_delay).await;
+        if verdict == Verdict::UserBlocked {
+            self.auth_failed(tag).await?;
+            return Ok(Next::Continue);
+        }
+        self.write(b"* BYE [LIMIT] Too many failed logins, try again later.\r\n")
+            .await?;
+        Err(Error::Protocol("address blocked after failed logins"))
+    }
+}

@@ -1,0 +1,380 @@
+//! One client session: greeting, pre-auth loop, backend login, relay.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use imapproxy_codec::capability::default_post_login_drop;
+use imapproxy_codec::preauth::{
+    AuthData, Mechanism, PreAuthCommand, PreAuthEvent, PreAuthParser, parse_sasl_plain,
+};
+use imapproxy_codec::{Secret, Tag};
+use imapproxy_pool::{
+    ClientAddrs, Credentials, Error as PoolError, PoolSettings, PooledSession, Reset, SaslStep,
+    SessionPool,
+};
+use imapproxy_route::{BackendId, Request, SessionGuard, route_first};
+use imapproxy_tls::TlsMode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::error::Error;
+use crate::limits::ConnectionLimits;
+use crate::proxy_protocol;
+use crate::relay::{Relay, RelayEnd, ResponsePolicy};
+use crate::sasl;
+use crate::settings::{ListenerSettings, SessionSettings, Upstreams};
+use crate::stream::ClientStream;
+use crate::throttle::{Throttle, Verdict};
+
+mod drive;
+mod login;
+mod preauth;
+
+/// The ID the proxy gives for itself, before and after login (RFC 2971). It names no backend.
+const PROXY_ID: &[u8] = b"* ID (\"name\" \"imapproxy\")\r\n";
+/// Read size before login: small, because pre-auth connections are the cheapest to open.
+const PREAUTH_READ: usize = 4096;
+/// Longest user name accepted; anything longer is an attack or a mistake.
+const MAX_USERNAME: usize = 256;
+/// RFC 2971 §3.3: at most 30 field-value pairs.
+const MAX_ID_FIELDS: usize = 30;
+
+/// State shared by every session of one proxy: settings and backends.
+pub struct Proxy {
+    settings: SessionSettings,
+    upstreams: Arc<Upstreams>,
+    policy: ResponsePolicy,
+    pool: SessionPool,
+    next_id: AtomicU64,
+    throttle: Throttle,
+    limits: Arc<ConnectionLimits>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("settings", &self.settings)
+            .field("upstreams", &self.upstreams)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// A proxy with these settings in front of these backends, pooling backend sessions as
+    /// `pool` says. Spawn [`SessionPool::maintain`] on [`Proxy::pool`] to keep warm
+    /// connections and expire idle sessions.
+    pub fn new(
+        settings: SessionSettings,
+        upstreams: Upstreams,
+        pool: PoolSettings,
+    ) -> Result<Self, imapproxy_pool::Error> {
+        let pool = SessionPool::new(pool)?;
+        for (backend, _) in upstreams.registry.iter() {
+            if let Some(target) = upstreams.targets.get(&backend.id) {
+                pool.add_backend(
+                    backend.id.as_str(),
+                    target.clone(),
+                    backend.max_connections as usize,
+                );
+            }
+        }
+        let extra: Vec<Vec<u8>> = settings
+            .drop_capabilities
+            .iter()
+            .map(|c| c.to_ascii_uppercase().into_bytes())
+            .collect();
+        let drop_capability = Box::new(move |cap: &[u8]| {
+            default_post_login_drop(cap)
+                // The relay follows framing, which a compressed stream hides (RFC 4978).
+                || (cap.len() >= 9 && cap[..9].eq_ignore_ascii_case(b"COMPRESS="))
+                || extra.iter().any(|e| e.eq_ignore_ascii_case(cap))
+        });
+        let throttle = Throttle::new(settings.limits.throttle.clone());
+        let limits = Arc::new(ConnectionLimits::new(settings.limits.connections.clone()));
+        Ok(Self {
+            settings,
+            throttle,
+            limits,
+            upstreams: Arc::new(upstreams),
+            policy: ResponsePolicy {
+                drop_capability,
+                id_reply: PROXY_ID.to_vec(),
+            },
+            pool,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The backend session pool.
+    pub fn pool(&self) -> &SessionPool {
+        &self.pool
+    }
+
+    /// The session settings.
+    pub fn settings(&self) -> &SessionSettings {
+        &self.settings
+    }
+
+    /// The backends.
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+
+    /// Failed-login counters.
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
+    }
+
+    /// Connection counters.
+    pub fn connection_limits(&self) -> &ConnectionLimits {
+        &self.limits
+    }
+}
+
+/// Serves one accepted client connection until it ends. Never panics on client or backend
+/// input; errors are logged in the session's span and answered in IMAP terms.
+///
+/// On a listener named in [`SessionSettings::proxy_protocol`](crate::SessionSettings) the
+/// connection must start with a PROXY v1/v2 header from a trusted peer; otherwise it is
+/// dropped without a byte sent. The header's source address then stands for the client
+/// everywhere: logs, the backend `ID` fields, routing, and an outbound PROXY header.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    listener: Arc<ListenerSettings>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let id = proxy.next_id.fetch_add(1, Ordering::Relaxed);
+    let mut peer = peer;
+    let mut local = tcp.local_addr().ok();
+    let pp = &proxy.settings.proxy_protocol;
+    if local.is_some_and(|l| pp.expects_header(l)) {
+        match Box::pin(proxy_protocol::accept_header(&mut tcp, peer, pp)).await {
+            Ok(Some(addrs)) => {
+                peer = addrs.source;
+                local = Some(addrs.destination);
+            }
+            // LOCAL or UNKNOWN: the balancer's own connection; the TCP peer stands.
+            Ok(None) => {}
+            Err(e) => {
+                info!(id, tcp_peer = %peer, error = %e, "connection dropped");
+                return;
+            }
+        }
+    }
+    // Counted by the real client address (after a PROXY header), before any TLS work.
+    let permit = match proxy.limits.try_acquire(peer.ip()) {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            info!(id, client = %peer, limit = refusal.as_str(), "connection refused");
+            // Best effort and never waiting: a flood must not hold tasks on full buffers.
+            let _ = tcp.try_write(b"* BYE [LIMIT] Too many connections.\r\n");
+            return;
+        }
+    };
+    metrics::counter!("imapproxy_sessions_total").increment(1);
+    let span = info_span!(
+        "session",
+        id,
+        client = %peer,
+        user = tracing::field::Empty,
+        backend = tracing::field::Empty
+    );
+    async move {
+        let _permit = permit;
+        let _active = ActiveGauge::new();
+        // Small request/response exchanges: never let Nagle hold a reply back.
+        let _ = tcp.set_nodelay(true);
+        let mut session = Session {
+            proxy,
+            listener,
+            stream: ClientStream::Plain(tcp),
+            peer,
+            local,
+            id,
+            shutdown,
+            client_id: Vec::new(),
+            bad_commands: 0,
+            login_started: None,
+        };
+        match session.run().await {
+            Ok(()) => debug!("session closed"),
+            Err(Error::ClientClosed) => debug!("client closed the connection"),
+            Err(e) => info!(error = %e, "session ended"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+struct Session {
+    proxy: Arc<Proxy>,
+    listener: Arc<ListenerSettings>,
+    stream: ClientStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    id: u64,
+    shutdown: CancellationToken,
+    client_id: Vec<(String, Option<String>)>,
+    bad_commands: u32,
+    /// When the current login attempt began, for the login latency histogram.
+    login_started: Option<std::time::Instant>,
+}
+
+/// `imapproxy_sessions_active`: up while a client connection lives.
+struct ActiveGauge;
+
+impl ActiveGauge {
+    fn new() -> Self {
+        metrics::gauge!("imapproxy_sessions_active").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for ActiveGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("imapproxy_sessions_active").decrement(1.0);
+    }
+}
+
+/// Counts a login attempt by how it ended: `ok`, `reused`, `failed`, `unavailable`, `limit`,
+/// `throttled`.
+fn count_login(result: &'static str) {
+    metrics::counter!("imapproxy_logins_total", "result" => result).increment(1);
+}
+
+/// What the pre-auth loop does after a command.
+enum Next {
+    Continue,
+    LoggedIn(Box<LoggedIn>),
+    Logout,
+}
+
+/// A successful backend login, ready to relay.
+struct LoggedIn {
+    session: PooledSession,
+    _guard: Option<SessionGuard>,
+    /// Bytes the client pipelined behind its login command, for the backend.
+    pipelined: Vec<u8>,
+}
+
+impl Session {
+    async fn run(&mut self) -> Result<(), Error> {
+        if self.listener.tls == TlsMode::Implicit {
+            Box::pin(self.start_tls()).await?;
+        }
+        let greeting = format!(
+            "* OK [CAPABILITY {}] {}\r\n",
+            self.capabilities(),
+            self.proxy.settings.greeting
+        );
+        self.write(greeting.as_bytes()).await?;
+        // Boxed so that its state (parser, read buffer, backend login) is freed before the
+        // relay starts instead of sizing the session task for its whole life: an idle
+        // logged-in session then costs only what the relay holds.
+        let Some(logged_in) = Box::pin(self.preauth()).await? else {
+            return Ok(());
+        };
+        self.relay(logged_in).await
+    }
+
+    fn secure(&self) -> bool {
+        self.stream.is_tls()
+    }
+
+    fn login_disabled(&self) -> bool {
+        !self.secure() && !self.listener.allow_plaintext_auth
+    }
+
+    /// The proxy's own pre-auth capabilities: only what it can honour itself (DESIGN.md).
+    fn capabilities(&self) -> String {
+        let mut caps = String::from("IMAP4rev1 ID SASL-IR LITERAL-");
+        if self.listener.tls == TlsMode::StartTls && !self.secure() {
+            caps.push_str(" STARTTLS");
+        }
+        if self.login_disabled() {
+            caps.push_str(" LOGINDISABLED");
+        } else {
+            caps.push_str(" AUTH=PLAIN AUTH=LOGIN");
+            // Relayed mechanisms only when every backend known so far offers them.
+            for mech in self.proxy.pool.common_prelogin_mechanisms() {
+                if sasl::is_passthrough(&mech) {
+                    caps.push_str(" AUTH=");
+                    caps.push_str(&mech);
+                }
+            }
+        }
+        caps
+    }
+
+    async fn start_tls(&mut self) -> Result<(), Error> {
+        let Some(tls) = self.listener.server_tls.clone() else {
+            return Err(Error::Protocol("TLS listener without certificate"));
+        };
+        let ClientStream::Plain(tcp) = std::mem::replace(&mut self.stream, ClientStream::Detached)
+        else {
+            return Err(Error::Protocol("TLS already active"));
+        };
+        let stream = tls
+            .accept(tcp, self.proxy.settings.tls_handshake_timeout)
+            .await?;
+        self.stream = ClientStream::Tls(Box::new(stream));
+        Ok(())
+    }
+
+    /// Writes and flushes, bounded in time: a client that never reads must not pin the
+    /// session (and its descriptors) forever.
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let io = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.proxy.settings.preauth_timeout, io).await {
+            Ok(r) => r.map_err(Error::Client),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// An untagged line and the tagged completion in one write: one packet, no Nagle stall.
+    async fn untagged_and_tagged(
+        &mut self,
+        untagged: &[u8],
+        tag: &Tag,
+        text: &str,
+    ) -> Result<(), Error> {
+        let mut out = Vec::with_capacity(untagged.len() + tag.as_bytes().len() + text.len() + 5);
+        out.extend_from_slice(untagged);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(tag.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        self.write(&out).await
+    }
+
+    async fn tagged(&mut self, tag: &Tag, text: &str) -> Result<(), Error> {
+        let mut line = Vec::with_capacity(tag.as_bytes().len() + text.len() + 3);
+        line.extend_from_slice(tag.as_bytes());
+        line.push(b' ');
+        line.extend_from_slice(text.as_bytes());
+        line.extend_from_slice(b"\r\n");
+        self.write(&line).await
+    }
+}
+
+/// Whether a checkout failed because the backend could not be reached (connect, TLS,
+/// timeout, refused or cut connection), as opposed to a login answer or a cap of our own.
+fn unreachable(e: &PoolError) -> bool {
+    matches!(
+        e,
+        PoolError::Connect { .. }
+            | PoolError::Timeout { .. }
+            | PoolError::Refused
+            | PoolError::Io(_)
+            | PoolError::Tls(_)
+    )
+}
