@@ -820,6 +820,27 @@ impl SessionPool {
         }
     }
 
+    /// Closes `user`'s cached sessions on every backend (the user name is compared
+    /// case-insensitively, as checkouts key it). Used when an operator moves a user to
+    /// another backend: a cached session on the old one must not be handed out again.
+    /// Sessions checked out at the moment are not touched. Returns how many were closed.
+    pub fn forget_user(&self, user: &str) -> usize {
+        let key = user.to_lowercase();
+        let forgotten: Vec<Idle> = {
+            let mut users = lock(&self.inner.users);
+            users
+                .get_mut(key.as_str())
+                .map(|state| state.idle.drain(..).collect())
+                .unwrap_or_default()
+        };
+        // Closed (and their slots released) only now: a slot's drop takes the users lock.
+        let n = forgotten.len();
+        for idle in forgotten {
+            close_politely(idle.conn);
+        }
+        n
+    }
+
     /// Closes every cached session (on shutdown).
     pub fn close_all(&self) {
         let all: Vec<Idle> = {
