@@ -20,8 +20,9 @@ struct Requirement {
 }
 
 /// Everything `cargo xtask test` needs: Dovecot for every integration test,
-/// redis-server for the Redis directory, curl and python3 for real-client tests.
-const TEST_REQUIREMENTS: [Requirement; 4] = [
+/// redis-server for the Redis directory, curl and python3 for real-client tests, Chromium for
+/// the status page's browser test.
+const TEST_REQUIREMENTS: [Requirement; 5] = [
     Requirement {
         present: || imapproxy_testkit::find_dovecot().is_some(),
         package: "dovecot-imapd",
@@ -38,9 +39,13 @@ const TEST_REQUIREMENTS: [Requirement; 4] = [
         present: || on_path("python3").is_some(),
         package: "python3",
     },
+    Requirement {
+        present: || on_path("chromium").is_some(),
+        package: "chromium",
+    },
 ];
 
-/// Installs whatever of Dovecot, redis-server, curl and python3 is missing.
+/// Installs whatever of Dovecot, redis-server, curl, python3 and Chromium is missing.
 pub fn ensure_test_tools() -> Result<(), XtaskError> {
     let missing: Vec<&str> = TEST_REQUIREMENTS
         .iter()

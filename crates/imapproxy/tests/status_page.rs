@@ -1,0 +1,94 @@
+//! The admin status page, rendered by a real browser (headless Chromium), names every backend
+//! and shows their health.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use imapproxy_testkit::{Dovecot, free_port};
+
+#[test]
+fn status_page_renders_in_chromium_and_names_every_backend() {
+    let dovecot = Dovecot::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let imap = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = format!(
+        r#"
+[[listeners]]
+addr = "{imap}"
+tls = "none"
+allow_plaintext_auth = true
+
+[[backends]]
+name = "mail-alpha"
+addr = "{alive}"
+
+[[backends]]
+name = "mail-beta"
+addr = "{dead}"
+
+[health]
+interval = "200ms"
+fall = 1
+
+[admin]
+addr = "{admin}"
+"#,
+        alive = dovecot.imap_addr()
+    );
+    let path = dir.path().join("imapproxy.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut proxy = Command::new(env!("CARGO_BIN_EXE_imapproxy"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(admin).is_err() {
+        assert!(Instant::now() < deadline, "admin endpoint did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Let a few health rounds mark the dead backend down.
+    std::thread::sleep(Duration::from_millis(800));
+
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--timeout=15000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("http://{admin}/"))
+        .output()
+        .expect("chromium is installed (cargo xtask test installs it)");
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("<h1>imapproxy</h1>"),
+        "not rendered: {dom}\n{out:?}"
+    );
+    assert!(dom.contains("<td>mail-alpha</td>"), "{dom}");
+    assert!(dom.contains("<td>mail-beta</td>"), "{dom}");
+    assert!(
+        dom.contains("<tr class=\"up\"><td>mail-alpha</td>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<tr class=\"down\"><td>mail-beta</td>"),
+        "{dom}"
+    );
+}
