@@ -8,7 +8,9 @@ impl Session {
             mut session,
             pipelined,
             _guard,
+            registration,
         } = logged_in;
+        let kick = registration.token().clone();
         let leftover = session.conn().take_buffered();
         let idle = self.proxy.settings.auth_timeout;
         let proxy = Arc::clone(&self.proxy);
@@ -27,6 +29,7 @@ impl Session {
             let end = tokio::select! {
                 end = &mut relay => Some(end),
                 _ = shutdown.cancelled() => None,
+                _ = kick.cancelled() => None,
             };
             (end, relay.facts())
         };
@@ -40,7 +43,10 @@ impl Session {
             .increment(facts.bytes_up);
         metrics::counter!("imapproxy_bytes_relayed_total", "direction" => "backend_to_client")
             .increment(facts.bytes_down);
-        let clean = matches!(end, Some(RelayEnd::Logout(_) | RelayEnd::ClientClosed));
+        // Ended by an operator (a move, most likely): the backend session must not be cached,
+        // or the user's next login could be handed the old backend again.
+        let kicked = end.is_none() && registration.kicked();
+        let clean = !kicked && matches!(end, Some(RelayEnd::Logout(_) | RelayEnd::ClientClosed));
         let reusable = clean && facts.reusable();
         let reset = Reset {
             selected: facts.selected,
@@ -53,6 +59,18 @@ impl Session {
         // bytes, say): at such a point the connection is just closed.
         let can_speak = !facts.mid_response;
         match end {
+            None if kicked => {
+                info!("session ended by the administrator");
+                if can_speak {
+                    let _ = self
+                        .write(
+                            b"* BYE [UNAVAILABLE] Session ended by the administrator, please reconnect.\r\n",
+                        )
+                        .await;
+                }
+                let _ = self.stream.shutdown().await;
+                Ok(())
+            }
             None => {
                 if can_speak {
                     let _ = self

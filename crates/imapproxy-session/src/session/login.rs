@@ -310,10 +310,27 @@ impl Session {
                 client_ip: Some(self.peer.ip()),
                 client_id: &self.client_id,
             };
-            match &upstreams.directory {
+            let overridden = self.proxy.overrides.get(user_key).filter(|id| {
+                upstreams
+                    .registry
+                    .state(id)
+                    .is_some_and(|s| s.health() == Health::Up)
+            });
+            match (&upstreams.directory, overridden) {
+                // An operator moved the user: that backend first, the strategy's candidates
+                // as fallback; the directory is not asked (its answer is what was overridden).
+                (_, Some(id)) => {
+                    let mut list = vec![id];
+                    for c in upstreams.selector.select(&upstreams.registry, &request) {
+                        if !list.contains(&c) {
+                            list.push(c);
+                        }
+                    }
+                    list
+                }
                 // The directory says where the mailbox is; the strategy's candidates follow
                 // as fallback (only healthy backends either way).
-                Some(directory) => match directory.lookup(user_key).await {
+                (Some(directory), None) => match directory.lookup(user_key).await {
                     Ok(route) => route_first(
                         route.as_ref(),
                         &upstreams.registry,
@@ -330,7 +347,7 @@ impl Session {
                         return Ok(None);
                     }
                 },
-                None => upstreams.selector.select(&upstreams.registry, &request),
+                (None, None) => upstreams.selector.select(&upstreams.registry, &request),
             }
         };
         Ok(Some(candidates))
@@ -381,10 +398,15 @@ impl Session {
             .registry
             .state(backend_id)
             .map(|state| state.session_started());
+        let registration =
+            self.proxy
+                .sessions
+                .register(self.id, user_key, self.peer, backend_id.as_str());
         Ok(Next::LoggedIn(Box::new(LoggedIn {
             session,
             pipelined: parser.take_remaining(),
             _guard: guard,
+            registration,
         })))
     }
 

@@ -13,7 +13,7 @@ use imapproxy_pool::{
     ClientAddrs, Credentials, Error as PoolError, PoolSettings, PooledSession, Reset, SaslStep,
     SessionPool,
 };
-use imapproxy_route::{BackendId, Request, SessionGuard, route_first};
+use imapproxy_route::{BackendId, Health, Request, SessionGuard, route_first};
 use imapproxy_tls::TlsMode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,6 +23,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::error::Error;
 use crate::limits::ConnectionLimits;
 use crate::proxy_protocol;
+use crate::registry::{Overrides, Registration, SessionRegistry};
 use crate::relay::{Relay, RelayEnd, ResponsePolicy};
 use crate::sasl;
 use crate::settings::{ListenerSettings, SessionSettings, Upstreams};
@@ -51,6 +52,8 @@ pub struct Proxy {
     next_id: AtomicU64,
     throttle: Throttle,
     limits: Arc<ConnectionLimits>,
+    sessions: SessionRegistry,
+    overrides: Overrides,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -105,6 +108,8 @@ impl Proxy {
             },
             pool,
             next_id: AtomicU64::new(1),
+            sessions: SessionRegistry::new(),
+            overrides: Overrides::new(),
         })
     }
 
@@ -131,6 +136,17 @@ impl Proxy {
     /// Connection counters.
     pub fn connection_limits(&self) -> &ConnectionLimits {
         &self.limits
+    }
+
+    /// The live logged-in sessions: list them, or end a user's.
+    pub fn sessions(&self) -> &SessionRegistry {
+        &self.sessions
+    }
+
+    /// Operator overrides (user → backend), consulted before the directory and the
+    /// selection strategy for every new login.
+    pub fn overrides(&self) -> &Overrides {
+        &self.overrides
     }
 }
 
@@ -258,6 +274,8 @@ enum Next {
 struct LoggedIn {
     session: PooledSession,
     _guard: Option<SessionGuard>,
+    /// The session's entry among the live sessions; its token ends the session.
+    registration: Registration,
     /// Bytes the client pipelined behind its login command, for the backend.
     pipelined: Vec<u8>,
 }
