@@ -27,6 +27,22 @@ pub enum Error {
     /// session answers `NO [UNAVAILABLE]` (RFC 5530) and the client may retry later.
     #[error("the user directory is unavailable: {0}")]
     DirectoryUnavailable(String),
+    /// The directory refused the login (e.g. an nginx-style auth service answered an
+    /// `Auth-Status` other than `OK`). The session answers `NO [AUTHENTICATIONFAILED]`
+    /// (RFC 5530 section 3) with `message` as the human-readable text, after waiting `wait` if
+    /// the service asked for it (`Auth-Wait`; a delay that slows password guessing); without a
+    /// `wait`, nginx closes the connection, a proxy may do the same or let the client retry.
+    /// Never cached, never a reason to try another backend.
+    #[error("login refused by the directory: {message}")]
+    Denied {
+        /// The service's reason, already free of CR/LF; safe to show to the client.
+        message: String,
+        /// How long to wait before answering the client, if the service said so.
+        wait: Option<std::time::Duration>,
+    },
+    /// A directory's configuration is unusable (e.g. a malformed URL).
+    #[error("invalid directory configuration: {0}")]
+    InvalidDirectory(String),
     /// A line of a static map is malformed.
     #[error("map line {line}: {reason}")]
     InvalidMap {

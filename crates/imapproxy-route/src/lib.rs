@@ -126,7 +126,12 @@
 //!
 //! # Feature flags
 //!
-//! None yet; the HTTP and Redis directories will sit behind features.
+//! - `http`: `HttpAuthDirectory`, an nginx mail-proxy compatible HTTP auth service client
+//!   (`Auth-User`, `Auth-Pass`, … → `Auth-Status`, `Auth-Server`, `Auth-Port`, `Auth-Wait`).
+//! - `redis`: `RedisDirectory`, `HGET <hash> <user>` → backend name(s) on a Redis server
+//!   shared by every proxy of a fleet.
+//!
+//! Both are meant to be wrapped in [`CachedDirectory`] (TTL and timeout).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
@@ -142,7 +147,13 @@ mod selection;
 pub use backend::{
     Backend, BackendId, BackendState, DEFAULT_MAX_CONNECTIONS, Health, SessionGuard,
 };
-pub use directory::{CachedDirectory, Directory, Route, Routed, StaticMap, resolve, route_first};
+#[cfg(feature = "http")]
+pub use directory::HttpAuthDirectory;
+#[cfg(feature = "redis")]
+pub use directory::RedisDirectory;
+pub use directory::{
+    CachedDirectory, Directory, LookupContext, Route, Routed, StaticMap, resolve, route_first,
+};
 pub use error::Error;
 pub use health::{
     CheckRecord, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_THRESHOLD, DEFAULT_HEALTH_TIMEOUT,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::Error;
-use crate::directory::{Directory, Route};
+use crate::directory::{Directory, LookupContext, Route};
 
 /// Caches a directory's answers for `ttl` and bounds each lookup by `timeout`.
 ///
@@ -100,10 +100,18 @@ impl<D: Directory> CachedDirectory<D> {
 #[async_trait::async_trait]
 impl<D: Directory> Directory for CachedDirectory<D> {
     async fn lookup(&self, user: &str) -> Result<Option<Route>, Error> {
+        self.lookup_with(&LookupContext::new(user)).await
+    }
+
+    /// Cached by `ctx.user` alone: a route is where the mailbox lives, whoever asks. An
+    /// authenticating directory is therefore asked once per user and TTL; the backend still
+    /// checks every password, and refusals ([`Error::Denied`]) are never cached.
+    async fn lookup_with(&self, ctx: &LookupContext<'_>) -> Result<Option<Route>, Error> {
+        let user = ctx.user;
         if let Some(route) = self.cached(user) {
             return Ok(route);
         }
-        let route = tokio::time::timeout(self.timeout, self.inner.lookup(user))
+        let route = tokio::time::timeout(self.timeout, self.inner.lookup_with(ctx))
             .await
             .map_err(|_| {
                 tracing::warn!(timeout = ?self.timeout, "directory lookup timed out");

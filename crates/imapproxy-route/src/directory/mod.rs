@@ -6,14 +6,23 @@
 //! timeout in front of any directory so a slow one never hangs a login. [`route_first`] and
 //! [`resolve`] combine a directory's answer with a selector's candidates.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::{BackendId, Error, Health, Registry, Request, Selector};
 
 mod cached;
+#[cfg(feature = "http")]
+mod http;
+#[cfg(feature = "redis")]
+mod redis_hash;
 mod static_map;
 
 pub use cached::CachedDirectory;
+#[cfg(feature = "http")]
+pub use http::HttpAuthDirectory;
+#[cfg(feature = "redis")]
+pub use redis_hash::RedisDirectory;
 pub use static_map::StaticMap;
 
 /// A directory's answer for one user.
@@ -60,12 +69,98 @@ pub trait Directory: Send + Sync + 'static {
     /// [`Error::DirectoryUnavailable`] when the directory cannot answer now; the session then
     /// refuses the login with `NO [UNAVAILABLE]` rather than guess a backend.
     async fn lookup(&self, user: &str) -> Result<Option<Route>, Error>;
+
+    /// The route for a login with everything the session knows about it; directories that
+    /// authenticate (an nginx-style HTTP auth service) need the password and client address.
+    ///
+    /// The default asks [`Directory::lookup`] with `ctx.user`, so directories that only map
+    /// names implement `lookup` alone. Sessions should call this one.
+    ///
+    /// # Errors
+    /// As [`Directory::lookup`], plus [`Error::Denied`] when the directory refuses the login
+    /// (the session answers `NO [AUTHENTICATIONFAILED]`).
+    async fn lookup_with(&self, ctx: &LookupContext<'_>) -> Result<Option<Route>, Error> {
+        self.lookup(ctx.user).await
+    }
 }
 
 #[async_trait::async_trait]
 impl<D: Directory + ?Sized> Directory for Arc<D> {
     async fn lookup(&self, user: &str) -> Result<Option<Route>, Error> {
         (**self).lookup(user).await
+    }
+
+    async fn lookup_with(&self, ctx: &LookupContext<'_>) -> Result<Option<Route>, Error> {
+        (**self).lookup_with(ctx).await
+    }
+}
+
+/// What the session knows about a login when it asks [`Directory::lookup_with`].
+///
+/// ```
+/// use imapproxy_route::LookupContext;
+/// let ctx = LookupContext::new("alice")
+///     .with_password(b"secret")
+///     .with_client_ip("192.0.2.42".parse().unwrap())
+///     .with_login_attempt(2);
+/// assert_eq!(ctx.user, "alice");
+/// ```
+#[derive(Clone, Copy)]
+#[non_exhaustive]
+pub struct LookupContext<'a> {
+    /// The login name (lower-cased by the caller, as for [`Directory::lookup`]).
+    pub user: &'a str,
+    /// The password of a `LOGIN` or SASL `PLAIN`; `None` for other mechanisms.
+    pub password: Option<&'a [u8]>,
+    /// The client's address (after PROXY protocol), if known.
+    pub client_ip: Option<IpAddr>,
+    /// 1 for the session's first login attempt, 2 for the next, and so on.
+    pub login_attempt: u32,
+}
+
+impl<'a> LookupContext<'a> {
+    /// A context with only the user name (first attempt, no password, no address).
+    #[must_use]
+    pub const fn new(user: &'a str) -> Self {
+        Self {
+            user,
+            password: None,
+            client_ip: None,
+            login_attempt: 1,
+        }
+    }
+
+    /// Adds the password.
+    #[must_use]
+    pub const fn with_password(mut self, password: &'a [u8]) -> Self {
+        self.password = Some(password);
+        self
+    }
+
+    /// Adds the client's address.
+    #[must_use]
+    pub const fn with_client_ip(mut self, ip: IpAddr) -> Self {
+        self.client_ip = Some(ip);
+        self
+    }
+
+    /// Sets the attempt number (1-based; 0 is taken as 1).
+    #[must_use]
+    pub const fn with_login_attempt(mut self, attempt: u32) -> Self {
+        self.login_attempt = if attempt == 0 { 1 } else { attempt };
+        self
+    }
+}
+
+impl std::fmt::Debug for LookupContext<'_> {
+    // Never print the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LookupContext")
+            .field("user", &self.user)
+            .field("password", &self.password.map(|_| "<redacted>"))
+            .field("client_ip", &self.client_ip)
+            .field("login_attempt", &self.login_attempt)
+            .finish()
     }
 }
 
