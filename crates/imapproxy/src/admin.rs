@@ -1,5 +1,5 @@
 //! The admin HTTP endpoint on `[admin].addr`: health, Prometheus metrics, backends (JSON),
-//! drain/undrain, and a status page for people.
+//! drain/undrain, live sessions (list, kick), user moves, and a status page for people.
 //!
 //! A deliberately small HTTP/1.1 server: one request per connection, bounded sizes and
 //! time, no keep-alive. It listens on loopback by default; `[admin].token` requires
@@ -7,11 +7,12 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use imapproxy_route::Health;
-use imapproxy_session::Proxy;
+use imapproxy_route::{BackendId, Health};
+use imapproxy_session::{Overrides, Proxy};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -21,6 +22,8 @@ use tracing::{info, warn};
 
 /// Largest request head (request line and headers) accepted.
 const MAX_HEAD: usize = 8 * 1024;
+/// Largest request body accepted (`backend=<name>` and the like).
+const MAX_BODY: usize = 4 * 1024;
 /// Bound on reading a request and writing its answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -30,6 +33,8 @@ pub struct AdminState {
     pub metrics: PrometheusHandle,
     pub token: Option<String>,
     pub sessions: TaskTracker,
+    /// Where user overrides are saved (`[admin].overrides_file`).
+    pub overrides_file: Option<PathBuf>,
 }
 
 /// Serves until `stop` is cancelled.
@@ -62,15 +67,15 @@ struct Request {
     method: String,
     path: String,
     authorization: Option<String>,
+    body: String,
 }
 
 async fn read_request(tcp: &mut TcpStream) -> Option<Request> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
-    loop {
+    let body_start = loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            buf.truncate(end);
-            break;
+            break end + 4;
         }
         if buf.len() > MAX_HEAD {
             return None;
@@ -80,22 +85,42 @@ async fn read_request(tcp: &mut TcpStream) -> Option<Request> {
             return None;
         }
         buf.extend_from_slice(&chunk[..n]);
-    }
+    };
+    let mut body = buf.split_off(body_start);
+    buf.truncate(body_start.saturating_sub(4));
     let head = String::from_utf8(buf).ok()?;
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split(' ');
+    let mut first = head.split("\r\n").next()?.split(' ');
     let method = first.next()?.to_owned();
     let path = first.next()?.to_owned();
-    let authorization = lines.find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("authorization")
-            .then(|| v.trim().to_owned())
-    });
+    let header = |name: &str| {
+        head.split("\r\n").skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    };
+    let authorization = header("authorization");
+    let length: usize = match header("content-length") {
+        Some(v) => v.parse().ok()?,
+        None => 0,
+    };
+    if length > MAX_BODY {
+        return None;
+    }
+    while body.len() < length {
+        let n = tcp.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(length);
     Some(Request {
         method,
         path,
         authorization,
+        body: String::from_utf8(body).ok()?,
     })
 }
 
@@ -192,11 +217,217 @@ fn route(req: &Request, state: &AdminState) -> Response {
                 Err(_) => Response::error("404 Not Found", "no such backend"),
             }
         }
-        (_, ["" | "metrics" | "backends"]) | (_, ["backends", _, "drain" | "undrain"]) => {
+        ("GET", ["sessions"]) => Response::json("200 OK", sessions_json(state)),
+        ("POST", ["users", user, "kick"]) => {
+            let user = percent_decode(user);
+            let kicked = state.proxy.sessions().kick_user(&user);
+            info!(%user, kicked, "user's sessions ended by admin");
+            Response::json(
+                "200 OK",
+                serde_json::json!({ "user": user.to_lowercase(), "kicked": kicked }),
+            )
+        }
+        ("POST", ["users", user, "move"]) => {
+            let user = percent_decode(user);
+            let query = req.path.split_once('?').map_or("", |(_, q)| q);
+            match param(query, "backend").or_else(|| body_param(&req.body, "backend")) {
+                Some(backend) => move_user(state, &user, &backend),
+                None => Response::error("400 Bad Request", "backend=<name> is required"),
+            }
+        }
+        ("DELETE", ["users", user, "move"]) => {
+            let user = percent_decode(user);
+            let removed = state.proxy.overrides().remove(&user);
+            if let Err(e) = save(state) {
+                return Response::error("500 Internal Server Error", &e);
+            }
+            info!(%user, "user override removed by admin");
+            Response::json(
+                "200 OK",
+                serde_json::json!({
+                    "user": user.to_lowercase(),
+                    "removed": removed.map(|b| b.to_string()),
+                }),
+            )
+        }
+        (_, ["" | "metrics" | "backends" | "sessions"])
+        | (_, ["backends", _, "drain" | "undrain"])
+        | (_, ["users", _, "kick" | "move"]) => {
             Response::error("405 Method Not Allowed", "method not allowed")
         }
         _ => Response::error("404 Not Found", "not found"),
     }
+}
+
+/// Moves `user` to `backend`: records the override (saved when a file is configured), ends
+/// the user's sessions so that the clients reconnect there, and drops the user's cached
+/// backend sessions so that no reconnect is handed the old backend.
+fn move_user(state: &AdminState, user: &str, backend: &str) -> Response {
+    let registry = &state.proxy.upstreams().registry;
+    let Some((b, _)) = registry.get(backend) else {
+        return Response::error("404 Not Found", "no such backend");
+    };
+    let id: BackendId = b.id.clone();
+    let previous = state.proxy.overrides().set(user, id.clone());
+    if let Err(e) = save(state) {
+        // Not kept in memory either: what the file says is what a restart will do.
+        match previous {
+            Some(p) => state.proxy.overrides().set(user, p),
+            None => state.proxy.overrides().remove(user),
+        };
+        return Response::error("500 Internal Server Error", &e);
+    }
+    // Forget before kicking: a kicked session is never cached, and no other cached one must
+    // survive to greet the reconnect.
+    let forgotten = state.proxy.pool().forget_user(user);
+    let kicked = state.proxy.sessions().kick_user(user);
+    info!(%user, backend = %id, kicked, forgotten, "user moved by admin");
+    Response::json(
+        "200 OK",
+        serde_json::json!({
+            "user": user.to_lowercase(),
+            "backend": id.as_str(),
+            "previous": previous.map(|p| p.to_string()),
+            "kicked": kicked,
+            "cached_sessions_closed": forgotten,
+        }),
+    )
+}
+
+/// Writes the overrides to `[admin].overrides_file`, if configured: a temporary file renamed
+/// over the old one, so a crash leaves either version, never half of one.
+fn save(state: &AdminState) -> Result<(), String> {
+    match &state.overrides_file {
+        Some(path) => save_overrides(path, state.proxy.overrides()),
+        None => Ok(()),
+    }
+}
+
+fn save_overrides(path: &Path, overrides: &Overrides) -> Result<(), String> {
+    let users: serde_json::Map<String, serde_json::Value> = overrides
+        .all()
+        .into_iter()
+        .map(|(u, b)| (u, serde_json::Value::String(b.to_string())))
+        .collect();
+    let text = format!("{}\n", serde_json::json!({ "users": users }));
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| format!("cannot save the overrides to {}: {e}", path.display()))
+}
+
+/// Reads the overrides saved in `path` into `overrides`; a missing file is an empty set.
+/// Returns how many were read.
+pub fn load_overrides(path: &Path, overrides: &Overrides) -> Result<usize, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("invalid overrides file {}: {e}", path.display()))?;
+    let users = value
+        .get("users")
+        .and_then(serde_json::Value::as_object)
+        .ok_or_else(|| {
+            format!(
+                "invalid overrides file {}: no \"users\" object",
+                path.display()
+            )
+        })?;
+    let mut entries = Vec::with_capacity(users.len());
+    for (user, backend) in users {
+        let backend = backend.as_str().ok_or_else(|| {
+            format!(
+                "invalid overrides file {}: {user:?} is not mapped to a backend name",
+                path.display()
+            )
+        })?;
+        entries.push((user.clone(), BackendId::new(backend)));
+    }
+    let n = entries.len();
+    overrides.replace_all(entries);
+    Ok(n)
+}
+
+fn sessions_json(state: &AdminState) -> serde_json::Value {
+    let now = std::time::SystemTime::now();
+    let sessions: Vec<serde_json::Value> = state
+        .proxy
+        .sessions()
+        .list()
+        .into_iter()
+        .map(|s| {
+            let since = s
+                .since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            serde_json::json!({
+                "id": s.id,
+                "user": s.user,
+                "client": s.client.to_string(),
+                "backend": s.backend,
+                "since": since,
+                "seconds": now.duration_since(s.since).map_or(0, |d| d.as_secs()),
+            })
+        })
+        .collect();
+    let overrides: serde_json::Map<String, serde_json::Value> = state
+        .proxy
+        .overrides()
+        .all()
+        .into_iter()
+        .map(|(u, b)| (u, serde_json::Value::String(b.to_string())))
+        .collect();
+    serde_json::json!({
+        "count": sessions.len(),
+        "sessions": sessions,
+        "overrides": overrides,
+    })
+}
+
+/// `name`'s value in an `application/x-www-form-urlencoded` string.
+fn param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name && !v.is_empty()).then(|| percent_decode(&v.replace('+', " ")))
+    })
+}
+
+/// The body's `name`: a form (`backend=mail2`) or a JSON object (`{"backend":"mail2"}`).
+fn body_param(body: &str, name: &str) -> Option<String> {
+    let body = body.trim();
+    if body.starts_with('{') {
+        let value: serde_json::Value = serde_json::from_str(body).ok()?;
+        return value.get(name)?.as_str().map(str::to_owned);
+    }
+    param(body, name)
+}
+
+/// Decodes `%XX` escapes (RFC 3986 §2.1); malformed escapes are kept as they are.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn backends_json(state: &AdminState) -> serde_json::Value {
@@ -308,5 +539,40 @@ mod tests {
             esc("<a href=\"x\">&</a>"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
         );
+    }
+
+    #[test]
+    fn parameters_and_percent_decoding() {
+        assert_eq!(percent_decode("a%40b.org"), "a@b.org");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(
+            param("x=1&backend=mail2", "backend").as_deref(),
+            Some("mail2")
+        );
+        assert_eq!(param("backend=", "backend"), None);
+        assert_eq!(
+            body_param("backend=mail1\n", "backend").as_deref(),
+            Some("mail1")
+        );
+        assert_eq!(
+            body_param("{\"backend\":\"mail2\"}", "backend").as_deref(),
+            Some("mail2")
+        );
+    }
+
+    #[test]
+    fn overrides_survive_a_save_and_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("overrides.json");
+        let o = Overrides::new();
+        assert_eq!(load_overrides(&path, &o).unwrap(), 0, "missing file: none");
+        o.set("Alice", BackendId::new("mail2"));
+        save_overrides(&path, &o).unwrap();
+        let loaded = Overrides::new();
+        assert_eq!(load_overrides(&path, &loaded).unwrap(), 1);
+        assert_eq!(loaded.get("alice"), Some(BackendId::new("mail2")));
+        std::fs::write(&path, "{\"users\": {\"bob\": 3}}").unwrap();
+        assert!(load_overrides(&path, &loaded).is_err());
     }
 }

@@ -324,6 +324,11 @@ pub struct AdminConfig {
     /// When set, every admin request but `/healthz` needs `Authorization: Bearer <token>`.
     #[serde(default)]
     pub token: Option<String>,
+    /// A JSON file keeping the user → backend overrides set by `POST /users/{user}/move`
+    /// across restarts; read at start, rewritten on every change. Absent: overrides live
+    /// in memory only.
+    #[serde(default)]
+    pub overrides_file: Option<PathBuf>,
 }
 
 /// `[log]`.

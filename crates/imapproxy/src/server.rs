@@ -43,6 +43,10 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         Proxy::new(built.settings, built.upstreams, built.pool)
             .map_err(|e| format!("cannot set up the session pool: {e}"))?,
     );
+    if let Some(path) = &cfg.admin.overrides_file {
+        let n = admin::load_overrides(path, proxy.overrides())?;
+        info!(path = %path.display(), overrides = n, "user overrides loaded");
+    }
     let maintenance = tokio::spawn(proxy.pool().clone().maintain());
     // Active checks of every backend; stopped (dropped) at shutdown.
     let health = proxy
@@ -101,6 +105,7 @@ pub async fn run(cfg: Config) -> Result<(), String> {
             metrics,
             token: cfg.admin.token.clone(),
             sessions: sessions.clone(),
+            overrides_file: cfg.admin.overrides_file.clone(),
         });
         tokio::spawn(admin::serve(listener, state, stop_admin.clone()));
     }

@@ -1,0 +1,316 @@
+//! The admin API's live sessions and user moves, end to end: the real binary in front of two
+//! Dovecot instances sharing one mail store, driven with curl; each Dovecot's own log shows
+//! where a login landed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use imapproxy_testkit::{Dovecot, TestClient, free_port, shared_mail_dir};
+
+const ADMIN_TOKEN: &str = "t0ken-for-user-tests";
+
+struct Backends {
+    mail1: Dovecot,
+    mail2: Dovecot,
+    _store: tempfile::TempDir,
+}
+
+impl Backends {
+    fn get(&self, name: &str) -> &Dovecot {
+        match name {
+            "mail1" => &self.mail1,
+            "mail2" => &self.mail2,
+            other => panic!("no backend {other}"),
+        }
+    }
+}
+
+/// Two Dovecots over one mail store, shared by this file's tests (each uses its own users).
+fn backends() -> &'static Backends {
+    static B: OnceLock<Backends> = OnceLock::new();
+    B.get_or_init(|| {
+        let store = shared_mail_dir().unwrap();
+        let mail1 = Dovecot::builder().mail_dir(store.path()).start().unwrap();
+        let mail2 = Dovecot::builder().mail_dir(store.path()).start().unwrap();
+        Backends {
+            mail1,
+            mail2,
+            _store: store,
+        }
+    })
+}
+
+/// A running proxy process, killed on drop.
+struct ProxyProcess {
+    child: Child,
+    plain: SocketAddr,
+    admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ProxyProcess {
+    fn start(overrides_file: Option<&Path>) -> Self {
+        let b = backends();
+        let dir = tempfile::tempdir().unwrap();
+        let [plain, admin] = [0; 2].map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let overrides = overrides_file
+            .map(|p| format!("overrides_file = \"{}\"\n", p.display()))
+            .unwrap_or_default();
+        let config = format!(
+            r#"
+[[listeners]]
+addr = "{plain}"
+tls = "none"
+allow_plaintext_auth = true
+
+[[backends]]
+name = "mail1"
+addr = "{a}"
+
+[[backends]]
+name = "mail2"
+addr = "{b}"
+
+[admin]
+addr = "{admin}"
+token = "{ADMIN_TOKEN}"
+{overrides}"#,
+            a = b.mail1.imap_addr(),
+            b = b.mail2.imap_addr(),
+        );
+        let path = dir.path().join("imapproxy.toml");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_imapproxy"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let proxy = Self {
+            child,
+            plain,
+            admin,
+            _dir: dir,
+        };
+        for addr in [plain, admin] {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(addr).is_err() {
+                assert!(Instant::now() < deadline, "proxy did not listen on {addr}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        proxy
+    }
+
+    /// An admin request with curl: (status, body). `form` is sent as the request body.
+    fn admin(&self, method: &str, path: &str, form: Option<&str>, token: bool) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ]);
+        if token {
+            cmd.args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")]);
+        }
+        if let Some(form) = form {
+            cmd.args(["-d", form]);
+        }
+        let out = cmd
+            .arg(format!("http://{}{path}", self.admin))
+            .output()
+            .expect("curl is installed");
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.trim().parse().unwrap(), body.to_owned())
+    }
+
+    fn sessions(&self) -> serde_json::Value {
+        let (code, body) = self.admin("GET", "/sessions", None, true);
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// The backends of `user`'s live sessions.
+    fn backends_of(&self, user: &str) -> Vec<String> {
+        self.sessions()["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["user"] == user)
+            .map(|s| s["backend"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Waits until `user` has `n` live sessions; returns their backends.
+    fn wait_sessions(&self, user: &str, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let list = self.backends_of(user);
+            if list.len() == n || Instant::now() > deadline {
+                assert_eq!(list.len(), n, "{user}: {list:?}");
+                return list;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+async fn logged_in(proxy: &ProxyProcess, user: &str, pass: &str) -> TestClient {
+    let mut c = TestClient::connect(proxy.plain).await.unwrap();
+    let r = c.login(user, pass).await.unwrap();
+    assert!(r.tagged_ok(), "{}", r.text());
+    c
+}
+
+/// The client hears the administrator's BYE, then the connection closes.
+async fn expect_kicked(c: &mut TestClient) {
+    let line = String::from_utf8(c.read_line().await.unwrap()).unwrap();
+    assert_eq!(
+        line,
+        "* BYE [UNAVAILABLE] Session ended by the administrator, please reconnect.\r\n"
+    );
+    assert!(c.expect_eof(Duration::from_secs(5)).await, "not closed");
+}
+
+#[test]
+fn sessions_are_listed_and_kicked() {
+    let proxy = ProxyProcess::start(None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (user, pass) = backends().mail1.user(3);
+    assert_eq!(proxy.admin("GET", "/sessions", None, false).0, 401);
+    assert!(proxy.backends_of(&user).is_empty());
+
+    let mut a = rt.block_on(logged_in(&proxy, &user.to_uppercase(), &pass));
+    let mut b = rt.block_on(logged_in(&proxy, &user, &pass));
+    let (other, other_pass) = backends().mail1.user(4);
+    let mut c = rt.block_on(logged_in(&proxy, &other, &other_pass));
+    // Listed lower-cased, each with the backend it runs on (whose log shows the login).
+    let on = proxy.wait_sessions(&user, 2);
+    for backend in &on {
+        assert!(backends().get(backend).logins(&user) >= 1, "{backend}");
+    }
+    let listed = proxy.sessions();
+    let entry = listed["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["user"] == user.as_str())
+        .unwrap()
+        .clone();
+    assert!(entry["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(entry["since"].as_u64().unwrap() > 0);
+
+    let (code, body) = proxy.admin("POST", &format!("/users/{user}/kick"), None, true);
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["kicked"], 2);
+    rt.block_on(async {
+        expect_kicked(&mut a).await;
+        expect_kicked(&mut b).await;
+    });
+    proxy.wait_sessions(&user, 0);
+    // The other user's session is untouched and still works.
+    assert_eq!(proxy.backends_of(&other).len(), 1);
+    rt.block_on(async {
+        let r = c.cmd("n", "NOOP").await.unwrap();
+        assert!(r.tagged_ok(), "{}", r.text());
+    });
+    let (code, body) = proxy.admin("POST", &format!("/users/{user}/kick"), None, true);
+    assert_eq!((code, body.contains("\"kicked\":0")), (200, true), "{body}");
+    assert_eq!(
+        proxy
+            .admin("GET", &format!("/users/{user}/kick"), None, true)
+            .0,
+        405
+    );
+}
+
+#[test]
+fn a_moved_user_is_ended_and_lands_on_the_new_backend_even_after_a_restart() {
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("overrides.json");
+    let proxy = ProxyProcess::start(Some(&file));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (user, pass) = backends().mail1.user(6);
+
+    let mut old = rt.block_on(logged_in(&proxy, &user, &pass));
+    let from = proxy.wait_sessions(&user, 1).remove(0);
+    let to = if from == "mail1" { "mail2" } else { "mail1" };
+    let target = backends().get(to);
+    let before = target.logins(&user);
+
+    // Refused: unknown backend, no backend at all.
+    let path = format!("/users/{user}/move");
+    assert_eq!(
+        proxy.admin("POST", &path, Some("backend=nope"), true).0,
+        404
+    );
+    assert_eq!(proxy.admin("POST", &path, None, true).0, 400);
+    assert!(!file.exists(), "nothing saved for refused moves");
+
+    let (code, body) = proxy.admin("POST", &path, Some(&format!("backend={to}")), true);
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["backend"].as_str(), v["kicked"].as_u64()),
+        (Some(to), Some(1))
+    );
+    rt.block_on(expect_kicked(&mut old));
+    proxy.wait_sessions(&user, 0);
+
+    // Every later login lands on the target, fresh at first (the old backend's session was
+    // not cached for reuse).
+    for _ in 0..3 {
+        let mut c = rt.block_on(logged_in(&proxy, &user, &pass));
+        assert_eq!(proxy.wait_sessions(&user, 1), vec![to.to_owned()]);
+        rt.block_on(async { assert!(c.logout().await.unwrap().tagged_ok()) });
+        proxy.wait_sessions(&user, 0);
+    }
+    assert!(
+        target.wait_for_log(
+            &format!("imap-login: Info: Login: user=<{user}>,"),
+            before + 1,
+            Duration::from_secs(5)
+        ) > before,
+        "no login on {to}"
+    );
+    assert_eq!(proxy.sessions()["overrides"][&user], to);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(saved["users"][&user], to);
+
+    // A restarted proxy reads the override back.
+    drop(proxy);
+    let proxy = ProxyProcess::start(Some(&file));
+    assert_eq!(proxy.sessions()["overrides"][&user], to);
+    let mut c = rt.block_on(logged_in(&proxy, &user, &pass));
+    assert_eq!(proxy.wait_sessions(&user, 1), vec![to.to_owned()]);
+    rt.block_on(async { assert!(c.logout().await.unwrap().tagged_ok()) });
+
+    // Removing the override leaves the file without it.
+    let (code, body) = proxy.admin("DELETE", &path, None, true);
+    assert_eq!(code, 200, "{body}");
+    assert!(proxy.sessions()["overrides"].get(&user).is_none());
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert!(saved["users"].get(&user).is_none());
+}
