@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use imapproxy_pool::{BackendTarget, Credentials, ImapCheck, PoolSettings, Secret};
 use imapproxy_route::{
-    Backend, BackendId, Directory, HealthMonitor, HealthSettings, LeastConnections,
-    PowerOfTwoChoices, Registry, RendezvousHash, RoundRobin, Selector, StaticMap,
-    WeightedRoundRobin,
+    Backend, BackendId, CachedDirectory, Directory, HealthMonitor, HealthSettings,
+    HttpAuthDirectory, LeastConnections, PowerOfTwoChoices, RedisDirectory, Registry,
+    RendezvousHash, RoundRobin, Selector, StaticMap, WeightedRoundRobin,
 };
 use imapproxy_session::{
     ConnectionLimitSettings, ImapHealthCheck, LimitSettings, ListenerSettings,
@@ -27,6 +27,12 @@ pub struct Built {
 
 impl Built {
     pub fn from_config(cfg: &Config) -> Result<Self, String> {
+        Self::from_config_reloading(cfg, None)
+    }
+
+    /// Like [`Built::from_config`], on a reload: the registry is rebuilt from `previous` so
+    /// that backends which stay keep their health and session counts.
+    pub fn from_config_reloading(cfg: &Config, previous: Option<&Registry>) -> Result<Self, String> {
         if cfg.listeners.is_empty() {
             return Err("no [[listeners]] configured".into());
         }
@@ -136,21 +142,13 @@ impl Built {
             );
             targets.insert(id, target);
         }
-        let registry = Registry::new(backends).map_err(|e| e.to_string())?;
-        let selector = selector_for(&cfg.routing.strategy)?;
-        let mut directory: Option<Arc<dyn Directory>> = None;
-        if let Some(path) = &cfg.routing.map {
-            let map = StaticMap::from_path(path)
-                .map_err(|e| format!("[routing] map {}: {e}", path.display()))?;
-            map.validate(&registry).map_err(|e| {
-                format!(
-                    "[routing] map {}: {e} (not among [[backends]])",
-                    path.display()
-                )
-            })?;
-            // In memory: the TTL cache and timeout matter for remote directories, not here.
-            directory = Some(Arc::new(map));
+        let registry = match previous {
+            Some(old) => old.reload(backends),
+            None => Registry::new(backends),
         }
+        .map_err(|e| e.to_string())?;
+        let selector = selector_for(&cfg.routing.strategy)?;
+        let directory = directory_for(&cfg.routing, &registry)?;
         let settings = SessionSettings {
             greeting: cfg.session.greeting.clone(),
             preauth_timeout: cfg.session.preauth_timeout,
@@ -202,6 +200,71 @@ impl Built {
                 health: Some(Arc::new(health)),
             },
         })
+    }
+}
+
+/// The `[routing] directory` names, as accepted in the file.
+pub const DIRECTORIES: [&str; 3] = ["static", "http", "redis"];
+
+/// Builds the user directory named by `[routing] directory` (checking URLs and the map),
+/// remote ones wrapped in a [`CachedDirectory`] with `directory_ttl` and `directory_timeout`.
+fn directory_for(
+    routing: &crate::config::RoutingConfig,
+    registry: &Registry,
+) -> Result<Option<Arc<dyn Directory>>, String> {
+    let kind = match routing.directory.as_deref() {
+        Some(kind) => kind,
+        None if routing.map.is_some() => "static",
+        None => return Ok(None),
+    };
+    let cached = |inner: Arc<dyn Directory>| -> Arc<dyn Directory> {
+        Arc::new(CachedDirectory::new(
+            inner,
+            routing.directory_ttl,
+            routing.directory_timeout,
+        ))
+    };
+    match kind {
+        "static" => {
+            let path = routing
+                .map
+                .as_ref()
+                .ok_or("[routing] directory = \"static\" needs map = \"<file>\"")?;
+            let map = StaticMap::from_path(path)
+                .map_err(|e| format!("[routing] map {}: {e}", path.display()))?;
+            map.validate(registry).map_err(|e| {
+                format!(
+                    "[routing] map {}: {e} (not among [[backends]])",
+                    path.display()
+                )
+            })?;
+            // In memory: the TTL cache and timeout matter for remote directories, not here.
+            Ok(Some(Arc::new(map)))
+        }
+        "http" => {
+            let url = routing
+                .http_url
+                .as_deref()
+                .ok_or("[routing] directory = \"http\" needs http_url = \"http://...\"")?;
+            let http = HttpAuthDirectory::new(url)
+                .map_err(|e| format!("[routing] http_url: {e}"))?
+                .with_backends(registry.iter().map(|(b, _)| b));
+            Ok(Some(cached(Arc::new(http))))
+        }
+        "redis" => {
+            let url = routing
+                .redis_url
+                .as_deref()
+                .ok_or("[routing] directory = \"redis\" needs redis_url = \"redis://...\"")?;
+            let redis = RedisDirectory::new(url, routing.redis_hash.clone())
+                .map_err(|e| format!("[routing] redis_url/redis_hash: {e}"))?
+                .with_timeout(routing.directory_timeout);
+            Ok(Some(cached(Arc::new(redis))))
+        }
+        other => Err(format!(
+            "[routing] directory {other:?} is unknown; use one of {}",
+            DIRECTORIES.map(|d| format!("{d:?}")).join(", ")
+        )),
     }
 }
 
@@ -373,6 +436,47 @@ mod tests {
         assert!(err.contains("line 1"), "{err}");
         let err = build(&dir.path().join("missing.map")).unwrap();
         assert!(err.contains("missing.map"), "{err}");
+    }
+
+    #[test]
+    fn remote_directories_are_built_and_urls_checked() {
+        let build = |routing: &str| {
+            let toml = format!(
+                "[[listeners]]\naddr = \"127.0.0.1:1143\"\n\
+                 [[backends]]\nname = \"mail1\"\naddr = \"127.0.0.1:10143\"\n\
+                 [routing]\n{routing}\n"
+            );
+            let cfg: crate::config::Config = figment::Figment::new()
+                .merge(<figment::providers::Toml as figment::providers::Format>::string(&toml))
+                .extract()
+                .unwrap();
+            super::Built::from_config(&cfg).map(|b| b.upstreams.directory.is_some())
+        };
+        assert_eq!(build(""), Ok(false));
+        assert_eq!(
+            build("directory = \"http\"\nhttp_url = \"http://127.0.0.1:9000/auth\""),
+            Ok(true)
+        );
+        assert_eq!(
+            build("directory = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/\""),
+            Ok(true)
+        );
+        for (routing, says) in [
+            ("directory = \"http\"", "http_url"),
+            (
+                "directory = \"http\"\nhttp_url = \"https://a/\"",
+                "http_url",
+            ),
+            (
+                "directory = \"redis\"\nredis_url = \"http://a/\"",
+                "redis_url",
+            ),
+            ("directory = \"static\"", "map"),
+            ("directory = \"ldap\"", "\"redis\""),
+        ] {
+            let err = build(routing).unwrap_err();
+            assert!(err.contains(says), "{routing}: {err}");
+        }
     }
 
     #[test]

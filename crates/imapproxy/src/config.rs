@@ -142,19 +142,44 @@ pub struct RoutingConfig {
     /// by user); see `crate::build::STRATEGIES`.
     #[serde(default = "default_strategy")]
     pub strategy: String,
+    /// The user directory asked before the strategy: `static` (the `map` file), `http` (an
+    /// nginx mail-proxy compatible auth service at `http_url`) or `redis` (`HGET redis_hash
+    /// <user>` at `redis_url`). Absent: `static` when `map` is set, else none.
+    #[serde(default)]
+    pub directory: Option<String>,
     /// A static user map file (`user backend`, `@domain backend`, `* backend`; see
-    /// `imapproxy_route::StaticMap`). Loaded and checked against `[[backends]]` at start and by
-    /// `imapproxy check`, but NOT YET USED FOR ROUTING: the session does not consult a
-    /// directory yet.
+    /// `imapproxy_route::StaticMap`), checked against `[[backends]]` at start and by
+    /// `imapproxy check`.
     #[serde(default)]
     pub map: Option<PathBuf>,
+    /// `directory = "http"`: the auth service's URL (`http://host:port/path`, plain HTTP).
+    #[serde(default)]
+    pub http_url: Option<String>,
+    /// `directory = "redis"`: the server's URL (`redis://host:port/db`).
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// `directory = "redis"`: the hash of user → backend name(s).
+    #[serde(default = "default_redis_hash")]
+    pub redis_hash: String,
+    /// How long a remote directory's answer is cached per user.
+    #[serde(default = "default_directory_ttl", with = "humantime_serde")]
+    pub directory_ttl: Duration,
+    /// How long a login waits for a remote directory before `NO [UNAVAILABLE]`.
+    #[serde(default = "default_directory_timeout", with = "humantime_serde")]
+    pub directory_timeout: Duration,
 }
 
 impl Default for RoutingConfig {
     fn default() -> Self {
         Self {
             strategy: default_strategy(),
+            directory: None,
             map: None,
+            http_url: None,
+            redis_url: None,
+            redis_hash: default_redis_hash(),
+            directory_ttl: default_directory_ttl(),
+            directory_timeout: default_directory_timeout(),
         }
     }
 }
@@ -402,6 +427,15 @@ fn default_connect_timeout() -> Duration {
 fn default_strategy() -> String {
     "round-robin".into()
 }
+fn default_redis_hash() -> String {
+    "imapproxy:users".into()
+}
+fn default_directory_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_directory_timeout() -> Duration {
+    Duration::from_secs(2)
+}
 fn default_pool_idle() -> Duration {
     Duration::from_secs(60)
 }
@@ -584,6 +618,15 @@ addr = "127.0.0.1:8143"
         let defaults = parse("").unwrap();
         assert_eq!(defaults.routing.strategy, "round-robin");
         assert!(defaults.routing.map.is_none());
+        assert_eq!(defaults.routing.redis_hash, "imapproxy:users");
+        assert_eq!(defaults.routing.directory_timeout, Duration::from_secs(2));
+        let cfg = parse(
+            "[routing]\ndirectory = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/\"\n\
+             directory_ttl = \"5s\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.routing.directory.as_deref(), Some("redis"));
+        assert_eq!(cfg.routing.directory_ttl, Duration::from_secs(5));
     }
 
     #[test]
