@@ -32,7 +32,10 @@ impl Built {
 
     /// Like [`Built::from_config`], on a reload: the registry is rebuilt from `previous` so
     /// that backends which stay keep their health and session counts.
-    pub fn from_config_reloading(cfg: &Config, previous: Option<&Registry>) -> Result<Self, String> {
+    pub fn from_config_reloading(
+        cfg: &Config,
+        previous: Option<&Registry>,
+    ) -> Result<Self, String> {
         if cfg.listeners.is_empty() {
             return Err("no [[listeners]] configured".into());
         }

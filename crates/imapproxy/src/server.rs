@@ -1,5 +1,6 @@
 //! Listeners, accept loops and shutdown.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ pub fn init_logging(log: &LogConfig) {
 }
 
 /// Runs the proxy until SIGTERM or SIGINT.
-pub async fn run(cfg: Config) -> Result<(), String> {
+pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String> {
     let built = Built::from_config(&cfg)?;
     raise_fd_limit();
     // Libraries emit `metrics` counters; the binary alone installs the exporter.
@@ -49,11 +50,16 @@ pub async fn run(cfg: Config) -> Result<(), String> {
     }
     let maintenance = tokio::spawn(proxy.pool().clone().maintain());
     // Active checks of every backend; stopped (dropped) at shutdown.
-    let health = proxy
+    let mut health = proxy
         .upstreams()
         .health
         .as_ref()
         .map(|monitor| monitor.spawn());
+    // The certificate every TLS listener shares; reloaded in place on SIGHUP.
+    let server_tls = built
+        .listeners
+        .iter()
+        .find_map(|(_, l)| l.server_tls.clone());
     // Two stages: `stop_accepting` closes the listeners at once; `shutdown` tells running
     // sessions to say BYE, after the grace period.
     let stop_accepting = CancellationToken::new();
@@ -109,7 +115,24 @@ pub async fn run(cfg: Config) -> Result<(), String> {
         });
         tokio::spawn(admin::serve(listener, state, stop_admin.clone()));
     }
-    wait_for_signal().await;
+    // SIGHUP reloads; SIGTERM/SIGINT end the loop.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                match reload(&proxy, config_path.as_deref(), server_tls.as_ref()) {
+                    Ok(monitor) => {
+                        // The old monitor stops when its handle is dropped.
+                        health = monitor.map(|m| m.spawn());
+                        info!("configuration reloaded");
+                    }
+                    Err(e) => error!("reload failed, keeping the running configuration: {e}"),
+                }
+            }
+            _ = wait_for_signal() => break,
+        }
+    }
     // Drain: no new connections; running sessions get `shutdown_grace` to finish on their
     // own (a second signal cuts it short), then the rest are told BYE.
     info!(grace = ?cfg.session.shutdown_grace, "shutting down: listeners closed, draining sessions");
@@ -169,4 +192,31 @@ fn raise_fd_limit() {
         Ok(n) => info!(limit = n, "open file limit"),
         Err(e) => warn!(error = %e, "cannot raise the open file limit"),
     }
+}
+
+/// SIGHUP: re-reads the configuration file and swaps backends, routing, health checks and
+/// the certificate, without touching running sessions. Listeners, pool and limit settings
+/// stay as they were started (a restart changes those). Returns the new health monitor.
+fn reload(
+    proxy: &Proxy,
+    path: Option<&std::path::Path>,
+    server_tls: Option<&imapproxy_tls::ServerTls>,
+) -> Result<Option<Arc<imapproxy_route::HealthMonitor>>, String> {
+    let cfg = crate::config::load(path).map_err(|e| e.to_string())?;
+    let current = proxy.upstreams();
+    let built = Built::from_config_reloading(&cfg, Some(&current.registry))?;
+    if let (Some(tls), Some(files)) = (server_tls, &cfg.tls) {
+        tls.reload_from_pem_files(&files.cert, &files.key)
+            .map_err(|e| format!("[tls]: {e}"))?;
+    }
+    let monitor = built.upstreams.health.clone();
+    let backends: Vec<String> = built
+        .upstreams
+        .registry
+        .iter()
+        .map(|(b, _)| b.id.to_string())
+        .collect();
+    proxy.replace_upstreams(built.upstreams);
+    info!(?backends, "backends after reload");
+    Ok(monitor)
 }

@@ -64,7 +64,7 @@ impl Session {
             Verdict::Allow => {}
             verdict => return self.throttled(tag, verdict).await,
         }
-        let upstreams = Arc::clone(&self.proxy.upstreams);
+        let upstreams = self.proxy.upstreams();
         let Some(candidates) = self.candidates(tag, &user_key).await? else {
             return Ok(Next::Continue);
         };
@@ -177,7 +177,7 @@ impl Session {
             Verdict::Allow => {}
             verdict => return self.throttled(tag, verdict).await,
         }
-        let upstreams = Arc::clone(&self.proxy.upstreams);
+        let upstreams = self.proxy.upstreams();
         let Some(candidates) = self.candidates(tag, &user_key).await? else {
             return Ok(Next::Continue);
         };
@@ -303,7 +303,7 @@ impl Session {
         tag: &Tag,
         user_key: &str,
     ) -> Result<Option<Vec<BackendId>>, Error> {
-        let upstreams = Arc::clone(&self.proxy.upstreams);
+        let upstreams = self.proxy.upstreams();
         let candidates: Vec<BackendId> = {
             let request = Request {
                 user: user_key,
@@ -363,7 +363,7 @@ impl Session {
         backend_id: &BackendId,
         user_key: &str,
     ) -> Result<Next, Error> {
-        let upstreams = Arc::clone(&self.proxy.upstreams);
+        let upstreams = self.proxy.upstreams();
         tracing::Span::current().record("backend", tracing::field::display(backend_id));
         let caps: Vec<&str> = session
             .conn_ref()

@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use imapproxy_codec::capability::default_post_login_drop;
@@ -46,7 +48,9 @@ const MAX_ID_FIELDS: usize = 30;
 /// State shared by every session of one proxy: settings and backends.
 pub struct Proxy {
     settings: SessionSettings,
-    upstreams: Arc<Upstreams>,
+    /// Swapped whole on reload (SIGHUP): a login reads one consistent snapshot, and running
+    /// sessions keep the registry states they counted themselves in.
+    upstreams: ArcSwap<Upstreams>,
     policy: ResponsePolicy,
     pool: SessionPool,
     next_id: AtomicU64,
@@ -101,7 +105,7 @@ impl Proxy {
             settings,
             throttle,
             limits,
-            upstreams: Arc::new(upstreams),
+            upstreams: ArcSwap::from_pointee(upstreams),
             policy: ResponsePolicy {
                 drop_capability,
                 id_reply: PROXY_ID.to_vec(),
@@ -124,8 +128,34 @@ impl Proxy {
     }
 
     /// The backends.
-    pub fn upstreams(&self) -> &Upstreams {
-        &self.upstreams
+    pub fn upstreams(&self) -> Arc<Upstreams> {
+        self.upstreams.load_full()
+    }
+
+    /// Replaces the backends, routing and health monitor without touching running sessions
+    /// (SIGHUP). Backends that are new or moved to another address get fresh pool entries;
+    /// the others keep their warm connections and cached sessions. Build the new registry
+    /// with [`imapproxy_route::Registry::reload`] on the current one so that health and
+    /// session counts carry over.
+    pub fn replace_upstreams(&self, upstreams: Upstreams) {
+        let current = self.upstreams.load_full();
+        for (backend, _) in upstreams.registry.iter() {
+            let Some(target) = upstreams.targets.get(&backend.id) else {
+                continue;
+            };
+            let unchanged = current
+                .targets
+                .get(&backend.id)
+                .is_some_and(|old| old.addr == target.addr && old.tls == target.tls);
+            if !unchanged {
+                self.pool.add_backend(
+                    backend.id.as_str(),
+                    target.clone(),
+                    backend.max_connections as usize,
+                );
+            }
+        }
+        self.upstreams.store(Arc::new(upstreams));
     }
 
     /// Failed-login counters.

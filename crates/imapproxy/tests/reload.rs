@@ -1,0 +1,118 @@
+//! SIGHUP reloads backends and routing while sessions run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use imapproxy_testkit::{Dovecot, TestClient, free_port, shared_mail_dir};
+
+fn config(listen: SocketAddr, backends: &[(&str, SocketAddr)]) -> String {
+    let mut c = format!(
+        "[[listeners]]\naddr = \"{listen}\"\ntls = \"none\"\nallow_plaintext_auth = true\n\n\
+         [routing]\nstrategy = \"round-robin\"\n\n[pool]\nreuse = false\nwarm = 0\n"
+    );
+    for (name, addr) in backends {
+        c.push_str(&format!(
+            "\n[[backends]]\nname = \"{name}\"\naddr = \"{addr}\"\n"
+        ));
+    }
+    c
+}
+
+#[test]
+fn sighup_adds_a_backend_while_sessions_run() {
+    let store = shared_mail_dir().unwrap();
+    let a = Dovecot::builder()
+        .users(4)
+        .mail_dir(store.path())
+        .start()
+        .unwrap();
+    let b = Dovecot::builder()
+        .users(4)
+        .mail_dir(store.path())
+        .start()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("imapproxy.toml");
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    std::fs::write(&path, config(listen, &[("mail-a", a.imap_addr())])).unwrap();
+    let mut proxy = Command::new(env!("CARGO_BIN_EXE_imapproxy"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(listen).is_err() {
+        assert!(Instant::now() < deadline, "proxy did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (user, pass) = a.user(1);
+    let mut running = rt.block_on(async {
+        let mut c = TestClient::connect(listen).await.unwrap();
+        assert!(c.login(&user, &pass).await.unwrap().tagged_ok());
+        assert!(c.cmd("s", "SELECT INBOX").await.unwrap().tagged_ok());
+        c
+    });
+
+    std::fs::write(
+        &path,
+        config(
+            listen,
+            &[("mail-a", a.imap_addr()), ("mail-b", b.imap_addr())],
+        ),
+    )
+    .unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &proxy.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        proxy.try_wait().unwrap().is_none(),
+        "SIGHUP ended the proxy"
+    );
+
+    rt.block_on(async {
+        // The running session is untouched...
+        let r = running.cmd("f", "FETCH 1 (FLAGS)").await.unwrap();
+        assert!(r.tagged_ok(), "{}", r.text());
+        // ...and new logins now use both backends.
+        let (user2, pass2) = a.user(2);
+        for _ in 0..4 {
+            let mut c = TestClient::connect(listen).await.unwrap();
+            assert!(c.login(&user2, &pass2).await.unwrap().tagged_ok());
+            c.logout().await.unwrap();
+        }
+    });
+    let on_b = b.wait_for_log(
+        &format!("imap-login: Info: Login: user=<{}>,", a.user(2).0),
+        2,
+        Duration::from_secs(3),
+    );
+    assert!(
+        on_b >= 2,
+        "the added backend got {on_b} of 4 round-robin logins"
+    );
+
+    // A broken file is refused and the running configuration stays.
+    std::fs::write(&path, "[[backends]]\nname = 1\n").unwrap();
+    Command::new("kill")
+        .args(["-HUP", &proxy.id().to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(proxy.try_wait().unwrap().is_none());
+    rt.block_on(async {
+        let mut c = TestClient::connect(listen).await.unwrap();
+        let (user3, pass3) = a.user(3);
+        assert!(c.login(&user3, &pass3).await.unwrap().tagged_ok());
+    });
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+}
