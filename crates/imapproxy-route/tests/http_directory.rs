@@ -66,6 +66,7 @@ fn directory(url: &str) -> CachedDirectory<HttpAuthDirectory> {
         .unwrap()
         .with_backends(&backends);
     CachedDirectory::new(http, Duration::from_secs(30), Duration::from_millis(500))
+        .keyed_by_password()
 }
 
 #[tokio::test]
@@ -93,9 +94,14 @@ async fn an_error_status_is_denied_with_the_service_text() {
             wait: Some(Duration::from_secs(3)),
         })
     );
-    // Refusals are not cached: the right password afterwards is routed.
-    let ctx = ctx.with_password(b"right");
-    assert!(dir.lookup_with(&ctx).await.unwrap().is_some());
+    // Refusals are not cached: the right password afterwards is routed...
+    let right = ctx.with_password(b"right");
+    assert!(dir.lookup_with(&right).await.unwrap().is_some());
+    // ...and a cached OK does not let a wrong password through.
+    assert!(matches!(
+        dir.lookup_with(&ctx).await,
+        Err(Error::Denied { .. })
+    ));
 }
 
 #[tokio::test]

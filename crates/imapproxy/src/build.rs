@@ -220,12 +220,8 @@ fn directory_for(
         None if routing.map.is_some() => "static",
         None => return Ok(None),
     };
-    let cached = |inner: Arc<dyn Directory>| -> Arc<dyn Directory> {
-        Arc::new(CachedDirectory::new(
-            inner,
-            routing.directory_ttl,
-            routing.directory_timeout,
-        ))
+    let cached = |inner: Arc<dyn Directory>| {
+        CachedDirectory::new(inner, routing.directory_ttl, routing.directory_timeout)
     };
     match kind {
         "static" => {
@@ -252,7 +248,9 @@ fn directory_for(
             let http = HttpAuthDirectory::new(url)
                 .map_err(|e| format!("[routing] http_url: {e}"))?
                 .with_backends(registry.iter().map(|(b, _)| b));
-            Ok(Some(cached(Arc::new(http))))
+            // The service authenticates: cache per user and password, so that a wrong
+            // password always gets the service's own refusal.
+            Ok(Some(Arc::new(cached(Arc::new(http)).keyed_by_password())))
         }
         "redis" => {
             let url = routing
@@ -262,7 +260,7 @@ fn directory_for(
             let redis = RedisDirectory::new(url, routing.redis_hash.clone())
                 .map_err(|e| format!("[routing] redis_url/redis_hash: {e}"))?
                 .with_timeout(routing.directory_timeout);
-            Ok(Some(cached(Arc::new(redis))))
+            Ok(Some(Arc::new(cached(Arc::new(redis)))))
         }
         other => Err(format!(
             "[routing] directory {other:?} is unknown; use one of {}",

@@ -1,6 +1,7 @@
 //! [`CachedDirectory`]: a TTL cache and a time bound in front of any [`Directory`].
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -21,12 +22,18 @@ use crate::directory::{Directory, LookupContext, Route};
 ///   whatever logins arrive).
 ///
 /// Concurrent misses for the same user each ask the directory (no request coalescing).
+///
+/// Answers are cached per user. For a directory that also authenticates (an nginx-style
+/// HTTP auth service), [`CachedDirectory::keyed_by_password`] caches per user *and* password
+/// (by a keyed in-process hash, never the password itself), so a wrong password always
+/// reaches the service and gets its refusal.
 #[derive(Debug)]
 pub struct CachedDirectory<D> {
     inner: D,
     ttl: Duration,
     timeout: Duration,
     max_entries: usize,
+    password_key: Option<RandomState>,
     cache: Mutex<HashMap<String, (Instant, Option<Route>)>>,
 }
 
@@ -43,6 +50,7 @@ impl<D: Directory> CachedDirectory<D> {
             ttl,
             timeout,
             max_entries: Self::DEFAULT_MAX_ENTRIES,
+            password_key: None,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -54,6 +62,24 @@ impl<D: Directory> CachedDirectory<D> {
         self
     }
 
+    /// Caches answers per user and password (see the type's docs); lookups without a
+    /// password share one entry per user.
+    #[must_use]
+    pub fn keyed_by_password(mut self) -> Self {
+        self.password_key = Some(RandomState::new());
+        self
+    }
+
+    fn key(&self, ctx: &LookupContext<'_>) -> String {
+        match (&self.password_key, ctx.password) {
+            // NUL cannot occur in an IMAP user name, so keys of different users never mix.
+            (Some(state), Some(password)) => {
+                format!("{}\0{:016x}", ctx.user, state.hash_one(password))
+            }
+            _ => ctx.user.to_owned(),
+        }
+    }
+
     /// The wrapped directory.
     pub const fn inner(&self) -> &D {
         &self.inner
@@ -61,7 +87,14 @@ impl<D: Directory> CachedDirectory<D> {
 
     /// Forgets the cached answer for `user` (e.g. after an admin moved it).
     pub fn invalidate(&self, user: &str) {
-        self.entries().remove(user);
+        let mut entries = self.entries();
+        entries.remove(user);
+        if self.password_key.is_some() {
+            entries.retain(|key, _| {
+                key.strip_prefix(user)
+                    .is_none_or(|rest| !rest.starts_with('\0'))
+            });
+        }
     }
 
     /// Forgets every cached answer (e.g. after a reload of the directory).
@@ -103,12 +136,12 @@ impl<D: Directory> Directory for CachedDirectory<D> {
         self.lookup_with(&LookupContext::new(user)).await
     }
 
-    /// Cached by `ctx.user` alone: a route is where the mailbox lives, whoever asks. An
-    /// authenticating directory is therefore asked once per user and TTL; the backend still
-    /// checks every password, and refusals ([`Error::Denied`]) are never cached.
+    /// Cached by `ctx.user` (a route is where the mailbox lives, whoever asks), or by user
+    /// and password when built [`CachedDirectory::keyed_by_password`]. Refusals
+    /// ([`Error::Denied`]) and failures are never cached.
     async fn lookup_with(&self, ctx: &LookupContext<'_>) -> Result<Option<Route>, Error> {
-        let user = ctx.user;
-        if let Some(route) = self.cached(user) {
+        let key = self.key(ctx);
+        if let Some(route) = self.cached(&key) {
             return Ok(route);
         }
         let route = tokio::time::timeout(self.timeout, self.inner.lookup_with(ctx))
@@ -120,7 +153,7 @@ impl<D: Directory> Directory for CachedDirectory<D> {
                     self.timeout.as_millis()
                 ))
             })??;
-        self.store(user, route.clone());
+        self.store(&key, route.clone());
         Ok(route)
     }
 }
@@ -218,6 +251,31 @@ mod tests {
         inner.down.store(false, Ordering::SeqCst);
         assert!(dir.lookup("alice").await.unwrap().is_some());
         assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keyed_by_password_asks_again_for_another_password() {
+        let inner = fake(0);
+        let dir = CachedDirectory::new(
+            Arc::clone(&inner),
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+        )
+        .keyed_by_password();
+        let right = LookupContext::new("alice").with_password(b"right");
+        let wrong = LookupContext::new("alice").with_password(b"wrong");
+        dir.lookup_with(&right).await.unwrap();
+        dir.lookup_with(&right).await.unwrap();
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 1);
+        dir.lookup_with(&wrong).await.unwrap();
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 2);
+        dir.lookup_with(&LookupContext::new("alicex").with_password(b"right"))
+            .await
+            .unwrap();
+        dir.invalidate("alice");
+        assert_eq!(dir.entries().len(), 1, "only alicex is left");
+        dir.lookup_with(&right).await.unwrap();
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 4);
     }
 
     #[tokio::test(start_paused = true)]
