@@ -2,6 +2,11 @@
 
 use super::*;
 
+use imapproxy_route::{Error as RouteError, LookupContext};
+
+/// Longest `Auth-Wait` honoured from an auth service before answering a denied login.
+const MAX_DIRECTORY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Session {
     /// The `ID` fields sent to the backend: where the client really is (Dovecot honours these
     /// from `login_trusted_networks`), then the client's own fields. Client fields named `x-*`
@@ -65,7 +70,10 @@ impl Session {
             verdict => return self.throttled(tag, verdict).await,
         }
         let upstreams = self.proxy.upstreams();
-        let Some(candidates) = self.candidates(tag, &user_key).await? else {
+        let Some(candidates) = self
+            .candidates(tag, &user_key, Some(creds.password.expose()))
+            .await?
+        else {
             return Ok(Next::Continue);
         };
         let id_fields = self.backend_id_fields();
@@ -178,7 +186,7 @@ impl Session {
             verdict => return self.throttled(tag, verdict).await,
         }
         let upstreams = self.proxy.upstreams();
-        let Some(candidates) = self.candidates(tag, &user_key).await? else {
+        let Some(candidates) = self.candidates(tag, &user_key, None).await? else {
             return Ok(Next::Continue);
         };
         let id_fields = self.backend_id_fields();
@@ -302,7 +310,9 @@ impl Session {
         &mut self,
         tag: &Tag,
         user_key: &str,
+        password: Option<&[u8]>,
     ) -> Result<Option<Vec<BackendId>>, Error> {
+        self.login_attempts += 1;
         let upstreams = self.proxy.upstreams();
         let candidates: Vec<BackendId> = {
             let request = Request {
@@ -330,12 +340,33 @@ impl Session {
                 }
                 // The directory says where the mailbox is; the strategy's candidates follow
                 // as fallback (only healthy backends either way).
-                (Some(directory), None) => match directory.lookup(user_key).await {
+                (Some(directory), None) => match directory
+                    .lookup_with(&{
+                        let ctx = LookupContext::new(user_key)
+                            .with_client_ip(self.peer.ip())
+                            .with_login_attempt(self.login_attempts);
+                        match password {
+                            Some(p) => ctx.with_password(p),
+                            None => ctx,
+                        }
+                    })
+                    .await
+                {
                     Ok(route) => route_first(
                         route.as_ref(),
                         &upstreams.registry,
                         upstreams.selector.select(&upstreams.registry, &request),
                     ),
+                    // An nginx-style auth service refused the login: an ordinary failure to
+                    // the client (its text is not shown), after the wait it asked for.
+                    Err(RouteError::Denied { wait, .. }) => {
+                        info!("login denied by the user directory");
+                        let delay = self.proxy.throttle.record_failure(self.peer.ip(), user_key);
+                        let wait = wait.unwrap_or_default().min(MAX_DIRECTORY_WAIT);
+                        tokio::time::sleep(delay.max(wait)).await;
+                        self.auth_failed(tag).await?;
+                        return Ok(None);
+                    }
                     Err(e) => {
                         warn!(error = %e, "user directory unavailable");
                         count_login("unavailable");

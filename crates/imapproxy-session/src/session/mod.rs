@@ -246,6 +246,7 @@ pub async fn serve(
             client_id: Vec::new(),
             bad_commands: 0,
             login_started: None,
+            login_attempts: 0,
         };
         match session.run().await {
             Ok(()) => debug!("session closed"),
@@ -269,6 +270,8 @@ struct Session {
     bad_commands: u32,
     /// When the current login attempt began, for the login latency histogram.
     login_started: Option<std::time::Instant>,
+    /// Login attempts so far in this connection (nginx's `Auth-Login-Attempt`).
+    login_attempts: u32,
 }
 
 /// `imapproxy_sessions_active`: up while a client connection lives.
