@@ -87,7 +87,8 @@ struct IpState {
 /// Connection counters of one proxy.
 #[derive(Debug)]
 pub struct ConnectionLimits {
-    settings: ConnectionLimitSettings,
+    /// Swapped on reload (SIGHUP); the counters stay.
+    settings: arc_swap::ArcSwap<ConnectionLimitSettings>,
     open: AtomicUsize,
     table: Mutex<HashMap<IpAddr, IpState>>,
 }
@@ -116,15 +117,20 @@ impl ConnectionLimits {
     /// Counters with these settings.
     pub fn new(settings: ConnectionLimitSettings) -> Self {
         Self {
-            settings,
+            settings: arc_swap::ArcSwap::from_pointee(settings),
             open: AtomicUsize::new(0),
             table: Mutex::new(HashMap::new()),
         }
     }
 
     /// The settings.
-    pub fn settings(&self) -> &ConnectionLimitSettings {
-        &self.settings
+    pub fn settings(&self) -> std::sync::Arc<ConnectionLimitSettings> {
+        self.settings.load_full()
+    }
+
+    /// Replaces the settings (SIGHUP); counters, blocks and open connections are kept.
+    pub fn set_settings(&self, settings: ConnectionLimitSettings) {
+        self.settings.store(std::sync::Arc::new(settings));
     }
 
     /// Open connections now.
@@ -140,7 +146,7 @@ impl ConnectionLimits {
     /// Admits a connection from `ip`, or says why not.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, Refusal> {
         let ip = ip.to_canonical();
-        let s = &self.settings;
+        let s = self.settings.load();
         let max = if s.max_connections == 0 {
             usize::MAX
         } else {
@@ -176,7 +182,7 @@ impl ConnectionLimits {
     }
 
     fn admit_ip(&self, ip: IpAddr) -> Result<(), Refusal> {
-        let s = &self.settings;
+        let s = self.settings.load();
         let rate = f64::from(s.max_new_connections_per_ip_per_sec);
         let now = Instant::now();
         let mut table = self.table();

@@ -109,7 +109,8 @@ struct Entry {
 /// The failure counters of one proxy. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Throttle {
-    settings: ThrottleSettings,
+    /// Swapped on reload (SIGHUP); the counters stay.
+    settings: arc_swap::ArcSwap<ThrottleSettings>,
     table: Mutex<HashMap<Key, Entry>>,
 }
 
@@ -117,18 +118,23 @@ impl Throttle {
     /// Counters with these settings.
     pub fn new(settings: ThrottleSettings) -> Self {
         Self {
-            settings,
+            settings: arc_swap::ArcSwap::from_pointee(settings),
             table: Mutex::new(HashMap::new()),
         }
     }
 
     /// The settings.
-    pub fn settings(&self) -> &ThrottleSettings {
-        &self.settings
+    pub fn settings(&self) -> std::sync::Arc<ThrottleSettings> {
+        self.settings.load_full()
+    }
+
+    /// Replaces the settings (SIGHUP); counters, blocks and open connections are kept.
+    pub fn set_settings(&self, settings: ThrottleSettings) {
+        self.settings.store(std::sync::Arc::new(settings));
     }
 
     fn exempt(&self, ip: IpAddr) -> bool {
-        self.settings.max_failures == 0 || self.settings.trusted.contains(ip)
+        self.settings.load().max_failures == 0 || self.settings.load().trusted.contains(ip)
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
@@ -166,7 +172,7 @@ impl Throttle {
             return Duration::ZERO;
         }
         let now = Instant::now();
-        let s = &self.settings;
+        let s = self.settings.load();
         let mut table = self.table();
         let user_n = self.bump(
             &mut table,
@@ -197,7 +203,7 @@ impl Throttle {
         now: Instant,
         limit: u32,
     ) -> Option<u32> {
-        if !table.contains_key(&key) && table.len() >= self.settings.max_tracked {
+        if !table.contains_key(&key) && table.len() >= self.settings.load().max_tracked {
             self.make_room(table, now);
         }
         let e = table.entry(key).or_insert(Entry {
@@ -207,13 +213,13 @@ impl Throttle {
             last_seen: now,
         });
         e.last_seen = now;
-        if now.duration_since(e.window_start) > self.settings.failure_window {
+        if now.duration_since(e.window_start) > self.settings.load().failure_window {
             e.failures = 0;
             e.window_start = now;
         }
         e.failures = e.failures.saturating_add(1);
         if e.failures >= limit {
-            e.blocked_until = Some(now + self.settings.block_duration);
+            e.blocked_until = Some(now + self.settings.load().block_duration);
             e.failures = 0;
             e.window_start = now;
             return None;
@@ -244,13 +250,13 @@ impl Throttle {
     /// Drops expired entries; if that is not enough, the oldest eighth. Runs only when the
     /// table is full, so its cost is spread over many insertions.
     fn make_room(&self, table: &mut HashMap<Key, Entry>, now: Instant) {
-        let window = self.settings.failure_window;
+        let window = self.settings.load().failure_window;
         table.retain(|_, e| {
             let blocking = e.blocked_until.is_some_and(|u| u > now);
             let counting = e.failures > 0 && now.duration_since(e.window_start) <= window;
             blocking || counting
         });
-        if table.len() < self.settings.max_tracked {
+        if table.len() < self.settings.load().max_tracked {
             return;
         }
         let mut ages: Vec<Instant> = table.values().map(|e| e.last_seen).collect();
@@ -259,7 +265,7 @@ impl Throttle {
         let threshold = *nth;
         table.retain(|_, e| e.last_seen >= threshold);
         // Equal timestamps can keep everything: fall back to dropping arbitrary entries.
-        while table.len() >= self.settings.max_tracked {
+        while table.len() >= self.settings.load().max_tracked {
             let Some(k) = table.keys().next().cloned() else {
                 break;
             };

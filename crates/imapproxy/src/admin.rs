@@ -194,11 +194,14 @@ fn route(req: &Request, state: &AdminState) -> Response {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method.as_str(), segments.as_slice()) {
         ("GET", [""]) => Response::new("200 OK", "text/html; charset=utf-8", status_page(state)),
-        ("GET", ["metrics"]) => Response::new(
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            state.metrics.render(),
-        ),
+        ("GET", ["metrics"]) => {
+            record_gauges(state);
+            Response::new(
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                state.metrics.render(),
+            )
+        }
         ("GET", ["backends"]) => Response::json("200 OK", backends_json(state)),
         ("POST", ["backends", name, action @ ("drain" | "undrain")]) => {
             let health = if *action == "drain" {
@@ -428,6 +431,23 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Gauges read at scrape time: backend health and sessions, pool occupancy.
+fn record_gauges(state: &AdminState) {
+    for (b, s) in state.proxy.upstreams().registry.iter() {
+        let name = b.id.to_string();
+        let health = s.health();
+        for h in [Health::Up, Health::Down, Health::Draining] {
+            metrics::gauge!("imapproxy_backend_health", "backend" => name.clone(), "state" => h.to_string())
+                .set(if h == health { 1.0 } else { 0.0 });
+        }
+        metrics::gauge!("imapproxy_backend_sessions", "backend" => name).set(s.active() as f64);
+    }
+    let pool = state.proxy.pool().status();
+    metrics::gauge!("imapproxy_pool_idle_sessions").set(pool.idle_sessions as f64);
+    metrics::gauge!("imapproxy_pool_slots_in_use").set(pool.slots_in_use as f64);
+    metrics::gauge!("imapproxy_pool_waiting").set(pool.waiting as f64);
 }
 
 fn backends_json(state: &AdminState) -> serde_json::Value {

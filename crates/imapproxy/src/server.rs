@@ -194,9 +194,10 @@ fn raise_fd_limit() {
     }
 }
 
-/// SIGHUP: re-reads the configuration file and swaps backends, routing, health checks and
-/// the certificate, without touching running sessions. Listeners, pool and limit settings
-/// stay as they were started (a restart changes those). Returns the new health monitor.
+/// SIGHUP: re-reads the configuration file and swaps backends, routing, health checks, the
+/// certificate and the limits, without touching running sessions. Listeners, pool and session
+/// timeouts stay as they were started (a restart changes those). Returns the new health
+/// monitor.
 fn reload(
     proxy: &Proxy,
     path: Option<&std::path::Path>,
@@ -217,6 +218,7 @@ fn reload(
         .map(|(b, _)| b.id.to_string())
         .collect();
     proxy.replace_upstreams(built.upstreams);
+    proxy.replace_limits(built.settings.limits);
     info!(?backends, "backends after reload");
     Ok(monitor)
 }

@@ -433,6 +433,10 @@ fn admin_endpoint_reports_drains_and_exports_metrics() {
         metrics.contains("imapproxy_pool_checkouts_total"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("imapproxy_backend_health{backend=\"mail1\",state=\"up\"} 1"),
+        "{metrics}"
+    );
     // The login counters move as logins happen.
     let logins = |m: &str| -> f64 {
         m.lines()

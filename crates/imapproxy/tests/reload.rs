@@ -113,6 +113,29 @@ fn sighup_adds_a_backend_while_sessions_run() {
         let (user3, pass3) = a.user(3);
         assert!(c.login(&user3, &pass3).await.unwrap().tagged_ok());
     });
+
+    // Limits are reloaded too: loopback no longer trusted, two connections per address.
+    let mut limited = config(
+        listen,
+        &[("mail-a", a.imap_addr()), ("mail-b", b.imap_addr())],
+    );
+    limited.push_str("\n[limits]\ntrusted_networks = []\nmax_connections_per_ip = 2\n");
+    std::fs::write(&path, limited).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &proxy.id().to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    rt.block_on(async {
+        // `running` was admitted while loopback was trusted, so it holds no per-address slot:
+        // two new connections fit, the third is refused.
+        let first = TestClient::connect(listen).await.unwrap();
+        let second = TestClient::connect(listen).await.unwrap();
+        let mut third = TestClient::connect_without_greeting(listen).await.unwrap();
+        let line = String::from_utf8_lossy(&third.read_line().await.unwrap()).into_owned();
+        assert!(line.starts_with("* BYE [LIMIT]"), "{line}");
+        drop((first, second));
+    });
     let _ = proxy.kill();
     let _ = proxy.wait();
 }

@@ -132,6 +132,12 @@ impl Proxy {
         self.upstreams.load_full()
     }
 
+    /// Replaces the throttling and connection-limit settings (SIGHUP), keeping their counters.
+    pub fn replace_limits(&self, limits: crate::LimitSettings) {
+        self.throttle.set_settings(limits.throttle);
+        self.limits.set_settings(limits.connections);
+    }
+
     /// Replaces the backends, routing and health monitor without touching running sessions
     /// (SIGHUP). Backends that are new or moved to another address get fresh pool entries;
     /// the others keep their warm connections and cached sessions. Build the new registry
