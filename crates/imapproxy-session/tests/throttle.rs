@@ -20,10 +20,10 @@ use imapproxy_testkit::{Dovecot, TestClient};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpSocket;
 
-/// Users 21..60 are used here, so a dedicated instance with 60 of them.
+/// Users 21..250 are used here, so a dedicated instance with 250 of them.
 fn dovecot() -> &'static Dovecot {
     static D: OnceLock<Dovecot> = OnceLock::new();
-    D.get_or_init(|| Dovecot::builder().users(60).start().unwrap())
+    D.get_or_init(|| Dovecot::builder().users(250).start().unwrap())
 }
 
 /// Nothing trusted: loopback clients are throttled like anyone else.
@@ -155,28 +155,31 @@ async fn brute_force_is_blocked_before_dovecot_while_other_address_logs_in() {
 async fn password_spray_over_many_users_blocks_the_address() {
     let d = dovecot();
     let proxy = common::start_proxy_with(&[d.imap_addr()], settings(5, 10, no_conn_limits())).await;
-    let users: Vec<String> = (41..=60).map(|i| d.user(i).0).collect();
+    // One common password tried over 200 users, reconnecting whenever the proxy hangs up.
+    let users: Vec<String> = (41..=240).map(|i| d.user(i).0).collect();
 
     let mut client = RawClient::connect_from("127.0.0.1", proxy.plain).await;
-    let mut refused_at = None;
+    let mut refused = Vec::new();
     for (i, user) in users.iter().enumerate() {
         let answer = client.login(user, "Summer2026!").await;
         if answer.starts_with("* BYE [LIMIT]") {
-            refused_at = Some(i);
-            break;
+            refused.push(i);
+            client = RawClient::connect_from("127.0.0.1", proxy.plain).await;
+            continue;
         }
         assert!(
             answer.starts_with("a NO [AUTHENTICATIONFAILED]"),
             "{answer}"
         );
     }
-    assert_eq!(refused_at, Some(10));
+    // The first 10 failures were let through; every one of the other 190 was refused.
+    assert_eq!(refused, (10..200).collect::<Vec<_>>());
     // A new connection from the blocked address is refused at its first attempt.
     let mut again = RawClient::connect_from("127.0.0.1", proxy.plain).await;
     let answer = again.login(&users[15], "Summer2026!").await;
     assert!(answer.starts_with("* BYE [LIMIT]"), "{answer}");
     // Another address is not affected.
-    let (user, pass) = d.user(60);
+    let (user, pass) = d.user(250);
     let mut other = RawClient::connect_from("127.0.0.2", proxy.plain).await;
     assert!(other.login(&user, &pass).await.starts_with("a OK"));
 

@@ -152,6 +152,12 @@ impl Built {
         .map_err(|e| e.to_string())?;
         let selector = selector_for(&cfg.routing.strategy)?;
         let directory = directory_for(&cfg.routing, &registry)?;
+        if cfg.routing.strategy == "static" && directory.is_none() {
+            return Err(
+                "[routing] strategy \"static\" needs a directory (map, or directory = http|redis)"
+                    .into(),
+            );
+        }
         let settings = SessionSettings {
             greeting: cfg.session.greeting.clone(),
             preauth_timeout: cfg.session.preauth_timeout,
@@ -270,13 +276,25 @@ fn directory_for(
 }
 
 /// The `[routing] strategy` names, as accepted in the file.
-pub const STRATEGIES: [&str; 5] = [
+pub const STRATEGIES: [&str; 6] = [
     "round-robin",
     "least-connections",
     "weighted",
     "p2c",
     "hash",
+    "static",
 ];
+
+/// `strategy = "static"`: only the directory decides (a mailbox lives on the server the map
+/// names, and nowhere else); a user it does not know, or whose server is down, gets
+/// `NO [UNAVAILABLE]` instead of landing on a server without the mailbox.
+struct DirectoryOnly;
+
+impl Selector for DirectoryOnly {
+    fn select(&self, _registry: &Registry, _req: &imapproxy_route::Request<'_>) -> Vec<BackendId> {
+        Vec::new()
+    }
+}
 
 /// Builds the selector named by `[routing] strategy`.
 pub fn selector_for(strategy: &str) -> Result<Arc<dyn Selector>, String> {
@@ -286,6 +304,7 @@ pub fn selector_for(strategy: &str) -> Result<Arc<dyn Selector>, String> {
         "weighted" => Arc::new(WeightedRoundRobin::new()),
         "p2c" => Arc::new(PowerOfTwoChoices::new()),
         "hash" => Arc::new(RendezvousHash::new()),
+        "static" => Arc::new(DirectoryOnly),
         other => {
             let names: Vec<String> = STRATEGIES.iter().map(|s| format!("{s:?}")).collect();
             return Err(format!(
@@ -490,6 +509,22 @@ mod tests {
             assert!(err.contains(&format!("{name:?}")), "{err}");
             assert!(selector_for(name).is_ok(), "{name}");
         }
+    }
+
+    #[test]
+    fn static_strategy_leaves_routing_to_the_directory() {
+        let selector = selector_for("static").unwrap();
+        assert!(selector.select(&registry(), &Request::new("u")).is_empty());
+        let cfg: crate::config::Config = figment::Figment::new()
+            .merge(<figment::providers::Toml as figment::providers::Format>::string(
+                "[[backends]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n[routing]\nstrategy = \"static\"\n",
+            ))
+            .extract()
+            .unwrap();
+        let Err(err) = super::Built::from_config(&cfg) else {
+            panic!("static without a directory was accepted");
+        };
+        assert!(err.contains("needs a directory"), "{err}");
     }
 
     #[test]
