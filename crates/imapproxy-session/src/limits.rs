@@ -169,6 +169,8 @@ impl ConnectionLimits {
                 ip: None,
             });
         }
+        // Counted by /64 for IPv6 (see `counted_addr`).
+        let ip = crate::throttle::counted_addr(ip);
         match self.admit_ip(ip) {
             Ok(()) => Ok(ConnectionPermit {
                 limits: Arc::clone(self),

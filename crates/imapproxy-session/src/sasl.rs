@@ -17,10 +17,13 @@ pub(crate) fn username(mechanism: &str, first: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(first).ok()?;
     match mechanism {
         // Google's XOAUTH2: "user=" {User} "\x01auth=Bearer " {token} "\x01\x01".
-        "XOAUTH2" => text
-            .split('\x01')
-            .find_map(|kv| kv.strip_prefix("user="))
-            .map(str::to_owned),
+        // Two `user=` fields could route and throttle one user while the backend logs in
+        // another: refuse them.
+        "XOAUTH2" => {
+            let mut users = text.split('\x01').filter_map(|kv| kv.strip_prefix("user="));
+            let user = users.next()?;
+            users.next().is_none().then(|| user.to_owned())
+        }
         // RFC 7628 §3.1: gs2-header "n,a=" saslname "," then kvpairs; the user is the authzid.
         "OAUTHBEARER" => {
             let (authzid, _) = gs2_header(text)?;
@@ -119,5 +122,19 @@ mod tests {
         assert_eq!(username("SCRAM-SHA-256", b"p=tls-unique,,n=u,r=x"), None);
         assert_eq!(username("SCRAM-SHA-256", b"n,,r=x"), None);
         assert_eq!(username("SCRAM-SHA-256", b"\xff"), None);
+    }
+    #[test]
+    fn xoauth2_with_two_users_is_refused() {
+        assert_eq!(
+            username(
+                "XOAUTH2",
+                b"user=alice\x01user=bob\x01auth=Bearer t\x01\x01"
+            ),
+            None
+        );
+        assert_eq!(
+            username("XOAUTH2", b"user=alice\x01auth=Bearer t\x01\x01").as_deref(),
+            Some("alice")
+        );
     }
 }

@@ -92,6 +92,18 @@ pub enum Verdict {
     IpBlocked,
 }
 
+/// The address a client is counted under: IPv4 as is, IPv6 by its /64, since anyone with a
+/// home connection has a /64 to pick fresh source addresses from.
+pub(crate) fn counted_addr(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Key {
     Ip(IpAddr),
@@ -148,6 +160,7 @@ impl Throttle {
         if self.exempt(ip) {
             return Verdict::Allow;
         }
+        let ip = counted_addr(ip);
         let now = Instant::now();
         let table = self.table();
         let blocked = |key: &Key| {
@@ -171,6 +184,7 @@ impl Throttle {
         if self.exempt(ip) {
             return Duration::ZERO;
         }
+        let ip = counted_addr(ip);
         let now = Instant::now();
         let s = self.settings.load();
         let mut table = self.table();
@@ -205,6 +219,11 @@ impl Throttle {
     ) -> Option<u32> {
         if !table.contains_key(&key) && table.len() >= self.settings.load().max_tracked {
             self.make_room(table, now);
+            if table.len() >= self.settings.load().max_tracked {
+                // Full of live blocks: those are never dropped to make room (that would let
+                // an attacker lift them by flooding the table); this failure goes uncounted.
+                return Some(0);
+            }
         }
         let e = table.entry(key).or_insert(Entry {
             failures: 0,
@@ -233,6 +252,7 @@ impl Throttle {
         if self.exempt(ip) {
             return;
         }
+        let ip = counted_addr(ip);
         let mut table = self.table();
         let Some(user_entry) = table.remove(&Key::User(user.to_lowercase(), ip)) else {
             return;
@@ -259,18 +279,20 @@ impl Throttle {
         if table.len() < self.settings.load().max_tracked {
             return;
         }
-        let mut ages: Vec<Instant> = table.values().map(|e| e.last_seen).collect();
-        let cut = (ages.len() / 8).max(1).min(ages.len().saturating_sub(1));
+        // Still full: drop the oldest eighth of what is only counting, never a live block.
+        let blocking = |e: &Entry| e.blocked_until.is_some_and(|u| u > now);
+        let mut ages: Vec<Instant> = table
+            .values()
+            .filter(|e| !blocking(e))
+            .map(|e| e.last_seen)
+            .collect();
+        if ages.is_empty() {
+            return;
+        }
+        let cut = (ages.len() / 8).min(ages.len() - 1);
         let (_, nth, _) = ages.select_nth_unstable(cut);
         let threshold = *nth;
-        table.retain(|_, e| e.last_seen >= threshold);
-        // Equal timestamps can keep everything: fall back to dropping arbitrary entries.
-        while table.len() >= self.settings.load().max_tracked {
-            let Some(k) = table.keys().next().cloned() else {
-                break;
-            };
-            table.remove(&k);
-        }
+        table.retain(|_, e| blocking(e) || e.last_seen > threshold);
     }
 }
 
@@ -307,6 +329,41 @@ mod tests {
         assert_eq!(t.check(A, "alice"), Verdict::Allow);
         tokio::time::advance(Duration::from_secs(11)).await;
         assert_eq!(t.check(A, "bob"), Verdict::Allow);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_fresh_addresses_does_not_lift_blocks() {
+        let t = Throttle::new(settings());
+        for _ in 0..3 {
+            t.record_failure(A, "bob");
+        }
+        assert_eq!(t.check(A, "bob"), Verdict::UserBlocked);
+        // 1,000 failures from other addresses, far beyond max_tracked (100).
+        for i in 0..1000u32 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0xC633_6400 + i));
+            t.record_failure(ip, "x");
+        }
+        assert!(t.tracked() <= 100, "{}", t.tracked());
+        assert_eq!(t.check(A, "bob"), Verdict::UserBlocked);
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(counted_addr(a), counted_addr(b));
+        assert_ne!(counted_addr(a), counted_addr(other));
+        assert_eq!(counted_addr(A), A);
+        let t = Throttle::new(settings());
+        for _ in 0..3 {
+            t.record_failure(a, "bob");
+        }
+        assert_eq!(
+            t.check(b, "bob"),
+            Verdict::UserBlocked,
+            "a new address in the same /64"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -24,6 +24,8 @@ use tracing::{info, warn};
 const MAX_HEAD: usize = 8 * 1024;
 /// Largest request body accepted (`backend=<name>` and the like).
 const MAX_BODY: usize = 4 * 1024;
+/// Admin connections served at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 32;
 /// Bound on reading a request and writing its answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -39,6 +41,7 @@ pub struct AdminState {
 
 /// Serves until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -51,8 +54,15 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
             },
             _ = stop.cancelled() => return,
         };
+        // Bounded: the request is read before the token is checked, so anyone who can reach
+        // the port could otherwise hold descriptors the IMAP listeners need.
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            drop(tcp);
+            continue;
+        };
         let state = Arc::clone(&state);
         tokio::spawn(async move {
+            let _permit = permit;
             if tokio::time::timeout(IO_TIMEOUT, handle(tcp, peer, &state))
                 .await
                 .is_err()

@@ -20,7 +20,8 @@ const MAX_MESSAGE: usize = 200;
 
 /// Asks an nginx-style HTTP auth service where a user lives, and whether it may log in.
 ///
-/// Request (HTTP/1.1, `Connection: close`): `Auth-Method: plain`, `Auth-User`, `Auth-Pass`
+/// Request (HTTP/1.1, `Connection: close`): `Auth-Method: plain` (`external` when the login
+/// carries no password: SASL mechanisms relayed to the backend), `Auth-User`, `Auth-Pass`
 /// (both escaped as nginx does: `%XX` for `%`, space, control and non-ASCII bytes),
 /// `Auth-Protocol: imap`, `Auth-Login-Attempt`, `Client-IP` (when known), plus any
 /// [`HttpAuthDirectory::with_header`] (nginx's `auth_http_header`, e.g. a shared secret).
@@ -121,8 +122,15 @@ impl HttpAuthDirectory {
     }
 
     fn request(&self, ctx: &LookupContext<'_>) -> String {
+        // Without a password (SASL mechanisms the backend verifies itself: SCRAM, OAuth),
+        // nginx's `external`: the service routes, the backend authenticates.
+        let method = if ctx.password.is_some() {
+            "plain"
+        } else {
+            "external"
+        };
         let mut req = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuth-Method: plain\r\n\
+            "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuth-Method: {method}\r\n\
              Auth-User: {}\r\nAuth-Pass: {}\r\nAuth-Protocol: imap\r\nAuth-Login-Attempt: {}\r\n",
             self.path,
             self.host,
