@@ -3,13 +3,16 @@
 //! where a login landed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use imapproxy_testkit::{Dovecot, TestClient, free_port, shared_mail_dir};
+use common::{Binary, loopback};
+use imapproxy_testkit::{Dovecot, TestClient, shared_mail_dir};
 
 const ADMIN_TOKEN: &str = "t0ken-for-user-tests";
 
@@ -44,26 +47,17 @@ fn backends() -> &'static Backends {
     })
 }
 
-/// A running proxy process, killed on drop.
+/// The proxy under test: its plain listener and admin endpoint.
 struct ProxyProcess {
-    child: Child,
+    _binary: Binary,
     plain: SocketAddr,
     admin: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl ProxyProcess {
     fn start(overrides_file: Option<&Path>) -> Self {
         let b = backends();
-        let dir = tempfile::tempdir().unwrap();
-        let [plain, admin] = [0; 2].map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let [plain, admin] = [(); 2].map(|()| loopback());
         let overrides = overrides_file
             .map(|p| format!("overrides_file = \"{}\"\n", p.display()))
             .unwrap_or_default();
@@ -89,30 +83,11 @@ token = "{ADMIN_TOKEN}"
             a = b.mail1.imap_addr(),
             b = b.mail2.imap_addr(),
         );
-        let path = dir.path().join("imapproxy.toml");
-        std::fs::write(&path, config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_imapproxy"))
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let proxy = Self {
-            child,
+        Self {
+            _binary: Binary::start(&config, &[plain, admin]),
             plain,
             admin,
-            _dir: dir,
-        };
-        for addr in [plain, admin] {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while std::net::TcpStream::connect(addr).is_err() {
-                assert!(Instant::now() < deadline, "proxy did not listen on {addr}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
         }
-        proxy
     }
 
     /// An admin request with curl: (status, body). `form` is sent as the request body.

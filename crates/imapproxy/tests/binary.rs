@@ -2,12 +2,15 @@
 //! Dovecot's view of the client address, bounded memory under hostile input, SIGTERM.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use imapproxy_testkit::{Dovecot, TestClient, free_port};
+use common::{Binary, loopback};
+use imapproxy_testkit::{Dovecot, TestClient};
 
 const ADMIN_TOKEN: &str = "t0ken-for-tests";
 
@@ -15,28 +18,18 @@ fn dovecot() -> &'static Dovecot {
     Dovecot::shared()
 }
 
-/// A running proxy process, killed on drop.
+/// The proxy under test and its listeners.
 struct ProxyProcess {
-    child: Child,
+    binary: Binary,
     plain: SocketAddr,
     starttls: SocketAddr,
     implicit: SocketAddr,
     admin: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl ProxyProcess {
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let [plain, starttls, implicit, admin] =
-            [0; 4].map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let [plain, starttls, implicit, admin] = [(); 4].map(|()| loopback());
         let config = format!(
             r#"
 [[listeners]]
@@ -65,49 +58,17 @@ token = "{ADMIN_TOKEN}"
 "#,
             backend = dovecot().imap_addr()
         );
-        let path = dir.path().join("imapproxy.toml");
-        std::fs::write(&path, config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_imapproxy"))
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let proxy = Self {
-            child,
+        Self {
+            binary: Binary::start(&config, &[plain, starttls, implicit, admin]),
             plain,
             starttls,
             implicit,
             admin,
-            _dir: dir,
-        };
-        for addr in [plain, starttls, implicit, admin] {
-            wait_for_port(addr);
         }
-        proxy
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-}
-
-fn wait_for_port(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "proxy did not listen on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
+        self.binary.rss_kib()
     }
 }
 
@@ -320,11 +281,7 @@ fn sigterm_drains_then_says_bye_and_exits_cleanly() {
         assert!(c.login(&user, &pass).await.unwrap().tagged_ok());
         c
     });
-    let status = Command::new("kill")
-        .args(["-TERM", &proxy.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    proxy.binary.signal("TERM");
     // Draining: the listeners close at once, the running session goes on working during
     // the grace period (3 s in this config)...
     std::thread::sleep(Duration::from_millis(300));
@@ -343,7 +300,7 @@ fn sigterm_drains_then_says_bye_and_exits_cleanly() {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     let exit = loop {
-        if let Some(status) = proxy.child.try_wait().unwrap() {
+        if let Some(status) = proxy.binary.child.try_wait().unwrap() {
             break status;
         }
         assert!(

@@ -1,11 +1,13 @@
 //! SIGHUP reloads backends and routing while sessions run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use imapproxy_testkit::{Dovecot, TestClient, free_port, shared_mail_dir};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{Binary, loopback};
+use imapproxy_testkit::{Dovecot, TestClient, shared_mail_dir};
 
 fn config(listen: SocketAddr, backends: &[(&str, SocketAddr)]) -> String {
     let mut c = format!(
@@ -33,23 +35,9 @@ fn sighup_adds_a_backend_while_sessions_run() {
         .mail_dir(store.path())
         .start()
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("imapproxy.toml");
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    std::fs::write(&path, config(listen, &[("mail-a", a.imap_addr())])).unwrap();
-    let mut proxy = Command::new(env!("CARGO_BIN_EXE_imapproxy"))
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(listen).is_err() {
-        assert!(Instant::now() < deadline, "proxy did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let listen = loopback();
+    let mut proxy = Binary::start(&config(listen, &[("mail-a", a.imap_addr())]), &[listen]);
+    let path = proxy.config.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (user, pass) = a.user(1);
     let mut running = rt.block_on(async {
@@ -67,14 +55,10 @@ fn sighup_adds_a_backend_while_sessions_run() {
         ),
     )
     .unwrap();
-    let status = Command::new("kill")
-        .args(["-HUP", &proxy.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    proxy.signal("HUP");
     std::thread::sleep(Duration::from_millis(500));
     assert!(
-        proxy.try_wait().unwrap().is_none(),
+        proxy.child.try_wait().unwrap().is_none(),
         "SIGHUP ended the proxy"
     );
 
@@ -102,12 +86,9 @@ fn sighup_adds_a_backend_while_sessions_run() {
 
     // A broken file is refused and the running configuration stays.
     std::fs::write(&path, "[[backends]]\nname = 1\n").unwrap();
-    Command::new("kill")
-        .args(["-HUP", &proxy.id().to_string()])
-        .status()
-        .unwrap();
+    proxy.signal("HUP");
     std::thread::sleep(Duration::from_millis(300));
-    assert!(proxy.try_wait().unwrap().is_none());
+    assert!(proxy.child.try_wait().unwrap().is_none());
     rt.block_on(async {
         let mut c = TestClient::connect(listen).await.unwrap();
         let (user3, pass3) = a.user(3);
@@ -121,10 +102,7 @@ fn sighup_adds_a_backend_while_sessions_run() {
     );
     limited.push_str("\n[limits]\ntrusted_networks = []\nmax_connections_per_ip = 2\n");
     std::fs::write(&path, limited).unwrap();
-    Command::new("kill")
-        .args(["-HUP", &proxy.id().to_string()])
-        .status()
-        .unwrap();
+    proxy.signal("HUP");
     std::thread::sleep(Duration::from_millis(300));
     rt.block_on(async {
         // `running` was admitted while loopback was trusted, so it holds no per-address slot:
@@ -136,6 +114,4 @@ fn sighup_adds_a_backend_while_sessions_run() {
         assert!(line.starts_with("* BYE [LIMIT]"), "{line}");
         drop((first, second));
     });
-    let _ = proxy.kill();
-    let _ = proxy.wait();
 }

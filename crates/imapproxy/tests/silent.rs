@@ -3,8 +3,9 @@
 //! the pre-auth timeout.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use imapproxy_testkit::free_port;
@@ -22,24 +23,15 @@ const SLACK: Duration = Duration::from_secs(3);
 /// buffers); the bound keeps a 2x margin and still catches a per-connection cost of 32 KB.
 const MAX_RSS_GROWTH_KIB: u64 = 32 * 1024;
 
-/// The proxy process, killed on drop.
+/// The proxy under test and its plain listener.
 struct ProxyProcess {
-    child: Child,
+    binary: common::Binary,
     addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl ProxyProcess {
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let addr = common::loopback();
         // Nobody logs in, so the backend is never contacted: a closed port will do.
         // Loopback must not be limited: 0 turns the per-address limits off.
         let config = format!(
@@ -63,35 +55,14 @@ max_connections = 10000
 "#,
             backend = free_port()
         );
-        let path = dir.path().join("imapproxy.toml");
-        std::fs::write(&path, config).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_imapproxy"))
-            .arg("--config")
-            .arg(&path)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "proxy did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
         Self {
-            child,
+            binary: common::Binary::start(&config, &[addr]),
             addr,
-            _dir: dir,
         }
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
+        self.binary.rss_kib()
     }
 }
 

@@ -2,19 +2,18 @@
 //! and shows their health.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use imapproxy_testkit::{Dovecot, free_port};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Binary, loopback};
+use imapproxy_testkit::Dovecot;
 
 #[test]
 fn status_page_renders_in_chromium_and_names_every_backend() {
     let dovecot = Dovecot::shared();
-    let dir = tempfile::tempdir().unwrap();
-    let imap = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let [imap, admin, dead] = [(); 3].map(|()| loopback());
     let config = format!(
         r#"
 [[listeners]]
@@ -39,21 +38,7 @@ addr = "{admin}"
 "#,
         alive = dovecot.imap_addr()
     );
-    let path = dir.path().join("imapproxy.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut proxy = Command::new(env!("CARGO_BIN_EXE_imapproxy"))
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(admin).is_err() {
-        assert!(Instant::now() < deadline, "admin endpoint did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let proxy = Binary::start(&config, &[admin]);
     // Let a few health rounds mark the dead backend down.
     std::thread::sleep(Duration::from_millis(800));
 
@@ -74,8 +59,7 @@ addr = "{admin}"
         .arg(format!("http://{admin}/"))
         .output()
         .expect("chromium is installed (cargo xtask test installs it)");
-    let _ = proxy.kill();
-    let _ = proxy.wait();
+    drop(proxy);
     let dom = String::from_utf8_lossy(&out.stdout);
     assert!(
         dom.contains("<h1>imapproxy</h1>"),

@@ -1,0 +1,92 @@
+//! Starting the `imapproxy` binary for a test: a generated config in a temp dir, the process
+//! waited for on its ports, and killed (by its PID) when the test is done.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use imapproxy_testkit::free_port;
+
+/// A running `imapproxy`, killed on drop.
+pub struct Binary {
+    /// The process.
+    pub child: Child,
+    /// Its configuration file (rewrite it, then [`Binary::signal`] `HUP`, to reload).
+    pub config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Binary {
+    /// Writes `config`, starts the binary on it and waits until every address of `wait_for`
+    /// accepts connections.
+    pub fn start(config: &str, wait_for: &[SocketAddr]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("imapproxy.toml");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_imapproxy"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let binary = Self {
+            child,
+            config: path,
+            _dir: dir,
+        };
+        for addr in wait_for {
+            wait_for_port(*addr);
+        }
+        binary
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (`TERM`, `HUP`, ...) to this process only.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// The process's resident set size, from `/proc`.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+/// A free loopback address.
+pub fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// Waits (at most 20 s) until `addr` accepts connections.
+pub fn wait_for_port(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "proxy did not listen on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
