@@ -77,11 +77,7 @@ impl Session {
             return Ok(Next::Continue);
         };
         let id_fields = self.backend_id_fields();
-        // For backends that take a PROXY header: the client, and where it connected.
-        let client = self.local.map(|destination| ClientAddrs {
-            source: self.peer,
-            destination,
-        });
+        let client = self.client_addrs();
         for backend_id in candidates
             .iter()
             .take(self.proxy.settings.max_backend_attempts)
@@ -97,49 +93,13 @@ impl Session {
                         .logged_in(parser, tag, session, backend_id, &user_key)
                         .await;
                 }
-                Err(PoolError::PoolTimeout) => {
-                    // Expected under bursts; counted by the pool, not worth a warning each.
-                    info!("all of the user's backend sessions stayed busy");
-                    // RFC 5530 [LIMIT], as Dovecot answers when its per-user cap is hit.
-                    count_login("limit");
-                    self.tagged(
-                        tag,
-                        "NO [LIMIT] Too many sessions for this user, try again later.",
-                    )
-                    .await?;
-                    return Ok(Next::Continue);
-                }
-                Err(e) if !e.is_retryable() => {
-                    info!("authentication failed");
-                    let delay = self
-                        .proxy
-                        .throttle
-                        .record_failure(self.peer.ip(), &user_key);
-                    tokio::time::sleep(delay).await;
-                    self.auth_failed(tag).await?;
-                    return Ok(Next::Continue);
-                }
-                Err(e) => {
-                    warn!(backend = %backend_id, error = %e, "backend login failed");
-                    // Passive marking: the backend could not be reached, which counts toward
-                    // its `fall` like a failed check. Login answers and our own caps
-                    // (`BackendFull`) say nothing about its health.
-                    if let Some(health) = &upstreams.health
-                        && unreachable(&e)
-                    {
-                        health.report_failure(backend_id, &e.to_string());
-                    }
-                }
+                Err(PoolError::PoolTimeout) => return self.over_user_limit(tag).await,
+                Err(e) if !e.is_retryable() => return self.login_failed(tag, &user_key).await,
+                Err(e) => backend_failed(&upstreams, backend_id, &e),
             }
         }
         warn!("no backend available");
-        count_login("unavailable");
-        self.tagged(
-            tag,
-            "NO [UNAVAILABLE] Service temporarily unavailable, try again later.",
-        )
-        .await?;
-        Ok(Next::Continue)
+        self.unavailable(tag).await
     }
 
     /// Relays a SASL exchange the proxy cannot verify (XOAUTH2, OAUTHBEARER, SCRAM-*) to a
@@ -190,10 +150,7 @@ impl Session {
             return Ok(Next::Continue);
         };
         let id_fields = self.backend_id_fields();
-        let client = self.local.map(|destination| ClientAddrs {
-            source: self.peer,
-            destination,
-        });
+        let client = self.client_addrs();
         for backend_id in candidates
             .iter()
             .take(self.proxy.settings.max_backend_attempts)
@@ -217,24 +174,10 @@ impl Session {
             };
             let (mut login, mut step) = match started {
                 Ok(started) => started,
-                Err(PoolError::PoolTimeout) => {
-                    info!("all of the user's backend sessions stayed busy");
-                    count_login("limit");
-                    self.tagged(
-                        tag,
-                        "NO [LIMIT] Too many sessions for this user, try again later.",
-                    )
-                    .await?;
-                    return Ok(Next::Continue);
-                }
-                Err(e) if !e.is_retryable() => return self.sasl_failed(tag, &user_key).await,
+                Err(PoolError::PoolTimeout) => return self.over_user_limit(tag).await,
+                Err(e) if !e.is_retryable() => return self.login_failed(tag, &user_key).await,
                 Err(e) => {
-                    warn!(backend = %backend_id, error = %e, "backend login failed");
-                    if let Some(health) = &upstreams.health
-                        && unreachable(&e)
-                    {
-                        health.report_failure(backend_id, &e.to_string());
-                    }
+                    backend_failed(&upstreams, backend_id, &e);
                     continue;
                 }
             };
@@ -256,7 +199,7 @@ impl Session {
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
                 {
                     warn!(backend = %backend_id, "invalid SASL challenge from backend");
-                    return self.sasl_unavailable(tag).await;
+                    return self.unavailable(tag).await;
                 }
                 let mut prompt = Vec::with_capacity(challenge.len() + 4);
                 prompt.extend_from_slice(b"+ ");
@@ -272,21 +215,22 @@ impl Session {
                 step = match login.respond(answer.expose()).await {
                     Ok(step) => step,
                     Err(e) if !e.is_retryable() => {
-                        return self.sasl_failed(tag, &user_key).await;
+                        return self.login_failed(tag, &user_key).await;
                     }
                     Err(e) => {
                         warn!(backend = %backend_id, error = %e, "backend failed during SASL");
-                        return self.sasl_unavailable(tag).await;
+                        return self.unavailable(tag).await;
                     }
                 };
             }
         }
         warn!("no backend available");
-        self.sasl_unavailable(tag).await
+        self.unavailable(tag).await
     }
 
     /// A relayed SASL exchange the backend refused: counted like a wrong password.
-    pub(super) async fn sasl_failed(&mut self, tag: &Tag, user_key: &str) -> Result<Next, Error> {
+    /// The backend refused the credentials: counted by the throttle, answered after its delay.
+    pub(super) async fn login_failed(&mut self, tag: &Tag, user_key: &str) -> Result<Next, Error> {
         info!("authentication failed");
         let delay = self.proxy.throttle.record_failure(self.peer.ip(), user_key);
         tokio::time::sleep(delay).await;
@@ -294,7 +238,30 @@ impl Session {
         Ok(Next::Continue)
     }
 
-    pub(super) async fn sasl_unavailable(&mut self, tag: &Tag) -> Result<Next, Error> {
+    /// All of the user's backend sessions stayed busy for `wait_timeout`.
+    pub(super) async fn over_user_limit(&mut self, tag: &Tag) -> Result<Next, Error> {
+        // Expected under bursts; counted by the pool, not worth a warning each.
+        info!("all of the user's backend sessions stayed busy");
+        // RFC 5530 [LIMIT], as Dovecot answers when its per-user cap is hit.
+        count_login("limit");
+        self.tagged(
+            tag,
+            "NO [LIMIT] Too many sessions for this user, try again later.",
+        )
+        .await?;
+        Ok(Next::Continue)
+    }
+
+    /// For backends that take a PROXY header: the client, and where it connected.
+    pub(super) fn client_addrs(&self) -> Option<ClientAddrs> {
+        self.local.map(|destination| ClientAddrs {
+            source: self.peer,
+            destination,
+        })
+    }
+
+    /// No backend could take the login.
+    pub(super) async fn unavailable(&mut self, tag: &Tag) -> Result<Next, Error> {
         count_login("unavailable");
         self.tagged(
             tag,
@@ -369,12 +336,7 @@ impl Session {
                     }
                     Err(e) => {
                         warn!(error = %e, "user directory unavailable");
-                        count_login("unavailable");
-                        self.tagged(
-                            tag,
-                            "NO [UNAVAILABLE] Service temporarily unavailable, try again later.",
-                        )
-                        .await?;
+                        self.unavailable(tag).await?;
                         return Ok(None);
                     }
                 },
@@ -455,5 +417,17 @@ impl Session {
         self.write(b"* BYE [LIMIT] Too many failed logins, try again later.\r\n")
             .await?;
         Err(Error::Protocol("address blocked after failed logins"))
+    }
+}
+
+/// A backend failed before the client saw anything from it: logged, and, when it could not be
+/// reached at all, reported to the health monitor (passive marking counts toward its `fall`
+/// like a failed check; login answers and our own caps say nothing about its health).
+fn backend_failed(upstreams: &Upstreams, backend_id: &BackendId, e: &PoolError) {
+    warn!(backend = %backend_id, error = %e, "backend login failed");
+    if let Some(health) = &upstreams.health
+        && unreachable(e)
+    {
+        health.report_failure(backend_id, &e.to_string());
     }
 }
