@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use imapproxy_pool::{BackendTarget, Credentials, PoolSettings, Reset, Secret, SessionPool};
+use imapproxy_pool::{BackendTarget, Credentials, Disposition, PoolSettings, Secret, SessionPool};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -44,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let headers = conn
                 .command("FETCH 1:* (BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)])")
                 .await?;
-            pool.checkin(session, true, Reset { selected: true }).await;
+            pool.checkin(session, Disposition::Reuse).await;
             Ok::<_, imapproxy_pool::Error>((worker, headers.untagged.len()))
         }));
     }

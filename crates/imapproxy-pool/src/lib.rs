@@ -7,21 +7,26 @@
 //! - [`SessionPool`] keeps, per backend, **warm** connections (TLS done, greeting read, not yet
 //!   logged in; a deadpool per backend, topped up by [`SessionPool::maintain`]) and a cache of
 //!   **authenticated** sessions keyed by (backend, user, HMAC of the credentials), compared in
-//!   constant time. A returned session is reset with `UNSELECT` (never `CLOSE`, which
-//!   expunges), checked for liveness before it is lent again (nothing waiting on the socket,
-//!   `NOOP` after a long idle), and expired after `idle_timeout`. Sessions that ran `ENABLE` or
-//!   `COMPRESS`, saw an error, or whose backend lacks `UNSELECT` are never reused.
+//!   constant time. The caller returns a session with a [`Disposition`]; one it may `Reuse`
+//!   is always reset with `UNSELECT` (never `CLOSE`, which expunges) and cached only if the
+//!   answer is clean, checked for liveness before it is lent again (nothing waiting on the
+//!   socket, `NOOP` after a long idle), and expired after `idle_timeout`. No session is served
+//!   from the cache longer than `max_age` after its backend login, so a changed password or a
+//!   disabled account stops working through the cache within that time. Sessions that ran
+//!   `ENABLE` or `COMPRESS`, saw an error, or whose backend lacks `UNSELECT` are never reused.
 //! - Caps: at most `max_per_user` backend sessions per user (lent and cached together) and
 //!   `max_connections` per backend; clients over the cap wait in a FIFO queue for at most
 //!   `wait_timeout`, so 50 workers of one user share 8 sessions instead of hitting the server's
-//!   per-user limit.
+//!   per-user limit. A backend at `max_connections` closes its least recently used cached
+//!   session (of any user) to make room before it refuses a login; warm connections only use
+//!   the room left under the cap.
 //!
 //! 200 tasks, at most 8 backend sessions:
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), imapproxy_pool::Error> {
 //! use std::sync::Arc;
-//! use imapproxy_pool::{BackendTarget, Credentials, PoolSettings, Reset, Secret, SessionPool};
+//! use imapproxy_pool::{BackendTarget, Credentials, Disposition, PoolSettings, Secret, SessionPool};
 //!
 //! let pool = SessionPool::new(PoolSettings { max_per_user: 8, ..PoolSettings::default() })?;
 //! pool.add_backend("mail", BackendTarget::plain("127.0.0.1:143"), 100);
@@ -37,7 +42,7 @@
 //!         let mut session = pool.checkout("mail", &creds, &[]).await?;
 //!         session.conn().command("SELECT INBOX").await?;
 //!         let headers = session.conn().command("FETCH 1:* (BODY.PEEK[HEADER])").await?;
-//!         pool.checkin(session, true, Reset { selected: true }).await;
+//!         pool.checkin(session, Disposition::Reuse).await;
 //!         Ok::<_, imapproxy_pool::Error>(headers.untagged.len())
 //!     }));
 //! }
@@ -73,10 +78,12 @@
 //! login, `LOGOUT`) for a health monitor such as `imapproxy_route::HealthMonitor`.
 //!
 //! The crate emits `tracing` events and `metrics` counters (`imapproxy_pool_checkouts_total`
-//! by result); it installs no subscriber or recorder.
+//! by result, `imapproxy_pool_evictions_total` by reason: `backend_full`, `user_full`,
+//! `max_age`, `idle_timeout`); it installs no subscriber or recorder.
 #![deny(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
+mod checkin;
 mod connector;
 mod digest;
 mod error;
@@ -86,11 +93,12 @@ mod pool;
 mod stream;
 mod warm;
 
+pub use checkin::Disposition;
 pub use connector::{
     BackendConn, BackendTarget, ClientAddrs, Credentials, Response, SaslStep, proxy_v2_header,
 };
 pub use error::Error;
 pub use health::ImapCheck;
 pub use imapproxy_codec::Secret;
-pub use pool::{PoolSettings, PoolStatus, PooledSession, Reset, SaslLogin, SessionPool};
+pub use pool::{PoolSettings, PoolStatus, PooledSession, SaslLogin, SessionPool};
 pub use stream::BackendStream;

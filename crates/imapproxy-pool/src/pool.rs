@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::checkin::{self, Disposition};
 use crate::digest::{Digest, DigestKey};
 use crate::liveness::idle_and_alive;
 use crate::warm::{self, WarmPool};
@@ -19,7 +20,8 @@ pub struct PoolSettings {
     /// Keep authenticated sessions after the client logs out, for the next login of the same
     /// user with the same password.
     pub reuse: bool,
-    /// Warm (connected, greeted, not logged in) connections kept per backend.
+    /// Warm (connected, greeted, not logged in) connections kept per backend, in the room
+    /// its `max_connections` leaves beside the sessions lent out and cached.
     pub warm: usize,
     /// Replace warm connections older than this (servers drop idle unauthenticated ones).
     pub warm_max_age: Duration,
@@ -31,6 +33,12 @@ pub struct PoolSettings {
     pub wait_timeout: Duration,
     /// A cached session idle for longer than this is checked with `NOOP` before reuse.
     pub noop_after: Duration,
+    /// The longest a backend session is served from the cache, counted from its backend
+    /// login, however busy it is: older sessions are closed at check-in, at checkout (a fresh
+    /// login takes their place) and by [`SessionPool::expire`]. A backend checks the password
+    /// only at login, so this bounds how long a changed password or a disabled account keeps
+    /// working through the cache; a fresh login costs the backend a few milliseconds.
+    pub max_age: Duration,
 }
 
 impl Default for PoolSettings {
@@ -43,6 +51,7 @@ impl Default for PoolSettings {
             max_per_user: 8,
             wait_timeout: Duration::from_secs(10),
             noop_after: Duration::from_secs(30),
+            max_age: Duration::from_secs(300),
         }
     }
 }
@@ -57,9 +66,11 @@ pub struct PooledSession {
     digest: Digest,
     slot: UserSlot,
     reused: bool,
+    /// When the backend login happened (not the checkout): see [`PoolSettings::max_age`].
+    born: Instant,
     /// False for sessions logged in by a relayed SASL exchange: there is no password to
     /// match a later login against, so they are never cached.
-    reusable: bool,
+    cacheable: bool,
     _conn_count: ConnCount,
 }
 
@@ -94,10 +105,11 @@ impl PooledSession {
         &self.backend
     }
 
-    /// Whether [`SessionPool::checkin`] may cache this session (false after a relayed SASL
-    /// login, which has no password to key the cache with).
+    /// Whether [`SessionPool::checkin`] may cache this session at all (false after a relayed
+    /// SASL login, which has no password to key the cache with). Even then the pool closes it
+    /// unless the caller returns it with [`Disposition::Reuse`] and its reset succeeds.
     pub fn cacheable(&self) -> bool {
-        self.reusable
+        self.cacheable
     }
 }
 
@@ -154,13 +166,6 @@ impl SaslLogin {
     }
 }
 
-/// What a returned session needs before someone else may use it.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Reset {
-    /// A mailbox may be selected: send `UNSELECT` (RFC 3691; never `CLOSE`, which expunges).
-    pub selected: bool,
-}
-
 /// Counters for status pages and tests.
 #[derive(Clone, Debug, Default)]
 pub struct PoolStatus {
@@ -180,15 +185,26 @@ pub struct PoolStatus {
     pub waits: u64,
     /// Checkouts that gave up after `wait_timeout`.
     pub timeouts: u64,
+    /// Cached sessions closed to make room for another user on a full backend.
+    pub evictions: u64,
 }
 
 struct Idle {
     conn: BackendConn,
     backend: Arc<str>,
     digest: Digest,
+    /// Cached since (the last check-in): for `idle_timeout` and least-recently-used eviction.
     since: Instant,
+    /// Logged in on the backend at: for `max_age`.
+    born: Instant,
     slot: UserSlot,
     conn_count: ConnCount,
+}
+
+impl Idle {
+    fn too_old(&self, max_age: Duration) -> bool {
+        self.born.elapsed() >= max_age
+    }
 }
 
 enum Grant {
@@ -233,6 +249,7 @@ struct Inner {
     misses: AtomicU64,
     waits: AtomicU64,
     timeouts: AtomicU64,
+    evictions: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -342,6 +359,7 @@ impl SessionPool {
                 misses: AtomicU64::new(0),
                 waits: AtomicU64::new(0),
                 timeouts: AtomicU64::new(0),
+                evictions: AtomicU64::new(0),
             }),
         })
     }
@@ -543,6 +561,8 @@ impl SessionPool {
                 }
                 Plan::New(slot, evicted) => {
                     if let Some((conn, conn_count)) = evicted {
+                        metrics::counter!("imapproxy_pool_evictions_total", "reason" => "user_full")
+                            .increment(1);
                         close_politely(conn);
                         drop(conn_count);
                     }
@@ -591,15 +611,29 @@ impl SessionPool {
         }
     }
 
-    /// Checks a cached session before lending it: nothing unsolicited waiting on the socket,
-    /// and a `NOOP` round trip when it has been idle for long. On failure the slot is
-    /// returned for a fresh login.
+    /// Checks a cached session before lending it: not past `max_age`, nothing unsolicited
+    /// waiting on the socket, and a `NOOP` round trip when it has been idle for long. On
+    /// failure the slot is returned for a fresh login.
     async fn revive(&self, idle: Idle) -> Result<PooledSession, UserSlot> {
+        if idle.too_old(self.inner.settings.max_age) {
+            tracing::debug!(backend = %idle.backend, "cached session past max_age; logging in afresh");
+            metrics::counter!("imapproxy_pool_evictions_total", "reason" => "max_age").increment(1);
+            let Idle {
+                conn,
+                slot,
+                conn_count,
+                ..
+            } = idle;
+            close_politely(conn);
+            drop(conn_count);
+            return Err(slot);
+        }
         let Idle {
             mut conn,
             backend,
             digest,
             since,
+            born,
             slot,
             conn_count,
         } = idle;
@@ -614,7 +648,8 @@ impl SessionPool {
                 digest,
                 slot,
                 reused: true,
-                reusable: true,
+                born,
+                cacheable: true,
                 _conn_count: conn_count,
             })
         } else {
@@ -642,7 +677,21 @@ impl SessionPool {
         let count = be.conns.fetch_add(1, Ordering::AcqRel) + 1;
         let conn_count = ConnCount(Arc::clone(&be.conns));
         if count > be.max_connections {
-            return Err(Error::BackendFull);
+            // Our increment stands: the evicted session's count is given back instead. Each
+            // login that finds the backend over its cap evicts one, so concurrent ones settle
+            // at the cap. Without anything to evict, dropping `conn_count` undoes ours.
+            let Some(evicted) = self.evict_lru(&be.conns) else {
+                return Err(Error::BackendFull);
+            };
+            tracing::debug!(%backend, "backend full: closing its least recently used cached session");
+            self.inner.evictions.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("imapproxy_pool_evictions_total", "reason" => "backend_full")
+                .increment(1);
+            // Outside the users lock: the slot's drop takes it (and may hand the slot to a
+            // waiter of the evicted session's user).
+            close_politely(evicted.conn);
+            drop(evicted.slot);
+            drop(evicted.conn_count);
         }
         let warm = match &be.warm {
             // A warm connection's PROXY header (if any) could not name this client.
@@ -664,41 +713,77 @@ impl SessionPool {
             digest,
             slot,
             reused: false,
-            reusable: !sasl,
+            born: Instant::now(),
+            cacheable: !sasl,
             _conn_count: conn_count,
         })
     }
 
-    /// Takes a session back after its client is done. With `reusable` false (the session
-    /// ran `ENABLE` or `COMPRESS`, saw an error, or its client vanished mid-command) it is
-    /// closed. Otherwise it is reset (`UNSELECT` when a mailbox may be selected) and handed
-    /// to the first waiting client with the same credentials, or cached.
-    pub async fn checkin(&self, session: PooledSession, reusable: bool, reset: Reset) {
+    /// Takes the least recently used cached session, of any user, that counts against
+    /// `conns` (one backend's counter: after a reload replaced that backend, sessions cached
+    /// on its old entry count against the old counter, and evicting them would free nothing
+    /// here). The caller closes it after the lock is released.
+    fn evict_lru(&self, conns: &Arc<AtomicUsize>) -> Option<Idle> {
+        let mut users = lock(&self.inner.users);
+        let mut oldest: Option<(Arc<str>, usize, Instant)> = None;
+        for (user, state) in users.iter() {
+            for (i, idle) in state.idle.iter().enumerate() {
+                let older = oldest.as_ref().is_none_or(|(_, _, t)| idle.since < *t);
+                if older && Arc::ptr_eq(&idle.conn_count.0, conns) {
+                    oldest = Some((Arc::clone(user), i, idle.since));
+                }
+            }
+        }
+        let (user, i, _) = oldest?;
+        users.get_mut(&user).map(|state| state.idle.swap_remove(i))
+    }
+
+    /// Takes a session back after its client is done.
+    ///
+    /// With [`Disposition::Close`] (the session ran `ENABLE` or `COMPRESS`, saw an error, or
+    /// its client vanished mid-command) it is closed, and so is a session that may not be
+    /// cached at all ([`PooledSession::cacheable`]), one past [`PoolSettings::max_age`], or
+    /// any when `reuse` is off or the backend lacks `UNSELECT`. Otherwise the pool always
+    /// sends `UNSELECT` (RFC 3691; never `CLOSE`, which expunges), whatever the caller
+    /// believes was selected: `OK` or `BAD` (nothing selected) with no untagged data but
+    /// `* OK [CLOSED]` keeps the session; `NO`, `BYE`, anything unsolicited, an I/O error or
+    /// no answer within 2 s closes it. A kept session goes to the first waiting client with
+    /// the same credentials, or into the cache.
+    pub async fn checkin(&self, session: PooledSession, disposition: Disposition) {
         let PooledSession {
             mut conn,
             backend,
             digest,
             slot,
+            born,
+            cacheable,
             _conn_count: conn_count,
-            reusable: cacheable,
             ..
         } = session;
-        if !reusable || !cacheable || !self.inner.settings.reuse || !conn.has_capability("UNSELECT")
+        let settings = &self.inner.settings;
+        if disposition != Disposition::Reuse
+            || !cacheable
+            || !settings.reuse
+            || !conn.has_capability("UNSELECT")
         {
             close_politely(conn);
             drop(slot);
             return;
         }
-        if reset.selected {
-            // RFC 3691: UNSELECT leaves the mailbox without expunging. `BAD` (nothing was
-            // selected) is fine; anything untagged in between is dropped with the response.
-            match conn.command("UNSELECT").await {
-                Ok(r) if !matches!(r.status(), Some(imapproxy_codec::Status::Bye)) => {}
-                _ => {
-                    drop(slot);
-                    return;
-                }
+        if born.elapsed() >= settings.max_age {
+            tracing::debug!(%backend, "session past max_age; not cached");
+            metrics::counter!("imapproxy_pool_evictions_total", "reason" => "max_age").increment(1);
+            close_politely(conn);
+            drop(slot);
+            return;
+        }
+        if let Err(failure) = checkin::reset(&mut conn).await {
+            tracing::debug!(%backend, reason = failure.reason, "session not cached");
+            if failure.polite {
+                close_politely(conn);
             }
+            drop(slot);
+            return;
         }
         if !idle_and_alive(conn.stream_mut()) {
             drop(slot);
@@ -709,6 +794,7 @@ impl SessionPool {
             backend,
             digest,
             since: Instant::now(),
+            born,
             slot,
             conn_count,
         };
@@ -742,6 +828,7 @@ impl SessionPool {
                         backend,
                         digest,
                         since,
+                        born,
                         slot,
                         conn_count,
                     } = idle;
@@ -756,6 +843,7 @@ impl SessionPool {
                                 backend,
                                 digest,
                                 since,
+                                born,
                                 slot,
                                 conn_count,
                             };
@@ -776,8 +864,9 @@ impl SessionPool {
         }
     }
 
-    /// Closes cached sessions idle past `idle_timeout` and tops up warm connections. Runs
-    /// until the pool is dropped; spawn it once.
+    /// Closes cached sessions idle past `idle_timeout` or older than `max_age`, and keeps
+    /// warm connections topped up (within the room each backend's `max_connections` leaves).
+    /// Runs until the pool is dropped; spawn it once.
     pub async fn maintain(self) {
         let weak = Arc::downgrade(&self.inner);
         drop(self);
@@ -791,31 +880,48 @@ impl SessionPool {
             drop(pool);
             for be in backends {
                 if let Some(w) = &be.warm {
-                    warm::top_up(w, s.warm, s.warm_max_age).await;
+                    // Warm connections are connections too: they get only the room that
+                    // `max_connections` leaves beside the sessions lent out and cached.
+                    let room = be
+                        .max_connections
+                        .saturating_sub(be.conns.load(Ordering::Acquire));
+                    warm::top_up(w, s.warm.min(room), s.warm_max_age).await;
                 }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
 
-    /// Closes cached sessions idle past `idle_timeout`.
+    /// Closes cached sessions idle past `idle_timeout` or logged in longer ago than
+    /// `max_age`.
     pub fn expire(&self) {
-        let timeout = self.inner.settings.idle_timeout;
+        let PoolSettings {
+            idle_timeout,
+            max_age,
+            ..
+        } = self.inner.settings;
         let mut expired = Vec::new();
         {
             let mut users = lock(&self.inner.users);
             for state in users.values_mut() {
                 let mut i = 0;
                 while i < state.idle.len() {
-                    if state.idle[i].since.elapsed() >= timeout {
-                        expired.push(state.idle.swap_remove(i));
+                    let idle = &state.idle[i];
+                    let reason = if idle.too_old(max_age) {
+                        "max_age"
+                    } else if idle.since.elapsed() >= idle_timeout {
+                        "idle_timeout"
                     } else {
                         i += 1;
-                    }
+                        continue;
+                    };
+                    expired.push((reason, state.idle.swap_remove(i)));
                 }
             }
         }
-        for idle in expired {
+        // Closed (and their slots released) only now: a slot's drop takes the users lock.
+        for (reason, idle) in expired {
+            metrics::counter!("imapproxy_pool_evictions_total", "reason" => reason).increment(1);
             close_politely(idle.conn);
         }
     }
@@ -859,6 +965,7 @@ impl SessionPool {
             misses: self.inner.misses.load(Ordering::Relaxed),
             waits: self.inner.waits.load(Ordering::Relaxed),
             timeouts: self.inner.timeouts.load(Ordering::Relaxed),
+            evictions: self.inner.evictions.load(Ordering::Relaxed),
             ..PoolStatus::default()
         };
         for state in lock(&self.inner.users).values() {

@@ -82,9 +82,18 @@ pub(crate) async fn take_ready(pool: &WarmPool) -> Option<BackendConn> {
     Some(Object::take(obj))
 }
 
-/// Drops connections past their age and opens new ones until `want` are idle.
+/// Drops connections past their age, and any beyond `want`, and opens new ones until `want`
+/// are idle.
 pub(crate) async fn top_up(pool: &WarmPool, want: usize, max_age: Duration) {
     pool.retain(|_, m| m.age() < max_age);
+    let mut excess = pool.status().available.saturating_sub(want);
+    if excess > 0 {
+        pool.retain(|_, _| {
+            let keep = excess == 0;
+            excess = excess.saturating_sub(1);
+            keep
+        });
+    }
     let status = pool.status();
     let missing = want.saturating_sub(status.available);
     if missing == 0 {

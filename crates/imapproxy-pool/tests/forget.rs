@@ -1,7 +1,7 @@
 //! `SessionPool::forget_user` against a real Dovecot.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use imapproxy_pool::{BackendTarget, Credentials, PoolSettings, Reset, Secret, SessionPool};
+use imapproxy_pool::{BackendTarget, Credentials, Disposition, PoolSettings, Secret, SessionPool};
 use imapproxy_testkit::Dovecot;
 
 #[tokio::test]
@@ -27,7 +27,7 @@ async fn forgetting_a_user_closes_only_that_users_cached_sessions() {
     }
     for c in &creds {
         let session = pool.checkout("mail", c, &[]).await.unwrap();
-        pool.checkin(session, true, Reset { selected: false }).await;
+        pool.checkin(session, Disposition::Reuse).await;
     }
     assert_eq!(pool.status().idle_sessions, 2);
     // Case-insensitive, like the checkout's key.

@@ -48,13 +48,15 @@ impl Session {
         let kicked = end.is_none() && registration.kicked();
         let clean = !kicked && matches!(end, Some(RelayEnd::Logout(_) | RelayEnd::ClientClosed));
         let reusable = clean && facts.reusable();
-        let reset = Reset {
-            selected: facts.selected,
+        let disposition = if reusable {
+            Disposition::Reuse
+        } else {
+            Disposition::Close
         };
         // Back to the pool before the client hears the answer to its LOGOUT, so that its
         // next login (webmail logs in again at once) finds the session cached.
         // Boxed: the reset's state machine is needed once, not for the session's whole life.
-        Box::pin(proxy.pool.checkin(session, reusable, reset)).await;
+        Box::pin(proxy.pool.checkin(session, disposition)).await;
         // A BYE written into the middle of a response would become part of it (a literal's
         // bytes, say): at such a point the connection is just closed.
         let can_speak = !facts.mid_response;

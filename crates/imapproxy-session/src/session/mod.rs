@@ -12,8 +12,8 @@ use imapproxy_codec::preauth::{
 };
 use imapproxy_codec::{Secret, Tag};
 use imapproxy_pool::{
-    ClientAddrs, Credentials, Error as PoolError, PoolSettings, PooledSession, Reset, SaslStep,
-    SessionPool,
+    ClientAddrs, Credentials, Disposition, Error as PoolError, PoolSettings, PooledSession,
+    SaslStep, SessionPool,
 };
 use imapproxy_route::{BackendId, Health, Request, SessionGuard, route_first};
 use imapproxy_tls::TlsMode;
