@@ -177,6 +177,7 @@ impl Built {
             idle_timeout: cfg.pool.idle_timeout,
             max_per_user: cfg.pool.max_per_user as usize,
             wait_timeout: cfg.pool.wait_timeout,
+            max_age: cfg.pool.max_age,
             ..PoolSettings::default()
         };
         let probe = match (&cfg.health.probe_user, &cfg.health.probe_password) {

@@ -203,6 +203,11 @@ pub struct PoolConfig {
     /// How long a client waits for a slot.
     #[serde(default = "default_wait", with = "humantime_serde")]
     pub wait_timeout: Duration,
+    /// The longest a backend session is served from the cache, counted from its backend
+    /// login: a disabled account or a changed password stops working through the cache
+    /// within this time.
+    #[serde(default = "default_pool_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
 }
 
 impl Default for PoolConfig {
@@ -213,6 +218,7 @@ impl Default for PoolConfig {
             idle_timeout: default_pool_idle(),
             max_per_user: default_max_per_user(),
             wait_timeout: default_wait(),
+            max_age: default_pool_max_age(),
         }
     }
 }
@@ -445,6 +451,12 @@ fn default_max_per_user() -> u32 {
 fn default_wait() -> Duration {
     Duration::from_secs(10)
 }
+/// Five minutes: the backend checks a password only at login, so this bounds how long a
+/// disabled account or a changed password keeps working through the cache, while a fresh
+/// backend login costs a few milliseconds once every five minutes per busy user.
+fn default_pool_max_age() -> Duration {
+    Duration::from_secs(300)
+}
 fn default_health_interval() -> Duration {
     Duration::from_secs(2)
 }
@@ -561,6 +573,7 @@ warm = 2
 idle_timeout = "60s"
 max_per_user = 8
 wait_timeout = "10s"
+max_age = "5m"
 
 [health]
 interval = "2s"
@@ -577,6 +590,7 @@ addr = "127.0.0.1:8143"
         assert_eq!(cfg.listeners[1].tls, TlsSetting::Implicit);
         assert_eq!(cfg.backends[0].name, "mail1");
         assert_eq!(cfg.pool.idle_timeout, Duration::from_secs(60));
+        assert_eq!(cfg.pool.max_age, Duration::from_secs(300));
         assert_eq!(cfg.health.interval, Duration::from_secs(2));
         assert_eq!(cfg.health.timeout, Duration::from_secs(2));
         assert_eq!((cfg.health.rise, cfg.health.fall), (2, 2));
