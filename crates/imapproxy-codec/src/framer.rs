@@ -18,8 +18,9 @@ use memchr::{memchr, memrchr};
 
 use crate::Tag;
 
-/// How many bytes of each message's first line are kept to read the tag, command and status.
-const HEAD_CAP: usize = 64;
+/// How many bytes of each message's first line are kept to read the tag, command and status:
+/// room for the longest [`Tag`] (64) and a command name such as `UID FETCH`.
+const HEAD_CAP: usize = 80;
 
 /// Which way the framed bytes flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,6 +33,7 @@ pub enum Direction {
 
 /// The kind of message that just ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum FrameKind {
     /// Client direction: `tag SP command ...` (and a bare `DONE` line, with `tag: None`).
     Command(CommandName),
@@ -46,8 +48,10 @@ pub enum FrameKind {
     Line,
 }
 
-/// Command names the relay cares about; everything else (including `UID ...`) is `Other`.
+/// IMAP command names (RFC 9051 and the extensions a proxy meets), `UID` forms apart.
+/// Anything else, vendor commands included, is [`CommandName::Other`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 #[allow(missing_docs)] // the variants are the IMAP command names
 pub enum CommandName {
     Logout,
@@ -66,11 +70,53 @@ pub enum CommandName {
     Noop,
     Capability,
     Append,
+    Check,
+    Expunge,
+    Create,
+    Delete,
+    Rename,
+    Subscribe,
+    Unsubscribe,
+    List,
+    Lsub,
+    Status,
+    Namespace,
+    Fetch,
+    Store,
+    Copy,
+    Move,
+    Search,
+    Sort,
+    Thread,
+    Notify,
+    Unauthenticate,
+    Language,
+    Comparator,
+    GetQuota,
+    GetQuotaRoot,
+    SetQuota,
+    GetAcl,
+    SetAcl,
+    DeleteAcl,
+    MyRights,
+    ListRights,
+    GetMetadata,
+    SetMetadata,
+    UidFetch,
+    UidStore,
+    UidCopy,
+    UidMove,
+    UidSearch,
+    UidSort,
+    UidThread,
+    UidExpunge,
+    /// `UID` followed by something else, or nothing readable.
+    UidOther,
     Other,
 }
 
 impl CommandName {
-    const NAMED: [(&'static [u8], CommandName); 16] = [
+    const NAMED: [(&'static [u8], CommandName); 48] = [
         (b"LOGOUT", Self::Logout),
         (b"IDLE", Self::Idle),
         (b"DONE", Self::Done),
@@ -87,18 +133,82 @@ impl CommandName {
         (b"NOOP", Self::Noop),
         (b"CAPABILITY", Self::Capability),
         (b"APPEND", Self::Append),
+        (b"CHECK", Self::Check),
+        (b"EXPUNGE", Self::Expunge),
+        (b"CREATE", Self::Create),
+        (b"DELETE", Self::Delete),
+        (b"RENAME", Self::Rename),
+        (b"SUBSCRIBE", Self::Subscribe),
+        (b"UNSUBSCRIBE", Self::Unsubscribe),
+        (b"LIST", Self::List),
+        (b"LSUB", Self::Lsub),
+        (b"STATUS", Self::Status),
+        (b"NAMESPACE", Self::Namespace),
+        (b"FETCH", Self::Fetch),
+        (b"STORE", Self::Store),
+        (b"COPY", Self::Copy),
+        (b"MOVE", Self::Move),
+        (b"SEARCH", Self::Search),
+        (b"SORT", Self::Sort),
+        (b"THREAD", Self::Thread),
+        (b"NOTIFY", Self::Notify),
+        (b"UNAUTHENTICATE", Self::Unauthenticate),
+        (b"LANGUAGE", Self::Language),
+        (b"COMPARATOR", Self::Comparator),
+        (b"GETQUOTA", Self::GetQuota),
+        (b"GETQUOTAROOT", Self::GetQuotaRoot),
+        (b"SETQUOTA", Self::SetQuota),
+        (b"GETACL", Self::GetAcl),
+        (b"SETACL", Self::SetAcl),
+        (b"DELETEACL", Self::DeleteAcl),
+        (b"MYRIGHTS", Self::MyRights),
+        (b"LISTRIGHTS", Self::ListRights),
+        (b"GETMETADATA", Self::GetMetadata),
+        (b"SETMETADATA", Self::SetMetadata),
     ];
 
-    /// Case-insensitive lookup (RFC 9051 §9: command names are case-insensitive).
+    /// The commands that take a `UID` prefix (RFC 9051 §6.4.9, RFC 6851, RFC 5256).
+    const UID: [(&'static [u8], CommandName, &'static str); 8] = [
+        (b"FETCH", Self::UidFetch, "UID FETCH"),
+        (b"STORE", Self::UidStore, "UID STORE"),
+        (b"COPY", Self::UidCopy, "UID COPY"),
+        (b"MOVE", Self::UidMove, "UID MOVE"),
+        (b"SEARCH", Self::UidSearch, "UID SEARCH"),
+        (b"SORT", Self::UidSort, "UID SORT"),
+        (b"THREAD", Self::UidThread, "UID THREAD"),
+        (b"EXPUNGE", Self::UidExpunge, "UID EXPUNGE"),
+    ];
+
+    /// Case-insensitive lookup of a one-word name (RFC 9051 §9: command names are
+    /// case-insensitive). `UID` alone is [`CommandName::UidOther`]; see
+    /// [`CommandName::from_uid`] for the word after it.
     pub fn from_bytes(name: &[u8]) -> Self {
+        if name.eq_ignore_ascii_case(b"UID") {
+            return Self::UidOther;
+        }
         Self::NAMED
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map_or(Self::Other, |&(_, c)| c)
     }
 
-    /// Upper-case name, `"OTHER"` for [`CommandName::Other`]; handy as a metrics label.
+    /// The command named by `UID <name>`.
+    pub fn from_uid(name: &[u8]) -> Self {
+        Self::UID
+            .iter()
+            .find(|(n, _, _)| n.eq_ignore_ascii_case(name))
+            .map_or(Self::UidOther, |&(_, c, _)| c)
+    }
+
+    /// Upper-case name (`"UID FETCH"` for the UID forms, `"UID"` for [`CommandName::UidOther`],
+    /// `"OTHER"` for [`CommandName::Other`]); handy as a metrics label.
     pub fn as_str(self) -> &'static str {
+        if self == Self::UidOther {
+            return "UID";
+        }
+        if let Some((_, _, s)) = Self::UID.iter().find(|&&(_, c, _)| c == self) {
+            return s;
+        }
         Self::NAMED
             .iter()
             .find(|&&(_, c)| c == self)
@@ -109,6 +219,7 @@ impl CommandName {
 
 /// Response status (RFC 9051 §7.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 #[allow(missing_docs)] // the variants are the IMAP status words
 pub enum Status {
     Ok,
@@ -121,7 +232,8 @@ pub enum Status {
 }
 
 impl Status {
-    fn from_word(w: &[u8]) -> Option<Self> {
+    /// The status named by `w` (case-insensitive), if it is one.
+    pub fn from_word(w: &[u8]) -> Option<Self> {
         [
             (&b"OK"[..], Self::Ok),
             (b"NO", Self::No),
@@ -137,6 +249,7 @@ impl Status {
 
 /// The untagged responses the relay distinguishes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum UntaggedKind {
     /// `* OK|NO|BAD|BYE|PREAUTH ...`: a status response (never carries literals).
     Status(Status),
@@ -164,6 +277,8 @@ pub struct Frame {
     pub len: u64,
     /// Bytes inside literals (announcements excluded).
     pub literal_bytes: u64,
+    /// Literals the message carried (`{n}`, `{n+}` and `~{n}` alike, `{0}` included).
+    pub literals: u32,
 }
 
 /// Incremental state of "does the line seen so far end in a literal announcement?".
@@ -173,8 +288,9 @@ enum Tail {
     Open,
     Digits(u64),
     Plus(u64),
-    Close(u64),
-    CloseCr(u64),
+    /// `{n}` (`sync`: no `+`, the sender waits for a continuation) or `{n+}`.
+    Close { n: u64, sync: bool },
+    CloseCr { n: u64, sync: bool },
 }
 
 impl Tail {
@@ -188,8 +304,9 @@ impl Tail {
                 .and_then(|n| n.checked_add(u64::from(b - b'0')))
                 .map_or(Self::Other, Self::Digits),
             (Self::Digits(n), b'+') => Self::Plus(n),
-            (Self::Digits(n) | Self::Plus(n), b'}') => Self::Close(n),
-            (Self::Close(n), b'\r') => Self::CloseCr(n),
+            (Self::Digits(n), b'}') => Self::Close { n, sync: true },
+            (Self::Plus(n), b'}') => Self::Close { n, sync: false },
+            (Self::Close { n, sync }, b'\r') => Self::CloseCr { n, sync },
             _ => Self::Other,
         }
     }
@@ -211,9 +328,10 @@ impl Tail {
         t
     }
 
-    fn literal(self) -> Option<u64> {
+    /// The announced size and whether the literal is synchronizing.
+    fn literal(self) -> Option<(u64, bool)> {
         match self {
-            Self::Close(n) | Self::CloseCr(n) => Some(n),
+            Self::Close { n, sync } | Self::CloseCr { n, sync } => Some((n, sync)),
             _ => None,
         }
     }
@@ -246,10 +364,16 @@ pub struct Framer {
     first_line_done: bool,
     literals_allowed: bool,
     head_truncated: bool,
+    /// Client direction: a synchronizing literal was announced and the server has neither
+    /// sent `+` for it nor refused it yet (RFC 9051 §4.3: the client waits).
+    awaiting_continuation: bool,
     head_len: u8,
+    literals: u32,
     head: [u8; HEAD_CAP],
     len: u64,
     literal_bytes: u64,
+    /// `len` when the last literal was announced: bytes after it arrived without a `+`.
+    len_at_announcement: u64,
 }
 
 impl Framer {
@@ -261,10 +385,13 @@ impl Framer {
             first_line_done: false,
             literals_allowed: false,
             head_truncated: false,
+            awaiting_continuation: false,
             head_len: 0,
+            literals: 0,
             head: [0; HEAD_CAP],
             len: 0,
             literal_bytes: 0,
+            len_at_announcement: 0,
         }
     }
 
@@ -319,8 +446,12 @@ impl Framer {
                         first = Some((tag, kind));
                     }
                     if self.literals_allowed {
-                        if let Some(n) = tail.literal() {
+                        if let Some((n, sync)) = tail.literal() {
                             self.literal_bytes = self.literal_bytes.saturating_add(n);
+                            self.literals = self.literals.saturating_add(1);
+                            // Servers never wait for a continuation before sending a literal.
+                            self.awaiting_continuation = sync && self.dir == Direction::Client;
+                            self.len_at_announcement = self.len;
                             self.state = State::Literal(n);
                             continue;
                         }
@@ -331,6 +462,7 @@ impl Framer {
                         kind,
                         len: self.len,
                         literal_bytes: self.literal_bytes,
+                        literals: self.literals,
                     };
                     self.reset();
                     return Some((pos, frame));
@@ -346,9 +478,12 @@ impl Framer {
         self.first_line_done = false;
         self.literals_allowed = false;
         self.head_truncated = false;
+        self.awaiting_continuation = false;
         self.head_len = 0;
+        self.literals = 0;
         self.len = 0;
         self.literal_bytes = 0;
+        self.len_at_announcement = 0;
     }
 
     /// True when the framer sits exactly at a message boundary (nothing partial consumed).
@@ -356,10 +491,50 @@ impl Framer {
         self.len == 0
     }
 
+    /// Client direction: whether the unfinished command announced a synchronizing literal
+    /// (`{n}`) that the server has neither accepted with `+` nor refused, and the client has
+    /// (correctly) sent nothing since. Only then can a tagged reply to this command end it.
+    pub fn awaiting_continuation(&self) -> bool {
+        self.awaiting_continuation && self.len == self.len_at_announcement
+    }
+
+    /// The server sent a `+` continuation: a synchronizing literal the client is waiting to
+    /// send may now come. A `+` that answers no literal (IDLE, SASL) changes nothing.
+    pub fn continuation_seen(&mut self) {
+        self.awaiting_continuation = false;
+    }
+
+    /// The server answered the unfinished command with a tagged reply before it asked for the
+    /// synchronizing literal the command announced (`NO [TRYCREATE]` to an APPEND, say): the
+    /// client sends neither the literal nor the rest of the command (RFC 9051 §4.3, §7.5), so
+    /// the command ends here. Returns the frame of that shortened command, and the framer is
+    /// back at a boundary; returns `None` (and changes nothing) unless
+    /// [`Framer::awaiting_continuation`] holds. A non-synchronizing literal (`{n+}`), or one
+    /// the server already accepted with `+`, is sent whatever the reply: the framer keeps
+    /// counting it.
+    pub fn refused(&mut self) -> Option<Frame> {
+        if !self.awaiting_continuation() {
+            return None;
+        }
+        let (tag, kind) = self.classify();
+        // The announced size was counted as literal bytes; none of them comes.
+        let never_sent = match self.state {
+            State::Literal(remaining) => remaining,
+            State::Line(_) => 0,
+        };
+        let frame = Frame {
+            tag,
+            kind,
+            len: self.len,
+            literal_bytes: self.literal_bytes.saturating_sub(never_sent),
+            literals: self.literals,
+        };
+        self.reset();
+        Some(frame)
+    }
+
     /// The tag of the unfinished message, once its first word is complete (`None` at a
-    /// boundary). A relay needs it when a server refuses a command that announced a
-    /// synchronizing literal: the client then never sends the literal (RFC 9051 §4.3), and
-    /// the framer must be reset rather than wait for bytes that will not come.
+    /// boundary).
     pub fn partial_tag(&self) -> Option<Tag> {
         if self.len == 0 {
             return None;
@@ -427,10 +602,13 @@ impl<'a> Head<'a> {
     fn client(&self) -> (Option<Tag>, FrameKind) {
         let (tag, rest) = self.word(self.line);
         if let (Some(Ok(tag)), Some(rest)) = (tag.map(Tag::new), rest) {
-            let name = self
-                .word(rest)
-                .0
-                .map_or(CommandName::Other, CommandName::from_bytes);
+            let (word, after) = self.word(rest);
+            let mut name = word.map_or(CommandName::Other, CommandName::from_bytes);
+            if name == CommandName::UidOther {
+                if let Some(w) = after.and_then(|a| self.word(a).0) {
+                    name = CommandName::from_uid(w);
+                }
+            }
             return (Some(tag), FrameKind::Command(name));
         }
         // RFC 2177 §3: IDLE ends with a bare `DONE` line.
@@ -488,7 +666,7 @@ mod tests {
     #[test]
     fn state_stays_small() {
         assert!(
-            core::mem::size_of::<Framer>() <= 128,
+            core::mem::size_of::<Framer>() <= 160,
             "{}",
             core::mem::size_of::<Framer>()
         );
@@ -496,11 +674,13 @@ mod tests {
 
     #[test]
     fn tail_recognises_announcements() {
-        let t = |s: &[u8]| Tail::Other.scan(s).literal();
+        let t = |s: &[u8]| Tail::Other.scan(s).literal().map(|(n, _)| n);
         assert_eq!(t(b"a {5}"), Some(5));
         assert_eq!(t(b"a {5+}\r"), Some(5));
         assert_eq!(t(b"a ~{0}"), Some(0));
         assert_eq!(t(b"a {0005}"), Some(5));
+        assert_eq!(Tail::Other.scan(b"a {5}").literal(), Some((5, true)));
+        assert_eq!(Tail::Other.scan(b"a {5+}").literal(), Some((5, false)));
         assert_eq!(t(b"{5} x"), None);
         assert_eq!(t(b"{}"), None);
         assert_eq!(t(b"{+}"), None);
@@ -513,7 +693,7 @@ mod tests {
             let (a, b) = s.split_at(k);
             assert_eq!(
                 Tail::Other.scan(a).scan(b).literal(),
-                Some(123),
+                Some((123, false)),
                 "split {k}"
             );
         }
@@ -526,7 +706,13 @@ mod tests {
             assert_eq!(CommandName::from_bytes(&n.to_ascii_lowercase()), c);
             assert_eq!(c.as_str().as_bytes(), n);
         }
-        assert_eq!(CommandName::from_bytes(b"UID"), CommandName::Other);
+        for (n, c, s) in CommandName::UID {
+            assert_eq!(CommandName::from_uid(&n.to_ascii_lowercase()), c);
+            assert_eq!(c.as_str(), s);
+        }
+        assert_eq!(CommandName::from_bytes(b"uid"), CommandName::UidOther);
+        assert_eq!(CommandName::from_uid(b"LOGOUT"), CommandName::UidOther);
+        assert_eq!(CommandName::from_bytes(b"XLIST"), CommandName::Other);
         assert_eq!(CommandName::Other.as_str(), "OTHER");
     }
 }

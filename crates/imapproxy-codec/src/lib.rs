@@ -8,6 +8,10 @@
 //!   tight limits: `CAPABILITY`, `NOOP`, `LOGOUT`, `STARTTLS`, `ID`, `LOGIN`, `AUTHENTICATE`
 //!   (with SASL-IR and continuation data), with passwords held in a redacting [`Secret`].
 //! - [`capability`]: parsing and filtering `CAPABILITY` responses and `[CAPABILITY ...]` codes.
+//! - [`command`]: what a client command does to its connection's state (an allowlist of the
+//!   commands that leave none), for proxies that reuse or move backend connections.
+//! - [`response`]: what server responses reveal about that state (response codes,
+//!   `* ENABLED`, `EXISTS`, mod-sequence data).
 //!
 //! ```
 //! use imapproxy_codec::{CommandName, Direction, FrameKind, Framer};
@@ -32,9 +36,11 @@
 #![warn(missing_docs, rust_2018_idioms)]
 
 pub mod capability;
+pub mod command;
 mod error;
 pub mod framer;
 pub mod preauth;
+pub mod response;
 mod secret;
 mod tag;
 

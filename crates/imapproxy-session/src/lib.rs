@@ -55,6 +55,7 @@ mod relay;
 mod sasl;
 mod session;
 mod settings;
+pub(crate) mod state;
 mod stream;
 pub mod throttle;
 

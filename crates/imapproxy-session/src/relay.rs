@@ -3,8 +3,8 @@
 //! Original bytes are forwarded; nothing is decoded or re-encoded. A [`Framer`] per direction
 //! finds message boundaries so that the relay can rewrite the few responses that would leak the
 //! backend (capability lists, `ID` replies), answer the client's `LOGOUT` itself so that the
-//! backend session can be reused, and track what the session did (`ENABLE`, `COMPRESS`, `IDLE`,
-//! outstanding tags).
+//! backend session can be reused, and keep the session's [`SessionState`] up to date from both
+//! directions (see [`crate::state`]).
 //!
 //! Both directions run inside one future and one task, each with its own buffer, so a slow
 //! reader on one side never stops the other direction. A buffer exists only while bytes are in
@@ -19,12 +19,11 @@ use std::time::Duration;
 
 use imapproxy_codec::Tag;
 use imapproxy_codec::capability::filter_capabilities;
-use imapproxy_codec::framer::{
-    CommandName, Direction, Frame, FrameKind, Framer, Status, UntaggedKind,
-};
+use imapproxy_codec::framer::{CommandName, Direction, Frame, FrameKind, Framer, UntaggedKind};
 use tokio::io::ReadBuf;
 use tokio::time::{Instant, Sleep};
 
+use crate::state::{Condition, SessionState};
 use crate::stream::ReadReady;
 
 /// Size of a direction's buffer while data flows.
@@ -34,9 +33,6 @@ const BUF_SIZE: usize = 16 * 1024;
 const HOLD_MAX: usize = 8 * 1024;
 /// How long the relay keeps delivering answers after the client closed its side.
 const EOF_LINGER: Duration = Duration::from_secs(5);
-/// Outstanding tags tracked per session. A client with more commands in flight is legal but
-/// odd; its session is simply not reused.
-const MAX_OUTSTANDING: usize = 256;
 
 /// Why the relay stopped.
 #[derive(Debug)]
@@ -56,21 +52,10 @@ pub(crate) enum RelayEnd {
     BackendError(io::Error),
 }
 
-/// What the relay learned about the session, for logging and for deciding reuse.
+/// What the relay counted and where each direction stands, for logging and for deciding reuse
+/// (the session's state proper is its [`SessionState`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct SessionFacts {
-    /// The client ran `ENABLE` (state the proxy cannot reset).
-    pub enabled: bool,
-    /// The client ran `COMPRESS`.
-    pub compressed: bool,
-    /// The client ran `SELECT` or `EXAMINE`.
-    pub selected: bool,
-    /// The client is in `IDLE`.
-    pub idling: bool,
-    /// The backend answered something with `BAD` or said `BYE`.
-    pub saw_error: bool,
-    /// More commands were outstanding than the relay tracks.
-    pub untracked: bool,
     /// Commands sent and not yet answered.
     pub outstanding: usize,
     /// Part of a client command was forwarded without its end.
@@ -87,16 +72,9 @@ pub(crate) struct SessionFacts {
 }
 
 impl SessionFacts {
-    /// Whether the backend session can serve another client after a clean end.
-    pub(crate) fn reusable(&self) -> bool {
-        !(self.enabled
-            || self.compressed
-            || self.idling
-            || self.saw_error
-            || self.untracked
-            || self.mid_command
-            || self.mid_response
-            || self.outstanding > 0)
+    /// Nothing half-sent in either direction.
+    fn quiet(&self) -> bool {
+        !self.mid_command && !self.mid_response
     }
 }
 
@@ -289,6 +267,9 @@ impl Pump {
             if filled == 0 {
                 self.eof = true;
             } else {
+                // Acknowledge at once: a client that wrote half a command waits for our ACK
+                // before it sends the rest (Nagle), and a delayed ACK costs it ~40 ms.
+                src.after_read();
                 on_read();
             }
             self.scan(&mut on_frame);
@@ -321,13 +302,6 @@ enum Side {
     Dst(io::Error),
 }
 
-/// Commands sent and not yet answered; a set, because servers may answer out of order
-/// (RFC 9051 §5.5).
-#[derive(Default)]
-struct Outstanding {
-    tags: Vec<Tag>,
-}
-
 /// The relay of one logged-in session: both directions plus the authenticated idle timeout.
 pub(crate) struct Relay<'a, C, B> {
     client: &'a mut C,
@@ -338,7 +312,7 @@ pub(crate) struct Relay<'a, C, B> {
     idle_timeout: Duration,
     last_client: Instant,
     facts: SessionFacts,
-    outstanding: Outstanding,
+    state: SessionState,
     /// The client's `LOGOUT`, answered by the proxy once everything before it is answered.
     logout: Option<Tag>,
     intercept_logout: bool,
@@ -363,27 +337,26 @@ impl<'a, C: ReadReady, B: ReadReady> Relay<'a, C, B> {
         let mut up = Pump::new(Direction::Client, false);
         let mut down = Pump::new(Direction::Server, true);
         let mut facts = SessionFacts::default();
-        let mut outstanding = Outstanding::default();
+        let mut state = SessionState::new();
         let mut logout = None;
-        if !backend_leftover.is_empty() {
-            down.buf = backend_leftover;
-            down.scan(|f, whole| {
-                on_response(policy, &mut facts, &mut outstanding, &mut up, f, whole)
-            });
-        }
         if !client_leftover.is_empty() {
-            // Commands pipelined behind LOGIN: tracked like any other (RFC 9051 §5.5).
+            // Commands pipelined behind LOGIN: tracked like any other (RFC 9051 §5.5). Scanned
+            // first: the backend's bytes after the login reply may answer them.
             up.buf = client_leftover;
             up.scan(|f, whole| {
                 on_command(
                     &mut facts,
-                    &mut outstanding,
+                    &mut state,
                     &mut logout,
                     intercept_logout,
                     f,
                     whole,
                 )
             });
+        }
+        if !backend_leftover.is_empty() {
+            down.buf = backend_leftover;
+            down.scan(|f, whole| on_response(policy, &mut state, &mut up, f, whole));
         }
         Self {
             client,
@@ -394,7 +367,7 @@ impl<'a, C: ReadReady, B: ReadReady> Relay<'a, C, B> {
             idle_timeout,
             last_client: Instant::now(),
             facts,
-            outstanding,
+            state,
             logout,
             intercept_logout,
             client_eof: false,
@@ -405,43 +378,55 @@ impl<'a, C: ReadReady, B: ReadReady> Relay<'a, C, B> {
     /// What the relay learned so far.
     pub(crate) fn facts(&self) -> SessionFacts {
         let mut facts = self.facts;
-        facts.outstanding = self.outstanding.tags.len();
+        facts.outstanding = self.state.outstanding();
         facts.mid_command = !self.up.framer.at_boundary() || self.up.written < self.up.buf.len();
         facts.mid_response = !self.down.is_idle();
         facts
+    }
+
+    /// Whether the backend session may serve another client now (see
+    /// [`SessionState::reusable`]).
+    pub(crate) fn reusable(&self) -> bool {
+        self.state.reusable(self.facts().quiet())
+    }
+
+    /// How far the proxy trusts its picture of the session.
+    pub(crate) fn condition(&self) -> Condition {
+        self.state.condition()
     }
 }
 
 fn on_response(
     policy: &ResponsePolicy,
-    facts: &mut SessionFacts,
-    outstanding: &mut Outstanding,
+    state: &mut SessionState,
     up: &mut Pump,
     frame: &Frame,
     whole: Option<&[u8]>,
 ) -> Action {
     match frame.kind {
-        FrameKind::Tagged(status) => {
-            if let Some(tag) = &frame.tag {
-                if let Some(i) = outstanding.tags.iter().position(|t| t == tag) {
-                    outstanding.tags.swap_remove(i);
+        // A synchronizing literal the client waits to send may come now.
+        FrameKind::Continuation => up.framer.continuation_seen(),
+        FrameKind::Tagged(_) => {
+            if let Some(tag) = frame.tag.filter(|t| !state.is_outstanding(t)) {
+                if up.framer.partial_tag() == Some(tag) {
+                    // RFC 9051 §4.3, §7.5: a reply to a command whose synchronizing literal
+                    // the server never asked for (`NO [TRYCREATE]` to an APPEND) ends that
+                    // command; the client sends neither the literal nor the rest of it. Any
+                    // other reply before the command's end means the server framed it
+                    // differently.
+                    match up.framer.refused() {
+                        Some(refused) => {
+                            up.msg_start = None;
+                            state.on_command(&refused, None);
+                        }
+                        None => state.early_reply(),
+                    }
                 }
-                // The server answered a command whose synchronizing literal it never asked
-                // for (`NO [TRYCREATE]` to an APPEND): the client sends no literal, so the
-                // command ends here (RFC 9051 §4.3, §7.5).
-                if up.framer.partial_tag().as_ref() == Some(tag) {
-                    up.framer = Framer::new(Direction::Client);
-                    up.msg_start = None;
-                    up.scanned = up.buf.len();
-                }
-            }
-            if matches!(status, Status::Bad | Status::Other) {
-                facts.saw_error = true;
             }
         }
-        FrameKind::Untagged(UntaggedKind::Status(Status::Bye)) => facts.saw_error = true,
         _ => {}
     }
+    state.on_response(frame, whole);
     let Some(bytes) = whole else {
         return Action::Forward;
     };
@@ -475,7 +460,7 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
             idle_timeout,
             last_client,
             facts,
-            outstanding,
+            state,
             logout,
             intercept_logout,
             client_eof,
@@ -491,7 +476,7 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
                 &mut **client,
                 &mut bytes_down,
                 || {},
-                |f, whole| on_response(policy, facts, outstanding, up, f, whole),
+                |f, whole| on_response(policy, state, up, f, whole),
             );
             facts.bytes_down = bytes_down;
             match down_result {
@@ -510,7 +495,7 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
                     &mut **backend,
                     &mut bytes_up,
                     || client_active = true,
-                    |f, whole| on_command(facts, outstanding, logout, *intercept_logout, f, whole),
+                    |f, whole| on_command(facts, state, logout, *intercept_logout, f, whole),
                 );
                 facts.bytes_up = bytes_up;
                 match up_result {
@@ -531,7 +516,7 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
                     Poll::Pending => {}
                 }
             }
-            if *client_eof && outstanding.tags.is_empty() && down.is_idle() {
+            if *client_eof && state.outstanding() == 0 && down.is_idle() {
                 return Poll::Ready(RelayEnd::ClientClosed);
             }
             if client_active {
@@ -541,7 +526,7 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
             }
             // RFC 9051 §6.1.3: answer LOGOUT once every earlier command has its answer.
             if let Some(tag) = logout {
-                if outstanding.tags.is_empty() && down.is_idle() && up.written == up.buf.len() {
+                if state.outstanding() == 0 && down.is_idle() && up.written == up.buf.len() {
                     return Poll::Ready(RelayEnd::Logout(*tag));
                 }
             }
@@ -564,7 +549,7 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
 
 fn on_command(
     facts: &mut SessionFacts,
-    outstanding: &mut Outstanding,
+    state: &mut SessionState,
     logout: &mut Option<Tag>,
     intercept_logout: bool,
     frame: &Frame,
@@ -574,25 +559,21 @@ fn on_command(
         return Action::Forward;
     };
     facts.commands += 1;
-    match name {
-        CommandName::Enable => facts.enabled = true,
-        CommandName::Compress => facts.compressed = true,
-        CommandName::Select | CommandName::Examine => facts.selected = true,
-        CommandName::Idle => facts.idling = true,
-        CommandName::Done => facts.idling = false,
-        _ => {}
-    }
-    if name == CommandName::Logout && intercept_logout && whole.is_some() && !facts.idling {
+    // The proxy answers LOGOUT itself (once everything before it is answered) so that the
+    // backend session can be reused; a desynchronised session cannot know when that is, so
+    // its LOGOUT goes to the server.
+    if name == CommandName::Logout
+        && intercept_logout
+        && whole.is_some()
+        && frame.literals == 0
+        && !state.idling()
+        && !state.is_desynchronised()
+    {
         if let Some(tag) = frame.tag {
             *logout = Some(tag);
             return Action::Stop;
         }
     }
-    if name != CommandName::Done {
-        match frame.tag {
-            Some(tag) if outstanding.tags.len() < MAX_OUTSTANDING => outstanding.tags.push(tag),
-            _ => facts.untracked = true,
-        }
-    }
+    state.on_command(frame, whole);
     Action::Forward
 }

@@ -16,7 +16,7 @@ impl Session {
         let proxy = Arc::clone(&self.proxy);
         let shutdown = self.shutdown.clone();
         let intercept = proxy.pool.settings().reuse;
-        let (end, facts) = {
+        let (end, facts, state_reusable, condition) = {
             let mut relay = Relay::new(
                 &mut self.stream,
                 session.conn().stream_mut(),
@@ -31,14 +31,17 @@ impl Session {
                 _ = shutdown.cancelled() => None,
                 _ = kick.cancelled() => None,
             };
-            (end, relay.facts())
+            (end, relay.facts(), relay.reusable(), relay.condition())
         };
         debug!(
             bytes_up = facts.bytes_up,
             bytes_down = facts.bytes_down,
             commands = facts.commands,
+            state = condition.as_str(),
             "relay finished"
         );
+        metrics::counter!("imapproxy_session_end_state_total", "state" => condition.as_str())
+            .increment(1);
         metrics::counter!("imapproxy_bytes_relayed_total", "direction" => "client_to_backend")
             .increment(facts.bytes_up);
         metrics::counter!("imapproxy_bytes_relayed_total", "direction" => "backend_to_client")
@@ -47,7 +50,7 @@ impl Session {
         // or the user's next login could be handed the old backend again.
         let kicked = end.is_none() && registration.kicked();
         let clean = !kicked && matches!(end, Some(RelayEnd::Logout(_) | RelayEnd::ClientClosed));
-        let reusable = clean && facts.reusable();
+        let reusable = clean && state_reusable;
         let disposition = if reusable {
             Disposition::Reuse
         } else {

@@ -1,0 +1,509 @@
+//! What the proxy knows about a logged-in session, and from which bytes.
+//!
+//! The relay feeds every client command and every server response (as the framer delimits
+//! them) into one [`SessionState`]. The server is the source of truth: a command only counts
+//! once its tagged reply says what happened, and replies the proxy cannot explain tell it that
+//! its picture is wrong.
+//!
+//! # Condition
+//!
+//! - **Clean**: every command the client sent is on the allowlist of
+//!   [`imapproxy_codec::command`] (commands that leave no connection state beyond the selected
+//!   mailbox, with their state-bearing arguments absent). After `UNSELECT` the backend session
+//!   is as fresh as a new login: it may serve the next client of the same user.
+//! - **Tainted**: the client ran something that leaves state the proxy cannot reset (`ENABLE`,
+//!   `NOTIFY`, `COMPRESS`, an argument that switches CONDSTORE on, a `SAVE`d search, a vendor
+//!   command, a command too long to inspect), or the server revealed such state (`* ENABLED`,
+//!   `MODSEQ` data the client did not visibly ask for). The session goes on, but its backend
+//!   connection is closed at the end, never reused.
+//! - **Desynchronised**: the proxy no longer knows where commands start or what the server
+//!   executed: a tagged reply with a tag it did not see (a command hidden from the framer, as
+//!   in `a NOOP {20+}` whose "literal" Dovecot reads as the next command), a reply to a command
+//!   before the proxy saw its end, a literal on a command that takes no arguments, `BAD`,
+//!   `BYE`, more commands in flight than it tracks. The relay only forwards bytes from then on
+//!   (the client's `LOGOUT` goes to the server), and the connection is closed at the end.
+//!
+//! The condition only gets worse. [`SessionState::reusable`] is the one place that decides
+//! whether a backend session may be reused.
+//!
+//! # Tracked from the bytes
+//!
+//! | what | from |
+//! |---|---|
+//! | commands in flight: tag, effect, `SELECT` target | each client command, removed by its tagged reply |
+//! | selected mailbox, read-only or not | tagged `OK` to `SELECT`/`EXAMINE` (`[READ-ONLY]`), `NO` to them, `OK` to `UNSELECT`/`CLOSE`, `* OK [CLOSED]` |
+//! | UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, EXISTS | `* OK [UIDVALIDITY n]`, `[UIDNEXT n]`, `[HIGHESTMODSEQ n]`, `* n EXISTS` |
+//! | enabled extensions | `* ENABLED ...` |
+//! | IDLE | the client's `IDLE` and `DONE` |
+//!
+//! The mailbox facts and enabled extensions are what re-homing a session onto another backend
+//! connection will replay; only a clean or tainted (never a desynchronised) session can be
+//! re-homed.
+
+use imapproxy_codec::command::{self, Effect, Taint};
+use imapproxy_codec::framer::{Frame, FrameKind, Status, UntaggedKind};
+use imapproxy_codec::{Tag, response};
+
+/// Commands in flight the state tracks; more make the session desynchronised.
+const MAX_OUTSTANDING: usize = 1024;
+
+/// How far the proxy can trust its picture of the session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Condition {
+    Clean,
+    Tainted(Taint),
+    Desynchronised(Desync),
+}
+
+impl Condition {
+    fn severity(self) -> u8 {
+        match self {
+            Self::Clean => 0,
+            Self::Tainted(_) => 1,
+            Self::Desynchronised(_) => 2,
+        }
+    }
+
+    /// A label for logs.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Clean => "clean",
+            Self::Tainted(t) => t.as_str(),
+            Self::Desynchronised(d) => d.as_str(),
+        }
+    }
+}
+
+/// Why the proxy lost track of a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Desync {
+    /// A tagged reply whose tag no command in flight carries.
+    UnknownTag,
+    /// A tagged reply to a command whose end the proxy had not seen.
+    EarlyReply,
+    /// A literal on a command that takes no arguments: the server reads it as commands.
+    HiddenCommand,
+    /// `BAD` from the server.
+    Bad,
+    /// `BYE` from the server.
+    Bye,
+    /// A response that is not one (no valid tag or status).
+    Malformed,
+    /// More commands in flight than tracked.
+    TooManyOutstanding,
+}
+
+impl Desync {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::UnknownTag => "desync_unknown_tag",
+            Self::EarlyReply => "desync_early_reply",
+            Self::HiddenCommand => "desync_hidden_command",
+            Self::Bad => "desync_bad",
+            Self::Bye => "desync_bye",
+            Self::Malformed => "desync_malformed",
+            Self::TooManyOutstanding => "desync_too_many_outstanding",
+        }
+    }
+}
+
+/// The selected mailbox (or the one being selected) as the server described it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Mailbox {
+    /// The `SELECT`/`EXAMINE` argument as the client sent it, when it was an atom or a
+    /// quoted string on the command line.
+    pub name: Option<Box<[u8]>>,
+    pub read_only: bool,
+    pub uidvalidity: Option<u64>,
+    pub uidnext: Option<u64>,
+    pub highest_modseq: Option<u64>,
+    pub exists: Option<u64>,
+}
+
+/// A command sent and not answered yet.
+#[derive(Clone, Debug)]
+struct Pending {
+    tag: Tag,
+    effect: Effect,
+    mailbox: Option<Box<[u8]>>,
+}
+
+/// The proxy's model of one logged-in session: see the module docs.
+#[derive(Debug)]
+pub(crate) struct SessionState {
+    condition: Condition,
+    outstanding: Vec<Pending>,
+    selected: Option<Box<Mailbox>>,
+    /// Filled by the responses to a `SELECT`/`EXAMINE` in flight; becomes `selected` on `OK`.
+    selecting: Option<Box<Mailbox>>,
+    /// Extensions the server said it enabled (`* ENABLED`), upper-cased.
+    enabled: Vec<Box<str>>,
+    idling: bool,
+}
+
+impl Default for SessionState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SessionState {
+    pub(crate) fn new() -> Self {
+        Self {
+            condition: Condition::Clean,
+            outstanding: Vec::new(),
+            selected: None,
+            selecting: None,
+            enabled: Vec::new(),
+            idling: false,
+        }
+    }
+
+    pub(crate) fn condition(&self) -> Condition {
+        self.condition
+    }
+
+    pub(crate) fn is_desynchronised(&self) -> bool {
+        matches!(self.condition, Condition::Desynchronised(_))
+    }
+
+    pub(crate) fn idling(&self) -> bool {
+        self.idling
+    }
+
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// The selected mailbox as last described by the server.
+    #[allow(dead_code)] // read by re-homing (issue #9)
+    pub(crate) fn selected(&self) -> Option<&Mailbox> {
+        self.selected.as_deref()
+    }
+
+    /// Extensions enabled on the connection.
+    #[allow(dead_code)] // read by re-homing (issue #9)
+    pub(crate) fn enabled(&self) -> &[Box<str>] {
+        &self.enabled
+    }
+
+    /// Whether the backend session may serve another client once this one is done, given that
+    /// nothing is half-sent in either direction (`quiet`). The single place that decides.
+    pub(crate) fn reusable(&self, quiet: bool) -> bool {
+        quiet
+            && self.condition == Condition::Clean
+            && !self.idling
+            && self.outstanding.is_empty()
+    }
+
+    fn worsen(&mut self, to: Condition) {
+        if to.severity() > self.condition.severity() {
+            tracing::debug!(condition = to.as_str(), "session state");
+            self.condition = to;
+        }
+    }
+
+    /// A command the client sent, whole (`message`, when the relay held all of it) or not.
+    /// Returns its effect.
+    pub(crate) fn on_command(&mut self, frame: &Frame, message: Option<&[u8]>) -> Effect {
+        let FrameKind::Command(name) = frame.kind else {
+            return Effect::Stateless;
+        };
+        if name == imapproxy_codec::CommandName::Done && frame.tag.is_none() {
+            self.idling = false;
+            return Effect::Stateless;
+        }
+        let effect = command::inspect(name, message, frame.literals);
+        match effect {
+            Effect::Taints(t) => self.worsen(Condition::Tainted(t)),
+            Effect::Desynchronises => {
+                self.worsen(Condition::Desynchronised(Desync::HiddenCommand));
+            }
+            Effect::Idle => self.idling = true,
+            _ => {}
+        }
+        let Some(tag) = frame.tag else {
+            // A command line without a readable tag: its reply cannot be matched.
+            self.worsen(Condition::Tainted(Taint::Unlisted));
+            return effect;
+        };
+        if self.outstanding.len() >= MAX_OUTSTANDING {
+            self.worsen(Condition::Desynchronised(Desync::TooManyOutstanding));
+            return effect;
+        }
+        let mailbox = match effect {
+            Effect::Select { .. } => message
+                .and_then(command::mailbox_argument)
+                .map(Box::<[u8]>::from),
+            _ => None,
+        };
+        self.outstanding.push(Pending {
+            tag,
+            effect,
+            mailbox,
+        });
+        effect
+    }
+
+    /// Whether a command with this tag is in flight.
+    pub(crate) fn is_outstanding(&self, tag: &Tag) -> bool {
+        self.outstanding.iter().any(|p| p.tag == *tag)
+    }
+
+    /// A server response; `message` is the whole response when the relay held all of it.
+    pub(crate) fn on_response(&mut self, frame: &Frame, message: Option<&[u8]>) {
+        match frame.kind {
+            FrameKind::Tagged(status) => self.on_tagged(frame.tag, status, message),
+            FrameKind::Untagged(kind) => self.on_untagged(kind, message),
+            _ => {}
+        }
+    }
+
+    /// A tagged reply arrived for a command whose end the relay had not seen and that cannot
+    /// be explained as a refused synchronizing literal.
+    pub(crate) fn early_reply(&mut self) {
+        self.worsen(Condition::Desynchronised(Desync::EarlyReply));
+    }
+
+    fn on_tagged(&mut self, tag: Option<Tag>, status: Status, message: Option<&[u8]>) {
+        let Some(tag) = tag else {
+            self.worsen(Condition::Desynchronised(Desync::Malformed));
+            return;
+        };
+        // The oldest command with this tag: a client may reuse a tag once it was answered,
+        // and servers answer same-tag commands in order.
+        let Some(i) = self.outstanding.iter().position(|p| p.tag == tag) else {
+            self.worsen(Condition::Desynchronised(Desync::UnknownTag));
+            return;
+        };
+        let pending = self.outstanding.remove(i);
+        if self.outstanding.is_empty() && self.outstanding.capacity() > 8 {
+            // A burst of pipelined commands is over: an idle session holds no such buffer.
+            self.outstanding = Vec::new();
+        }
+        let code = message.and_then(response::code);
+        match (status, pending.effect) {
+            (Status::Bad, _) => self.worsen(Condition::Desynchronised(Desync::Bad)),
+            (Status::Bye | Status::PreAuth | Status::Other, _) => {
+                self.worsen(Condition::Desynchronised(Desync::Malformed));
+            }
+            (Status::Ok, Effect::Select { read_only }) => {
+                let mut mailbox = self.selecting.take().unwrap_or_default();
+                mailbox.name = pending.mailbox;
+                mailbox.read_only = match code {
+                    Some(c) if c.is("READ-ONLY") => true,
+                    Some(c) if c.is("READ-WRITE") => false,
+                    _ => read_only,
+                };
+                self.selected = Some(mailbox);
+            }
+            // RFC 9051 §6.3.2: a failed SELECT leaves no mailbox selected.
+            (Status::No, Effect::Select { .. }) | (Status::Ok, Effect::Deselect) => {
+                self.selecting = None;
+                self.selected = None;
+            }
+            _ => {}
+        }
+        if matches!(pending.effect, Effect::Idle) {
+            self.idling = false;
+        }
+    }
+
+    fn on_untagged(&mut self, kind: UntaggedKind, message: Option<&[u8]>) {
+        match kind {
+            UntaggedKind::Status(Status::Bye) => {
+                self.worsen(Condition::Desynchronised(Desync::Bye));
+                return;
+            }
+            UntaggedKind::Status(Status::Bad) => {
+                self.worsen(Condition::Desynchronised(Desync::Bad));
+                return;
+            }
+            _ => {}
+        }
+        let Some(line) = message else { return };
+        match kind {
+            UntaggedKind::Status(_) => self.on_code(line),
+            UntaggedKind::Exists => {
+                if let Some((n, _)) = response::numbered(line) {
+                    self.mailbox_mut().exists = Some(n);
+                }
+            }
+            UntaggedKind::Fetch | UntaggedKind::Other => {
+                if let Some(names) = response::enabled(line) {
+                    for name in names {
+                        let name = String::from_utf8_lossy(name).to_ascii_uppercase();
+                        if !self.enabled.iter().any(|e| **e == *name) {
+                            self.enabled.push(name.into_boxed_str());
+                        }
+                    }
+                    self.worsen(Condition::Tainted(Taint::Enable));
+                } else if response::reveals_modseq(line) {
+                    self.worsen(Condition::Tainted(Taint::Condstore));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_code(&mut self, line: &[u8]) {
+        let Some(code) = response::code(line) else {
+            return;
+        };
+        if code.is("CLOSED") {
+            // RFC 7162 §3.2.11: the previous mailbox is closed; a new one is being selected.
+            self.selected = None;
+        } else if code.is("UIDVALIDITY") {
+            self.mailbox_mut().uidvalidity = code.number();
+        } else if code.is("UIDNEXT") {
+            self.mailbox_mut().uidnext = code.number();
+        } else if code.is("HIGHESTMODSEQ") {
+            self.mailbox_mut().highest_modseq = code.number();
+        }
+    }
+
+    /// The mailbox untagged data describes: the one being selected while a `SELECT` is in
+    /// flight, else the selected one (or a placeholder when none is).
+    fn mailbox_mut(&mut self) -> &mut Mailbox {
+        let selecting = self
+            .outstanding
+            .iter()
+            .any(|p| matches!(p.effect, Effect::Select { .. }));
+        let slot = if selecting || self.selected.is_none() {
+            &mut self.selecting
+        } else {
+            &mut self.selected
+        };
+        slot.get_or_insert_with(Box::default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imapproxy_codec::{Direction, Framer};
+
+    /// Feeds `bytes` through a framer of `dir` into the state.
+    fn feed(state: &mut SessionState, dir: Direction, bytes: &[u8]) {
+        let mut f = Framer::new(dir);
+        let mut rest = bytes;
+        while let Some((n, frame)) = f.advance(rest) {
+            let whole = &rest[..n];
+            match dir {
+                Direction::Client => {
+                    state.on_command(&frame, Some(whole));
+                }
+                Direction::Server => state.on_response(&frame, Some(whole)),
+            }
+            rest = &rest[n..];
+        }
+    }
+
+    #[test]
+    fn select_fetch_unselect_stays_clean_and_tracks_the_mailbox() {
+        let mut s = SessionState::new();
+        feed(
+            &mut s,
+            Direction::Client,
+            b"a SELECT INBOX\r\nb UID FETCH 1:* (FLAGS)\r\n",
+        );
+        assert_eq!(s.outstanding(), 2);
+        feed(
+            &mut s,
+            Direction::Server,
+            b"* 3 EXISTS\r\n* OK [UIDVALIDITY 17] x\r\n* OK [UIDNEXT 4] x\r\n\
+              * OK [HIGHESTMODSEQ 9] x\r\na OK [READ-WRITE] done\r\n\
+              * 1 FETCH (UID 1 FLAGS ())\r\nb OK done\r\n",
+        );
+        let m = s.selected().unwrap();
+        assert_eq!(m.name.as_deref(), Some(&b"INBOX"[..]));
+        assert_eq!(
+            (m.exists, m.uidvalidity, m.uidnext, m.highest_modseq, m.read_only),
+            (Some(3), Some(17), Some(4), Some(9), false)
+        );
+        assert!(s.reusable(true));
+        assert!(!s.reusable(false));
+        feed(&mut s, Direction::Client, b"c UNSELECT\r\n");
+        feed(&mut s, Direction::Server, b"c OK done\r\n");
+        assert!(s.selected().is_none());
+        assert!(s.reusable(true));
+    }
+
+    #[test]
+    fn server_revealed_state_taints() {
+        let mut s = SessionState::new();
+        feed(&mut s, Direction::Client, b"a NOOP\r\n");
+        feed(
+            &mut s,
+            Direction::Server,
+            b"* ENABLED CONDSTORE\r\na OK done\r\n",
+        );
+        assert_eq!(s.condition(), Condition::Tainted(Taint::Enable));
+        assert_eq!(s.enabled(), [Box::from("CONDSTORE")]);
+        let mut s = SessionState::new();
+        feed(&mut s, Direction::Client, b"a FETCH 1 (FLAGS)\r\n");
+        feed(
+            &mut s,
+            Direction::Server,
+            b"* 1 FETCH (FLAGS () MODSEQ (3))\r\na OK done\r\n",
+        );
+        assert!(!s.reusable(true));
+    }
+
+    #[test]
+    fn unknown_tags_bad_and_bye_desynchronise() {
+        for reply in [
+            &b"zz OK what\r\n"[..],
+            b"a BAD nope\r\n",
+            b"* BYE going\r\n",
+            b"garbage\r\n",
+        ] {
+            let mut s = SessionState::new();
+            feed(&mut s, Direction::Client, b"a NOOP\r\n");
+            feed(&mut s, Direction::Server, reply);
+            assert!(s.is_desynchronised(), "{reply:?}");
+            assert!(!s.reusable(true));
+        }
+    }
+
+    #[test]
+    fn a_reused_tag_is_answered_in_order() {
+        let mut s = SessionState::new();
+        feed(&mut s, Direction::Client, b"a1 NOOP\r\na1 SELECT INBOX\r\n");
+        feed(&mut s, Direction::Server, b"a1 OK noop\r\n");
+        assert!(s.selected().is_none());
+        feed(&mut s, Direction::Server, b"a1 OK [READ-ONLY] sel\r\n");
+        assert!(s.selected().unwrap().read_only);
+        assert_eq!(s.condition(), Condition::Clean);
+        feed(&mut s, Direction::Server, b"a1 OK again\r\n");
+        assert!(s.is_desynchronised());
+    }
+
+    #[test]
+    fn a_failed_select_leaves_nothing_selected() {
+        let mut s = SessionState::new();
+        feed(&mut s, Direction::Client, b"a SELECT INBOX\r\n");
+        feed(&mut s, Direction::Server, b"a OK [READ-WRITE] ok\r\n");
+        feed(&mut s, Direction::Client, b"b SELECT nosuch\r\n");
+        feed(
+            &mut s,
+            Direction::Server,
+            b"* OK [CLOSED] x\r\nb NO no such mailbox\r\n",
+        );
+        assert!(s.selected().is_none());
+        assert!(s.reusable(true));
+    }
+
+    #[test]
+    fn idle_blocks_reuse_until_done_is_answered() {
+        let mut s = SessionState::new();
+        feed(&mut s, Direction::Client, b"i IDLE\r\n");
+        assert!(s.idling() && !s.reusable(true));
+        feed(&mut s, Direction::Server, b"+ idling\r\n");
+        feed(&mut s, Direction::Client, b"DONE\r\n");
+        assert!(!s.idling());
+        assert!(!s.reusable(true), "IDLE not answered yet");
+        feed(&mut s, Direction::Server, b"i OK done\r\n");
+        assert!(s.reusable(true));
+    }
+}
