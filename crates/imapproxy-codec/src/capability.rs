@@ -131,14 +131,17 @@ pub fn filter_capabilities(line: &[u8], drop: impl Fn(&[u8]) -> bool) -> Option<
 }
 
 /// The default post-login drop list (DESIGN.md): `STARTTLS`, `LOGINDISABLED`, `AUTH=*`,
-/// `SASL-IR`, `LOGIN-REFERRALS`, compared case-insensitively. After login these are either
+/// `SASL-IR`, `LOGIN-REFERRALS`, `UNAUTHENTICATE`, compared case-insensitively. After login these are either
 /// meaningless or promises about the backend's login that the proxy does not relay.
 pub fn default_post_login_drop(cap: &[u8]) -> bool {
-    const EXACT: [&[u8]; 4] = [
+    const EXACT: [&[u8]; 5] = [
         b"STARTTLS",
         b"LOGINDISABLED",
         b"SASL-IR",
         b"LOGIN-REFERRALS",
+        // RFC 8437: the client would fall back to the backend's pre-auth state, which the
+        // proxy owns; and a session that logged in again as someone else cannot be pooled.
+        b"UNAUTHENTICATE",
     ];
     EXACT.iter().any(|e| e.eq_ignore_ascii_case(cap))
         || cap
@@ -152,6 +155,12 @@ mod tests {
 
     fn filt(line: &[u8]) -> Option<String> {
         filter_capabilities(line, default_post_login_drop).map(|v| String::from_utf8(v).unwrap())
+    }
+
+    #[test]
+    fn unauthenticate_is_hidden_after_login() {
+        assert!(default_post_login_drop(b"unauthenticate"));
+        assert!(!default_post_login_drop(b"UNSELECT"));
     }
 
     #[test]
