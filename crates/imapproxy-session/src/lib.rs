@@ -6,6 +6,40 @@
 //! client's credentials, then a framing-aware relay that forwards the original bytes both ways.
 //! No backend name, address or banner ever reaches the client.
 //!
+//! # Session state
+//!
+//! Pooling (and re-homing a session onto another backend connection) relies on knowing what
+//! state a backend connection carries. The relay keeps a small model of each logged-in
+//! session, fed by both directions, with the server as the source of truth:
+//!
+//! - **Tracked**: the commands in flight (tag, effect, `SELECT` target), removed by their
+//!   tagged reply; the selected mailbox and whether it is read-only (tagged `OK` to
+//!   `SELECT`/`EXAMINE`, `NO` to them, `OK` to `UNSELECT`/`CLOSE`, `* OK [CLOSED]`); its
+//!   UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ and EXISTS as the server last said; the extensions
+//!   the server said it enabled (`* ENABLED`); whether the client is in `IDLE`.
+//! - **Clean**: every command the client sent is on the allowlist of
+//!   [`imapproxy_codec::command`]: commands that leave no connection state beyond the selected
+//!   mailbox (`CAPABILITY NOOP CHECK EXPUNGE NAMESPACE SELECT EXAMINE UNSELECT CLOSE IDLE
+//!   LOGOUT APPEND CREATE DELETE RENAME SUBSCRIBE UNSUBSCRIBE LIST LSUB STATUS FETCH STORE COPY
+//!   MOVE SEARCH SORT THREAD`, their `UID` forms, `ID`, and the quota, ACL and metadata
+//!   commands), none of them with a state-bearing argument (`MODSEQ`, `HIGHESTMODSEQ`,
+//!   `CHANGEDSINCE`, `UNCHANGEDSINCE`, `CONDSTORE`, `QRESYNC`, `VANISHED`, `SAVE`, `UPDATE`,
+//!   `CONTEXT`). Only a clean session, quiet in both directions, outside `IDLE` and with
+//!   every command answered, goes back to the pool (which resets it with `UNSELECT`).
+//! - **Tainted**: anything else (`ENABLE`, `NOTIFY`, `COMPRESS`, `UNAUTHENTICATE`, `LANGUAGE`,
+//!   vendor commands, a command too long to inspect), or state the server revealed
+//!   (`* ENABLED`, `MODSEQ` or `VANISHED` data). The session continues; its backend connection
+//!   is closed at the end.
+//! - **Desynchronised**: a tagged reply with an unknown tag (a command hidden from the framer,
+//!   e.g. inside `NOOP {20+}`, which Dovecot reads as commands), a reply before the command's
+//!   end that is not the refusal of a synchronizing literal, a literal on an argument-less
+//!   command, `BAD`, `BYE`, more than 1,024 commands in flight. The relay then only forwards
+//!   bytes (the client's `LOGOUT` goes to the server) and the connection is closed at the end.
+//!
+//! Literals: the framer knows synchronizing (`{n}`) from non-synchronizing (`{n+}`) literals and
+//! whether the server's `+` came; only a synchronizing literal still waiting for `+` is ended
+//! by a tagged reply (RFC 9051 §4.3). Literal bodies are never read as commands.
+//!
 //! ```no_run
 //! use std::{collections::HashMap, sync::Arc};
 //! use imapproxy_pool::{BackendTarget, PoolSettings};
