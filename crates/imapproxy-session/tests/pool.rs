@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::start_proxy_pooled;
+use common::{start_proxy_capped, start_proxy_pooled};
 use imapproxy_pool::PoolSettings;
 use imapproxy_session::SessionSettings;
 use imapproxy_testkit::{Dovecot, TestClient};
@@ -304,4 +304,191 @@ async fn a_refused_synchronizing_literal_does_not_desynchronise_logout() {
     c.set_timeout(Duration::from_secs(5));
     let r = c.logout().await.unwrap();
     assert!(r.text().contains("* BYE") && r.tagged_ok(), "{}", r.text());
+}
+
+/// Lines of Dovecot's log about `user`'s backend session ending with `LOGOUT`, after up to
+/// `within` for at least `at_least` of them.
+fn logouts(dovecot: &Dovecot, user: &str, at_least: usize, within: Duration) -> usize {
+    let who = format!("imap({user})<");
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let n = dovecot
+            .log()
+            .lines()
+            .filter(|l| l.contains(&who) && l.contains("Logged out"))
+            .count();
+        if n >= at_least || std::time::Instant::now() >= deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_full_of_cached_sessions_closes_the_least_recently_used_for_a_new_user() {
+    const CAP: usize = 4;
+    let dovecot = Dovecot::builder().users(CAP + 1).start().unwrap();
+    let (proxy, pool) = start_proxy_capped(
+        &[dovecot.imap_addr()],
+        SessionSettings::default(),
+        pooled(),
+        CAP,
+    )
+    .await;
+    for i in 1..=CAP {
+        let (user, pass) = dovecot.user(i);
+        let (mut c, _) = session(proxy.plain, &user, &pass).await;
+        assert!(c.logout().await.unwrap().tagged_ok());
+    }
+    assert_eq!(pool.status().idle_sessions, CAP);
+
+    // Every backend connection is a cached session of someone else; the new user gets in.
+    let (user, pass) = dovecot.user(CAP + 1);
+    let mut c = TestClient::connect(proxy.plain).await.unwrap();
+    let r = c.login(&user, &pass).await.unwrap();
+    assert!(r.tagged_ok(), "{}", r.text());
+    assert!(c.cmd("s", "SELECT INBOX").await.unwrap().tagged_ok());
+    let status = pool.status();
+    assert_eq!(
+        (status.idle_sessions, status.evictions),
+        (CAP - 1, 1),
+        "{status:?}"
+    );
+
+    // The one closed is the first user's, logged out on the backend; the others are intact.
+    let (first, first_pass) = dovecot.user(1);
+    assert_eq!(logouts(&dovecot, &first, 1, Duration::from_secs(3)), 1);
+    for i in 2..=CAP {
+        let (other, _) = dovecot.user(i);
+        assert_eq!(logouts(&dovecot, &other, 1, Duration::ZERO), 0, "{other}");
+    }
+    assert!(c.logout().await.unwrap().tagged_ok());
+    let (_c, reused) = session(proxy.plain, &first, &first_pass).await;
+    assert!(!reused, "an evicted session was handed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_users_in_a_row_through_a_backend_capped_at_four_all_get_in() {
+    let dovecot = Dovecot::builder().users(30).start().unwrap();
+    let (proxy, pool) = start_proxy_capped(
+        &[dovecot.imap_addr()],
+        SessionSettings::default(),
+        pooled(),
+        4,
+    )
+    .await;
+    let mut refused = Vec::new();
+    for i in 1..=30 {
+        let (user, pass) = dovecot.user(i);
+        let mut c = TestClient::connect(proxy.plain).await.unwrap();
+        let r = c.login(&user, &pass).await.unwrap();
+        if !r.tagged_ok() {
+            refused.push(format!("{user}: {}", r.status_line()));
+            continue;
+        }
+        assert!(c.cmd("s", "SELECT INBOX").await.unwrap().tagged_ok());
+        assert!(c.logout().await.unwrap().tagged_ok());
+    }
+    assert!(refused.is_empty(), "{refused:?}");
+    let status = pool.status();
+    assert!(status.idle_sessions <= 4, "{status:?}");
+    assert!(status.evictions >= 26, "{status:?}");
+}
+
+fn aging(max_age: Duration) -> PoolSettings {
+    PoolSettings {
+        max_age,
+        // Neither idle expiry nor the NOOP check may be what ends a session here.
+        idle_timeout: Duration::from_secs(60),
+        noop_after: Duration::from_secs(60),
+        ..pooled()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_session_is_reused_within_max_age_and_not_after() {
+    let max_age = Duration::from_secs(1);
+    let (proxy, _pool) = start_proxy_pooled(
+        &[dovecot().imap_addr()],
+        SessionSettings::default(),
+        aging(max_age),
+    )
+    .await;
+    let (user, pass) = dovecot().user(1);
+    let (mut c, reused) = session(proxy.plain, &user, &pass).await;
+    assert!(!reused);
+    assert!(c.logout().await.unwrap().tagged_ok());
+    let (mut c, reused) = session(proxy.plain, &user, &pass).await;
+    assert!(reused, "not reused within max_age");
+    assert!(c.logout().await.unwrap().tagged_ok());
+    assert_eq!(logins(dovecot(), &user, 1), 1);
+
+    tokio::time::sleep(max_age + Duration::from_millis(200)).await;
+    let (mut c, reused) = session(proxy.plain, &user, &pass).await;
+    assert!(!reused, "reused past max_age");
+    assert!(c.cmd("s", "SELECT INBOX").await.unwrap().tagged_ok());
+    assert_eq!(logins(dovecot(), &user, 2), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_users_cached_session_still_logs_in_afresh_after_max_age() {
+    let max_age = Duration::from_secs(1);
+    let (proxy, _pool) = start_proxy_pooled(
+        &[dovecot().imap_addr()],
+        SessionSettings::default(),
+        aging(max_age),
+    )
+    .await;
+    let (user, pass) = dovecot().user(2);
+    let started = std::time::Instant::now();
+    let (mut fresh, mut sessions) = (0, 0);
+    while started.elapsed() < max_age + Duration::from_millis(500) {
+        let (mut c, reused) = session(proxy.plain, &user, &pass).await;
+        sessions += 1;
+        if !reused {
+            fresh += 1;
+        }
+        assert!(c.cmd("n", "NOOP").await.unwrap().tagged_ok());
+        assert!(c.logout().await.unwrap().tagged_ok());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(sessions >= 5, "{sessions} sessions");
+    assert_eq!(fresh, 2, "one login at the start and one after max_age");
+    assert_eq!(logins(dovecot(), &user, 2), 2);
+}
+
+/// A tagged answer without its tag and Dovecot's timing suffix (`(0.001 + 0.000 secs).`).
+fn answer_text(r: &imapproxy_testkit::Response) -> String {
+    let line = r.status_line();
+    let without_tag = line.split_once(' ').map_or(line.as_str(), |(_, rest)| rest);
+    match without_tag.rfind(" (") {
+        Some(i) if without_tag.ends_with("secs).") => without_tag[..i].to_owned(),
+        _ => without_tag.to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_left_in_a_mailbox_is_reused_in_the_authenticated_state() {
+    let (proxy, _pool) = start_proxy_pooled(
+        &[dovecot().imap_addr()],
+        SessionSettings::default(),
+        pooled(),
+    )
+    .await;
+    let (user, pass) = dovecot().user(3);
+    let (mut c, _) = session(proxy.plain, &user, &pass).await;
+    assert!(c.cmd("s", "SELECT INBOX").await.unwrap().tagged_ok());
+    assert!(c.logout().await.unwrap().tagged_ok());
+
+    let (mut c, reused) = session(proxy.plain, &user, &pass).await;
+    assert!(reused);
+    let through_proxy = c.cmd("f", "FETCH 1 FLAGS").await.unwrap();
+
+    // The same command on a fresh session straight to Dovecot.
+    let mut direct = TestClient::connect(dovecot().imap_addr()).await.unwrap();
+    assert!(direct.login(&user, &pass).await.unwrap().tagged_ok());
+    let fresh = direct.cmd("f", "FETCH 1 FLAGS").await.unwrap();
+    assert!(!fresh.tagged_ok(), "{}", fresh.text());
+    assert_eq!(through_proxy.untagged(), fresh.untagged());
+    assert_eq!(answer_text(&through_proxy), answer_text(&fresh));
 }

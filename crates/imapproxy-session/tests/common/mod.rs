@@ -138,3 +138,24 @@ pub async fn read_tags(client: &mut imapproxy_testkit::TestClient, tags: &[&str]
     }
     lines
 }
+
+/// [`start_proxy_pooled`] with every backend capped at `max_connections` backend connections
+/// (`[[backends]] max_connections`, which the pool enforces).
+pub async fn start_proxy_capped(
+    backends: &[SocketAddr],
+    settings: SessionSettings,
+    pool: PoolSettings,
+    max_connections: usize,
+) -> (TestProxy, SessionPool) {
+    let (proxy, session_pool) = start_proxy_pooled(backends, settings, pool).await;
+    // Registering a backend again replaces its pool entry (and drops any warm connection
+    // opened for the old one); no client has logged in yet.
+    for (i, addr) in backends.iter().enumerate() {
+        session_pool.add_backend(
+            &format!("backend{i}"),
+            BackendTarget::plain(addr.to_string()),
+            max_connections,
+        );
+    }
+    (proxy, session_pool)
+}
