@@ -27,7 +27,11 @@ impl Session {
             };
             let n = match read {
                 Ok(Ok(0)) => return Err(Error::ClientClosed),
-                Ok(Ok(n)) => n,
+                Ok(Ok(n)) => {
+                    // A command split over two writes must not wait for our delayed ACK.
+                    self.stream.quickack();
+                    n
+                }
                 Ok(Err(e)) => return Err(Error::Client(e)),
                 Err(_) => {
                     let _ = self.write(b"* BYE Disconnected for inactivity.\r\n").await;
