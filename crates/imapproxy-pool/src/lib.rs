@@ -26,7 +26,9 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), imapproxy_pool::Error> {
 //! use std::sync::Arc;
-//! use imapproxy_pool::{BackendTarget, Credentials, Disposition, PoolSettings, Secret, SessionPool};
+//! use imapproxy_pool::{
+//!     BackendTarget, Credentials, Disposition, PoolSettings, Secret, SessionPool,
+//! };
 //!
 //! let pool = SessionPool::new(PoolSettings { max_per_user: 8, ..PoolSettings::default() })?;
 //! pool.add_backend("mail", BackendTarget::plain("127.0.0.1:143"), 100);

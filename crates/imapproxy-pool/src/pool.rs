@@ -616,7 +616,7 @@ impl SessionPool {
     /// failure the slot is returned for a fresh login.
     async fn revive(&self, idle: Idle) -> Result<PooledSession, UserSlot> {
         if idle.too_old(self.inner.settings.max_age) {
-            tracing::debug!(backend = %idle.backend, "cached session past max_age; logging in afresh");
+            tracing::debug!(backend = %idle.backend, "cached session past max_age; new login");
             metrics::counter!("imapproxy_pool_evictions_total", "reason" => "max_age").increment(1);
             let Idle {
                 conn,
@@ -683,7 +683,7 @@ impl SessionPool {
             let Some(evicted) = self.evict_lru(&be.conns) else {
                 return Err(Error::BackendFull);
             };
-            tracing::debug!(%backend, "backend full: closing its least recently used cached session");
+            tracing::debug!(%backend, "backend full: closing its least recently used session");
             self.inner.evictions.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("imapproxy_pool_evictions_total", "reason" => "backend_full")
                 .increment(1);
