@@ -223,8 +223,13 @@ pub async fn serve(
         Ok(permit) => permit,
         Err(refusal) => {
             info!(id, client = %peer, limit = refusal.as_str(), "connection refused");
-            // Best effort and never waiting: a flood must not hold tasks on full buffers.
-            let _ = tcp.try_write(b"* BYE [LIMIT] Too many connections.\r\n");
+            // On an implicit-TLS listener the client is starting a TLS handshake: plaintext
+            // there reads as a broken server ("wrong version number"), and a TLS handshake
+            // is work a flood must not get. Closing without a byte is the honest answer.
+            if listener.tls != TlsMode::Implicit {
+                // Best effort and never waiting: a flood must not hold tasks on full buffers.
+                let _ = tcp.try_write(b"* BYE [LIMIT] Too many connections.\r\n");
+            }
             return;
         }
     };
