@@ -324,6 +324,56 @@ def closed(s, what):
         data += chunk
 "#;
 
+#[test]
+fn every_tls_session_the_proxy_ends_ends_with_close_notify() {
+    let proxy = Proxy::start(
+        dovecot().imap_addr(),
+        "preauth_timeout = \"2s\"\nauth_timeout = \"2s\"",
+        "",
+    );
+    let (user, pass) = dovecot().user(16);
+    let script = format!(
+        r#"{PY_TLS}
+implicit, starttls_port = {implicit}, {starttls}
+
+s = tls(implicit)
+s.sendall(b'a LOGOUT\r\n')
+assert b'a OK' in closed(s, 'pre-auth LOGOUT')
+
+s = starttls(starttls_port)
+s.sendall(b'a LOGOUT\r\n')
+assert b'a OK' in closed(s, 'LOGOUT after STARTTLS')
+
+s = tls(implicit)
+assert b'BYE' in closed(s, 'pre-auth timeout')
+
+s = tls(implicit)
+for i in range(10):
+    s.sendall(b'b%d FROB\r\n' % i)
+    until(s, b'b%d BAD' % i)
+s.sendall(b'b10 FROB\r\n')
+assert b'BYE' in closed(s, 'too many invalid commands')
+
+s = tls(implicit)
+s.sendall(b'l LOGIN {user} {pass}\r\n')
+until(s, b'l OK')
+s.sendall(b'a LOGOUT\r\n')
+assert b'a OK' in closed(s, 'LOGOUT after login')
+
+s = tls(implicit)
+s.sendall(b'l LOGIN {user} {pass}\r\n')
+until(s, b'l OK')
+assert b'BYE' in closed(s, 'autologout after login')
+if FAILED:
+    raise SystemExit('\n'.join(FAILED))
+print('ok')
+"#,
+        implicit = proxy.implicit.port(),
+        starttls = proxy.starttls.port(),
+    );
+    python(&script);
+}
+
 /// Whether the server closes the connection before sending a single byte.
 fn closed_without_a_byte(addr: SocketAddr) -> Result<(), String> {
     let mut tcp = TcpStream::connect(addr).unwrap();

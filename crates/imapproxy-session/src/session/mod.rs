@@ -35,6 +35,7 @@ use crate::throttle::{Throttle, Verdict};
 mod drive;
 mod login;
 mod preauth;
+mod rehome;
 
 /// The ID the proxy gives for itself, before and after login (RFC 2971). It names no backend.
 const PROXY_ID: &[u8] = b"* ID (\"name\" \"imapproxy\")\r\n";
@@ -44,6 +45,8 @@ const PREAUTH_READ: usize = 4096;
 const MAX_USERNAME: usize = 256;
 /// RFC 2971 §3.3: at most 30 field-value pairs.
 const MAX_ID_FIELDS: usize = 30;
+/// Bound on sending close_notify to a client at the end of its session.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// State shared by every session of one proxy: settings and backends.
 pub struct Proxy {
@@ -259,7 +262,9 @@ pub async fn serve(
             login_started: None,
             login_attempts: 0,
         };
-        match session.run().await {
+        let result = session.run().await;
+        session.close().await;
+        match result {
             Ok(()) => debug!("session closed"),
             Err(Error::ClientClosed) => debug!("client closed the connection"),
             Err(e) => info!(error = %e, "session ended"),
@@ -317,6 +322,13 @@ enum Next {
 /// A successful backend login, ready to relay.
 struct LoggedIn {
     session: PooledSession,
+    /// The backend's name and the user (lower-cased), for moving the session later.
+    backend: BackendId,
+    user_key: String,
+    /// The client's credentials, kept (zeroized on drop) so that the session can log in on
+    /// another backend when it moves; `None` after a relayed SASL login, which cannot be
+    /// replayed.
+    creds: Option<Credentials>,
     _guard: Option<SessionGuard>,
     /// The session's entry among the live sessions; its token ends the session.
     registration: Registration,
@@ -386,6 +398,17 @@ impl Session {
             .await?;
         self.stream = ClientStream::Tls(Box::new(stream));
         Ok(())
+    }
+
+    /// Ends the client connection, however the session ended: a TLS session with
+    /// close_notify (RFC 8446 §6.1), without which clients cannot tell a deliberate end from
+    /// a truncation attack and report an error (OpenSSL's "unexpected eof"). Bounded, since
+    /// a client that reads nothing must not keep the task; repeating it after a relay that
+    /// already shut the stream down is harmless.
+    async fn close(&mut self) {
+        if self.stream.is_tls() {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.stream.shutdown()).await;
+        }
     }
 
     /// Writes and flushes, bounded in time: a client that never reads must not pin the
