@@ -46,8 +46,10 @@ impl Default for ConnectionLimitSettings {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
-            max_connections_per_ip: 20,
-            max_new_connections_per_ip_per_sec: 10,
+            // Generous (the binary's defaults, reasons in its config): one address is often an
+            // office behind NAT, whose mail programs start and reconnect together.
+            max_connections_per_ip: 1000,
+            max_new_connections_per_ip_per_sec: 100,
             trusted: TrustedNetworks::parse(&["127.0.0.0/8", "::1/128"]).unwrap_or_default(),
             max_tracked: 65_536,
         }

@@ -622,8 +622,8 @@ addr = "127.0.0.1:10143"
         assert_eq!(l.throttle.block_duration, Duration::from_secs(900));
         assert!(l.throttle.trusted.contains("127.0.0.1".parse().unwrap()));
         assert_eq!(l.connections.max_connections, 10_000);
-        assert_eq!(l.connections.max_connections_per_ip, 20);
-        assert_eq!(l.connections.max_new_connections_per_ip_per_sec, 10);
+        assert_eq!(l.connections.max_connections_per_ip, 1000);
+        assert_eq!(l.connections.max_new_connections_per_ip_per_sec, 100);
     }
 
     #[test]

@@ -445,8 +445,14 @@ fn default_directory_timeout() -> Duration {
 fn default_pool_idle() -> Duration {
     Duration::from_secs(60)
 }
+/// Across all of a user's addresses. Dovecot limits sessions per user *and* address (10 by
+/// default, `mail_max_userip_connections`) and sees the real client address (the proxy sends
+/// `ID x-originating-ip`), so for people the backend's limit is the one that applies: 50
+/// covers Thunderbird (up to 5 connections) on several computers, phones, tablets and a
+/// mailbox shared by a team. Worker fleets set this to the backend's limit instead, so that
+/// a burst queues at the proxy rather than failing at the backend.
 fn default_max_per_user() -> u32 {
-    8
+    50
 }
 fn default_wait() -> Duration {
     Duration::from_secs(10)
@@ -478,11 +484,19 @@ fn default_failure_window() -> Duration {
 fn default_block_duration() -> Duration {
     Duration::from_secs(15 * 60)
 }
+/// Generous, because one address is often many people: an office or school behind one NAT
+/// address (Thunderbird alone opens up to 5 connections per account, phones 2–3 more), a
+/// carrier-grade NAT, a webmail server. 1000 lets an office of about 150 people in; the
+/// limit only stops one address from taking a large share of `max_connections`.
 fn default_max_connections_per_ip() -> u32 {
-    20
+    1000
 }
+/// Also the burst. An office's mail programs start together at 9 am, and all of them
+/// reconnect at once after a network glitch or a restart of the proxy; 100 per second brings
+/// even the 1000 connections of `max_connections_per_ip` back in about ten seconds (clients
+/// retry) while still bounding the TLS handshakes one address can demand.
 fn default_max_new_connections_per_ip_per_sec() -> u32 {
-    10
+    100
 }
 fn default_max_client_connections() -> usize {
     10_000

@@ -82,6 +82,14 @@ impl LineClient {
         Self::from_stream(TcpStream::connect(addr).unwrap())
     }
 
+    /// Connects from `source` (another loopback address: another device or office).
+    fn connect_from(source: [u8; 4], addr: SocketAddr) -> std::io::Result<Self> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.bind(&SocketAddr::from((source, 0)).into())?;
+        socket.connect_timeout(&addr.into(), Duration::from_secs(10))?;
+        Ok(Self::from_stream(socket.into()))
+    }
+
     fn from_stream(tcp: TcpStream) -> Self {
         tcp.set_nodelay(false).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -429,3 +437,57 @@ except (ConnectionError, OSError, SystemExit) as e:
     }
 }
 
+/// The defaults must never bother an ordinary office or person: Dovecot's own limit (10
+/// sessions per user *and* address, which it applies to the real client address the proxy
+/// passes on) is what a user with several devices meets, and an office behind one NAT
+/// address opens as many connections as its people's mail programs do.
+#[test]
+fn defaults_let_an_office_behind_one_address_and_a_user_with_many_devices_in() {
+    // Dovecot as shipped: 10 sessions per user and address.
+    let dovecot = Dovecot::builder()
+        .max_userip_connections(10)
+        .start()
+        .unwrap();
+    // Loopback is exempt from the per-address limits by default; trust nothing so that
+    // every other default applies as it would to clients on the Internet.
+    let proxy = Proxy::start(dovecot.imap_addr(), "", "trusted_networks = []");
+
+    // 9 am: an office of 30 behind one NAT address starts Thunderbird (up to 5 connections
+    // each), ten people in the same second, three seconds in a row.
+    let mut office = Vec::new();
+    for second in 0..3 {
+        if second > 0 {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        for _ in 0..50 {
+            let mut c = LineClient::connect(proxy.plain);
+            let line = c.cmd("c", "CAPABILITY").unwrap();
+            assert!(
+                line.starts_with("c OK"),
+                "connection {} of the office: {line:?}",
+                office.len() + 1
+            );
+            office.push(c);
+        }
+    }
+
+    // One person: Thunderbird at the office, at home, on a laptop elsewhere (5 connections
+    // each, from three addresses), all at once.
+    let (user, pass) = dovecot.user(1);
+    let mut devices = Vec::new();
+    for source in [[127, 0, 0, 2], [127, 0, 0, 3], [127, 0, 0, 4]] {
+        for _ in 0..5 {
+            let mut c = LineClient::connect_from(source, proxy.plain).unwrap();
+            let line = c.cmd("l", &format!("LOGIN {user} {pass}")).unwrap();
+            assert!(
+                line.starts_with("l OK"),
+                "session {} of {user}: {line:?}",
+                devices.len() + 1
+            );
+            devices.push(c);
+        }
+    }
+    for c in &mut devices {
+        assert!(c.cmd("n", "NOOP").unwrap().starts_with("n OK"));
+    }
+}
