@@ -126,7 +126,8 @@ impl LineClient {
 
     /// Sends `tag cmd\r\n` in one write and returns the tagged line.
     fn cmd(&mut self, tag: &str, cmd: &str) -> std::io::Result<String> {
-        self.writer.write_all(format!("{tag} {cmd}\r\n").as_bytes())?;
+        self.writer
+            .write_all(format!("{tag} {cmd}\r\n").as_bytes())?;
         Ok(self.until_tagged(tag)?.pop().unwrap_or_default())
     }
 
@@ -210,7 +211,10 @@ fn split_commands_after_login_see_no_delayed_ack_stall() {
         "median split round trips after login: NOOP Dovecot {direct_noop:?}, proxy {noop:?}; \
          APPEND Dovecot {direct_append:?}, proxy {append:?}"
     );
-    assert!(direct_noop < STALL_FREE, "Dovecot itself: NOOP {direct_noop:?}");
+    assert!(
+        direct_noop < STALL_FREE,
+        "Dovecot itself: NOOP {direct_noop:?}"
+    );
     assert!(noop < STALL_FREE, "through the proxy: NOOP {noop:?}");
     assert!(
         append < direct_append + STALL_FREE_EXTRA,
@@ -260,13 +264,22 @@ fn long_id_after_login_is_answered_as_dovecot_answers_it() {
         // Values of 200 octets, and of 1024, the most RFC 2971 §3.3 allows (a 31 KB line).
         for len in [200, 1024] {
             let lines = c.until_tagged_after("i", &long_id_command(len));
-            assert!(lines.last().unwrap().starts_with("i OK"), "{name}: {lines:?}");
+            assert!(
+                lines.last().unwrap().starts_with("i OK"),
+                "{name}: {lines:?}"
+            );
         }
         let line = c.cmd("n", "NOOP").unwrap();
         assert!(line.starts_with("n OK"), "{name}: {line:?}");
         let lines = c.until_tagged_after("o", "LOGOUT");
-        assert!(lines.iter().any(|l| l.starts_with("* BYE")), "{name}: {lines:?}");
-        assert!(lines.last().unwrap().starts_with("o OK"), "{name}: {lines:?}");
+        assert!(
+            lines.iter().any(|l| l.starts_with("* BYE")),
+            "{name}: {lines:?}"
+        );
+        assert!(
+            lines.last().unwrap().starts_with("o OK"),
+            "{name}: {lines:?}"
+        );
     }
 }
 
