@@ -35,7 +35,6 @@ use crate::throttle::{Throttle, Verdict};
 mod drive;
 mod login;
 mod preauth;
-mod rehome;
 
 /// The ID the proxy gives for itself, before and after login (RFC 2971). It names no backend.
 const PROXY_ID: &[u8] = b"* ID (\"name\" \"imapproxy\")\r\n";
@@ -322,13 +321,6 @@ enum Next {
 /// A successful backend login, ready to relay.
 struct LoggedIn {
     session: PooledSession,
-    /// The backend's name and the user (lower-cased), for moving the session later.
-    backend: BackendId,
-    user_key: String,
-    /// The client's credentials, kept (zeroized on drop) so that the session can log in on
-    /// another backend when it moves; `None` after a relayed SASL login, which cannot be
-    /// replayed.
-    creds: Option<Credentials>,
     _guard: Option<SessionGuard>,
     /// The session's entry among the live sessions; its token ends the session.
     registration: Registration,
