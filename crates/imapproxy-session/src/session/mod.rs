@@ -261,13 +261,13 @@ pub async fn serve(
             login_started: None,
             login_attempts: 0,
         };
-        let result = session.run().await;
-        session.close().await;
-        match result {
+        match session.run().await {
             Ok(()) => debug!("session closed"),
             Err(Error::ClientClosed) => debug!("client closed the connection"),
             Err(e) => info!(error = %e, "session ended"),
         }
+        // After the log line, so that no result is held across the await (task size).
+        session.close().await;
     }
     .instrument(span)
     .await
