@@ -35,6 +35,7 @@
 #![warn(missing_docs, rust_2018_idioms)]
 
 mod client;
+pub mod conformance;
 mod dovecot;
 mod error;
 mod fake;
