@@ -299,7 +299,9 @@ pub fn mailbox_argument(message: &[u8]) -> Option<&[u8]> {
     let (_tag, _name, rest) = (parts.next()?, parts.next()?, parts.next()?);
     if rest.first() == Some(&b'"') {
         let end = skip_quoted(rest, 1);
-        return rest.get(..end).filter(|q| q.len() >= 2 && q.ends_with(b"\""));
+        return rest
+            .get(..end)
+            .filter(|q| q.len() >= 2 && q.ends_with(b"\""));
     }
     let end = memchr(b' ', rest).unwrap_or(rest.len());
     let atom = rest.get(..end)?;
@@ -318,7 +320,10 @@ mod tests {
     #[test]
     fn plain_commands_are_stateless() {
         for (name, msg) in [
-            (C::Fetch, &b"a FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n"[..]),
+            (
+                C::Fetch,
+                &b"a FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n"[..],
+            ),
             (C::UidSearch, b"a UID SEARCH UNSEEN SINCE 1-Jan-2020\r\n"),
             (C::Status, b"a STATUS INBOX (MESSAGES UIDNEXT UNSEEN)\r\n"),
             (C::List, b"a LIST \"\" * RETURN (SUBSCRIBED CHILDREN)\r\n"),
@@ -338,16 +343,48 @@ mod tests {
     #[test]
     fn state_bearing_arguments_taint() {
         for (name, msg, taint) in [
-            (C::Select, &b"a SELECT INBOX (CONDSTORE)\r\n"[..], Taint::Condstore),
-            (C::Select, b"a select INBOX (qresync (1 2))\r\n", Taint::Condstore),
-            (C::Status, b"a STATUS INBOX (HIGHESTMODSEQ)\r\n", Taint::Condstore),
-            (C::Fetch, b"a FETCH 1 (FLAGS) (CHANGEDSINCE 4)\r\n", Taint::Condstore),
+            (
+                C::Select,
+                &b"a SELECT INBOX (CONDSTORE)\r\n"[..],
+                Taint::Condstore,
+            ),
+            (
+                C::Select,
+                b"a select INBOX (qresync (1 2))\r\n",
+                Taint::Condstore,
+            ),
+            (
+                C::Status,
+                b"a STATUS INBOX (HIGHESTMODSEQ)\r\n",
+                Taint::Condstore,
+            ),
+            (
+                C::Fetch,
+                b"a FETCH 1 (FLAGS) (CHANGEDSINCE 4)\r\n",
+                Taint::Condstore,
+            ),
             (C::Fetch, b"a FETCH 1 (modseq)\r\n", Taint::Condstore),
-            (C::Store, b"a STORE 1 (UNCHANGEDSINCE 3) +FLAGS (x)\r\n", Taint::Condstore),
+            (
+                C::Store,
+                b"a STORE 1 (UNCHANGEDSINCE 3) +FLAGS (x)\r\n",
+                Taint::Condstore,
+            ),
             (C::Search, b"a SEARCH MODSEQ 5\r\n", Taint::Condstore),
-            (C::Search, b"a SEARCH RETURN (SAVE) UNSEEN\r\n", Taint::SearchResult),
-            (C::Search, b"a SEARCH RETURN (UPDATE COUNT) ALL\r\n", Taint::SearchContext),
-            (C::List, b"a LIST \"\" * RETURN (STATUS (HIGHESTMODSEQ))\r\n", Taint::Condstore),
+            (
+                C::Search,
+                b"a SEARCH RETURN (SAVE) UNSEEN\r\n",
+                Taint::SearchResult,
+            ),
+            (
+                C::Search,
+                b"a SEARCH RETURN (UPDATE COUNT) ALL\r\n",
+                Taint::SearchContext,
+            ),
+            (
+                C::List,
+                b"a LIST \"\" * RETURN (STATUS (HIGHESTMODSEQ))\r\n",
+                Taint::Condstore,
+            ),
         ] {
             assert_eq!(effect(name, msg), Effect::Taints(taint), "{msg:?}");
         }
@@ -371,10 +408,7 @@ mod tests {
             effect(C::UidOther, b"a UID XFOO\r\n"),
             Effect::Taints(Taint::Unlisted)
         );
-        assert_eq!(
-            inspect(C::Fetch, None, 0),
-            Effect::Taints(Taint::Unlisted)
-        );
+        assert_eq!(inspect(C::Fetch, None, 0), Effect::Taints(Taint::Unlisted));
         // APPEND's arguments cannot switch state on: its message need not be seen.
         assert_eq!(inspect(C::Append, None, 1), Effect::Stateless);
     }

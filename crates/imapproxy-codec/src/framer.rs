@@ -269,7 +269,7 @@ pub enum UntaggedKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Frame {
     /// Tag of a command or tagged response; `None` for `*`, `+`, bare lines, and tags that are
-    /// invalid or too long to be read from the first [`HEAD_CAP`] bytes (64) of the line.
+    /// invalid or too long to be read from the first [`HEAD_CAP`] bytes (80) of the line.
     pub tag: Option<Tag>,
     /// What kind of message it was.
     pub kind: FrameKind,
@@ -277,7 +277,9 @@ pub struct Frame {
     pub len: u64,
     /// Bytes inside literals (announcements excluded).
     pub literal_bytes: u64,
-    /// Literals the message carried (`{n}`, `{n+}` and `~{n}` alike, `{0}` included).
+    /// Literals the message announced (`{n}`, `{n+}` and `~{n}` alike, `{0}` included). A
+    /// synchronizing literal the server refused (see [`Framer::refused`]) is counted here but
+    /// its bytes, never sent, are not in `literal_bytes`.
     pub literals: u32,
 }
 
@@ -289,8 +291,14 @@ enum Tail {
     Digits(u64),
     Plus(u64),
     /// `{n}` (`sync`: no `+`, the sender waits for a continuation) or `{n+}`.
-    Close { n: u64, sync: bool },
-    CloseCr { n: u64, sync: bool },
+    Close {
+        n: u64,
+        sync: bool,
+    },
+    CloseCr {
+        n: u64,
+        sync: bool,
+    },
 }
 
 impl Tail {
@@ -559,7 +567,7 @@ impl Framer {
         if let (Some(dst), Some(src)) = (self.head.get_mut(have..have + take), seg.get(..take)) {
             dst.copy_from_slice(src);
         }
-        // HEAD_CAP (64) fits in u8.
+        // HEAD_CAP (80) fits in u8.
         self.head_len = (have + take) as u8;
         if take < seg.len() {
             self.head_truncated = true;
@@ -635,7 +643,7 @@ impl<'a> Head<'a> {
                 UntaggedKind::Status(s)
             } else if w.eq_ignore_ascii_case(b"CAPABILITY") {
                 UntaggedKind::Capability
-            } else if w.iter().all(u8::is_ascii_digit) {
+            } else if !w.is_empty() && w.iter().all(u8::is_ascii_digit) {
                 match after.and_then(|a| self.word(a).0) {
                     Some(k) if k.eq_ignore_ascii_case(b"EXISTS") => UntaggedKind::Exists,
                     Some(k) if k.eq_ignore_ascii_case(b"EXPUNGE") => UntaggedKind::Expunge,

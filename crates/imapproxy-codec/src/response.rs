@@ -145,7 +145,10 @@ mod tests {
     #[test]
     fn numbered_responses() {
         assert_eq!(numbered(b"* 23 EXISTS\r\n"), Some((23, &b"EXISTS"[..])));
-        assert_eq!(numbered(b"* 4 FETCH (FLAGS ())\r\n"), Some((4, &b"FETCH"[..])));
+        assert_eq!(
+            numbered(b"* 4 FETCH (FLAGS ())\r\n"),
+            Some((4, &b"FETCH"[..]))
+        );
         assert_eq!(numbered(b"* OK x\r\n"), None);
         assert_eq!(numbered(b"* 99999999999999999999999 EXISTS\r\n"), None);
     }
@@ -153,7 +156,9 @@ mod tests {
     #[test]
     fn modseq_data() {
         assert!(reveals_modseq(b"* 1 FETCH (UID 4 MODSEQ (12))\r\n"));
-        assert!(reveals_modseq(b"* STATUS INBOX (MESSAGES 2 HIGHESTMODSEQ 7)\r\n"));
+        assert!(reveals_modseq(
+            b"* STATUS INBOX (MESSAGES 2 HIGHESTMODSEQ 7)\r\n"
+        ));
         assert!(reveals_modseq(b"* VANISHED (EARLIER) 1:3\r\n"));
         assert!(!reveals_modseq(b"* 1 FETCH (UID 4 FLAGS (\\Seen))\r\n"));
         assert!(!reveals_modseq(b"* OK [HIGHESTMODSEQ 7] Highest\r\n"));

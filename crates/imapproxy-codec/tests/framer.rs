@@ -84,7 +84,7 @@ fn client_known_answers() {
             // The literal holds `ab{3}`: literal content never announces anything.
             (t("a5"), K::Command(C::Append), 22 + 5 + 2, 5),
             (t("a6"), K::Command(C::Append), 38 + 3 + 23, 3),
-            (t("a7"), K::Command(C::Other), 26, 0),
+            (t("a7"), K::Command(C::UidFetch), 26, 0),
             (t("a8"), K::Command(C::Idle), 9, 0),
             (None, K::Command(C::Done), 6, 0),
             (t("a9"), K::Command(C::Login), 14 + 4 + 6 + 4 + 2, 8),
@@ -230,10 +230,18 @@ fn malformed_announcements_are_text() {
 
 #[test]
 fn long_tags_and_long_lines() {
+    // The longest tag (64 bytes) and its command name fit the recorded head (80 bytes).
     let tag = "t".repeat(64);
     let line = format!("{tag} NOOP\r\n");
     let got = summary(Direction::Client, line.as_bytes());
-    // A tag filling the recorded head cannot be read: framed, but reported without a tag.
+    assert_eq!(
+        got,
+        vec![(Some(tag.clone()), K::Command(C::Noop), line.len() as u64, 0)]
+    );
+    // A word running past the head cannot be read: framed, but reported without a tag.
+    let tag = "t".repeat(80);
+    let line = format!("{tag} NOOP\r\n");
+    let got = summary(Direction::Client, line.as_bytes());
     assert_eq!(got, vec![(None, K::Line, line.len() as u64, 0)]);
 
     let tag = "t".repeat(40);

@@ -332,6 +332,43 @@ impl BackendConn {
         self.read_response(&tag).await
     }
 
+    /// Sends one command (`args`: everything after the tag, without CRLF, as bytes, e.g. a
+    /// mailbox name in a quoted string) under the connector's own tag and reads its response.
+    pub async fn command_bytes(&mut self, args: &[u8]) -> Result<Response, Error> {
+        let tag = self.tag();
+        let mut line = Vec::with_capacity(tag.len() + args.len() + 3);
+        line.extend_from_slice(tag.as_bytes());
+        line.push(b' ');
+        line.extend_from_slice(args);
+        line.extend_from_slice(b"\r\n");
+        self.write_all(&line).await?;
+        self.read_response(&tag).await
+    }
+
+    /// Writes `bytes` as they are (whole commands of someone else's, with their own tags),
+    /// bounded by the I/O timeout.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.write_all(bytes).await
+    }
+
+    /// Reads until a `+` continuation; returns the untagged responses before it. A tagged
+    /// response instead is an error ([`Error::AuthFailed`] carries its code).
+    pub async fn read_continuation(&mut self) -> Result<Vec<Vec<u8>>, Error> {
+        let mut untagged = Vec::new();
+        loop {
+            let msg = self.read_message().await?;
+            if msg.starts_with(b"+") {
+                return Ok(untagged);
+            }
+            if !msg.starts_with(b"*") {
+                return Err(Error::CommandRejected {
+                    code: response_code(&msg),
+                });
+            }
+            untagged.push(msg);
+        }
+    }
+
     /// Logs in with `creds`, first sending `ID` with `id_fields` (RFC 2971) in the same write so
     /// that the backend records the real client (Dovecot honours `x-originating-ip` from
     /// `login_trusted_networks`). Uses `AUTHENTICATE PLAIN` with SASL-IR when offered, `LOGIN`

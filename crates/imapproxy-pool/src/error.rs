@@ -44,6 +44,12 @@ pub enum Error {
         /// The response code, upper-cased, if any (`AUTHENTICATIONFAILED`, `UNAVAILABLE`, ...).
         code: Option<String>,
     },
+    /// The backend answered a command with a tagged reply where a continuation was expected.
+    #[error("backend rejected the command")]
+    CommandRejected {
+        /// The response code, upper-cased, if any.
+        code: Option<String>,
+    },
     /// Every one of the user's backend sessions stayed busy for the whole `wait_timeout`.
     #[error("timed out waiting for one of the user's backend sessions")]
     PoolTimeout,

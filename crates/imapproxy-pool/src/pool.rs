@@ -48,7 +48,7 @@ impl Default for PoolSettings {
             warm: 2,
             warm_max_age: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
-            max_per_user: 8,
+            max_per_user: 50,
             wait_timeout: Duration::from_secs(10),
             noop_after: Duration::from_secs(30),
             max_age: Duration::from_secs(300),

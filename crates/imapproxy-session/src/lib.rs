@@ -97,7 +97,7 @@ pub use error::Error;
 pub use health::ImapHealthCheck;
 pub use limits::{ConnectionLimitSettings, ConnectionLimits, LimitSettings};
 pub use proxy_protocol::{ProxyProtocolSettings, TrustedNetworks};
-pub use registry::{Overrides, Registration, SessionInfo, SessionRegistry};
+pub use registry::{MigrationCause, Overrides, Registration, SessionInfo, SessionRegistry};
 pub use session::{Proxy, serve};
 pub use settings::{ListenerSettings, SessionSettings, Upstreams};
 pub use stream::ClientStream;

@@ -4,16 +4,60 @@
 //! ends (the [`Registration`] guard deregisters on drop, whatever the path out). Each entry
 //! carries its own cancellation token: [`SessionRegistry::kick_user`] cancels it and the relay
 //! ends the session with `BYE` (RFC 9051 §7.1.5), so the client reconnects, possibly to
-//! another backend.
+//! another backend. [`SessionRegistry::migrate_user`] and [`SessionRegistry::migrate_backend`]
+//! instead ask sessions to move to another backend connection without the client noticing.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use imapproxy_route::BackendId;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+/// Why an operator asked a session to move to another backend connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MigrationCause {
+    /// Its backend is drained with migration.
+    Drain,
+    /// Its user was moved to another backend.
+    Move,
+}
+
+impl MigrationCause {
+    fn code(self) -> u8 {
+        match self {
+            Self::Drain => 1,
+            Self::Move => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Self::Drain),
+            2 => Some(Self::Move),
+            _ => None,
+        }
+    }
+}
+
+/// A pending request to move one session.
+#[derive(Debug, Default)]
+struct Migration {
+    notify: Notify,
+    cause: AtomicU8,
+}
+
+impl Migration {
+    fn request(&self, cause: MigrationCause) {
+        self.cause.store(cause.code(), Ordering::Release);
+        // A permit is stored when the session is not waiting right now (mid-re-home, say).
+        self.notify.notify_one();
+    }
+}
 
 /// One live logged-in session, as listed by [`SessionRegistry::list`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +79,7 @@ struct Entry {
     info: SessionInfo,
     token: CancellationToken,
     kicked: Arc<AtomicBool>,
+    migration: Arc<Migration>,
 }
 
 #[derive(Default)]
@@ -73,6 +118,7 @@ impl SessionRegistry {
     pub fn register(&self, id: u64, user: &str, client: SocketAddr, backend: &str) -> Registration {
         let token = CancellationToken::new();
         let kicked = Arc::new(AtomicBool::new(false));
+        let migration = Arc::new(Migration::default());
         let entry = Entry {
             info: SessionInfo {
                 id,
@@ -83,6 +129,7 @@ impl SessionRegistry {
             },
             token: token.clone(),
             kicked: Arc::clone(&kicked),
+            migration: Arc::clone(&migration),
         };
         lock(&self.inner.sessions).insert(id, entry);
         Registration {
@@ -90,7 +137,31 @@ impl SessionRegistry {
             id,
             token,
             kicked,
+            migration,
         }
+    }
+
+    /// Asks every live session of `user` to move to another backend connection (its next
+    /// login target: set the override first). Returns how many were asked.
+    pub fn migrate_user(&self, user: &str) -> usize {
+        let user = user.to_lowercase();
+        self.migrate_where(|info| info.user == user, MigrationCause::Move)
+    }
+
+    /// Asks every live session on `backend` to move to another backend. Returns how many
+    /// were asked.
+    pub fn migrate_backend(&self, backend: &str) -> usize {
+        self.migrate_where(|info| info.backend == backend, MigrationCause::Drain)
+    }
+
+    fn migrate_where(&self, f: impl Fn(&SessionInfo) -> bool, cause: MigrationCause) -> usize {
+        let sessions = lock(&self.inner.sessions);
+        let mut n = 0;
+        for e in sessions.values().filter(|e| f(&e.info)) {
+            e.migration.request(cause);
+            n += 1;
+        }
+        n
     }
 
     /// The live sessions, oldest first.
@@ -144,6 +215,7 @@ pub struct Registration {
     id: u64,
     token: CancellationToken,
     kicked: Arc<AtomicBool>,
+    migration: Arc<Migration>,
 }
 
 impl Registration {
@@ -157,6 +229,25 @@ impl Registration {
     #[must_use]
     pub fn kicked(&self) -> bool {
         self.kicked.load(Ordering::Acquire)
+    }
+
+    /// Resolves when an operator asks the session to move, with why.
+    pub async fn migration_requested(&self) -> MigrationCause {
+        loop {
+            self.migration.notify.notified().await;
+            if let Some(cause) =
+                MigrationCause::from_code(self.migration.cause.swap(0, Ordering::AcqRel))
+            {
+                return cause;
+            }
+        }
+    }
+
+    /// The session now runs on `backend` (after a move).
+    pub fn set_backend(&self, backend: &str) {
+        if let Some(e) = lock(&self.registry.sessions).get_mut(&self.id) {
+            backend.clone_into(&mut e.info.backend);
+        }
     }
 }
 
@@ -257,6 +348,10 @@ mod tests {
         assert_eq!(reg.count(), 1);
         assert_eq!(reg.kick_user("alice"), 0);
         assert!(reg.kick(2));
+        assert_eq!(reg.migrate_backend("mail2"), 1);
+        b.set_backend("mail3");
+        assert_eq!(reg.list()[0].backend, "mail3");
+        assert_eq!(reg.migrate_user("BOB"), 1);
         drop(b);
         assert!(!reg.kick(2));
         assert_eq!(reg.count(), 0);

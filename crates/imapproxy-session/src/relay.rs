@@ -44,6 +44,11 @@ pub(crate) enum RelayEnd {
     ClientClosed,
     /// The backend closed its side; everything it sent was delivered.
     BackendClosed,
+    /// The backend said `BYE` on its own (not to the client's `LOGOUT`); it was not relayed.
+    BackendBye,
+    /// [`Link::request_migration`] was asked and the session reached a point where it can
+    /// move: nothing in flight (or only an `IDLE` under way), nothing half-sent.
+    Migrate,
     /// The client sent nothing for the authenticated idle timeout.
     IdleTimeout,
     /// Reading from or writing to the client failed.
@@ -302,12 +307,11 @@ enum Side {
     Dst(io::Error),
 }
 
-/// The relay of one logged-in session: both directions plus the authenticated idle timeout.
-pub(crate) struct Relay<'a, C, B> {
-    client: &'a mut C,
-    backend: &'a mut B,
+/// What outlives one backend connection of a logged-in session: the client direction, the
+/// session's state, the idle timer. A session re-homed onto another backend keeps its `Link`
+/// and gets a new [`Relay`].
+pub(crate) struct Link {
     up: Pump,
-    down: Pump,
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
     last_client: Instant,
@@ -318,81 +322,171 @@ pub(crate) struct Relay<'a, C, B> {
     intercept_logout: bool,
     /// The client closed its side; the relay lingers until its commands are answered.
     client_eof: bool,
+    /// Stop at the next point where the session can move to another backend.
+    migrate: bool,
+    /// Drop the next `+` from the backend: the client already has its `IDLE` continuation.
+    swallow_continuation: bool,
+}
+
+impl Link {
+    /// A link whose client pipelined `client_leftover` behind its login. With
+    /// `intercept_logout` the client's `LOGOUT` is answered by the proxy and never reaches the
+    /// backend.
+    pub(crate) fn new(
+        client_leftover: Vec<u8>,
+        idle_timeout: Duration,
+        intercept_logout: bool,
+    ) -> Self {
+        let mut link = Self {
+            up: Pump::new(Direction::Client, false),
+            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle_timeout,
+            last_client: Instant::now(),
+            facts: SessionFacts::default(),
+            state: SessionState::new(),
+            logout: None,
+            intercept_logout,
+            client_eof: false,
+            migrate: false,
+            swallow_continuation: false,
+        };
+        if !client_leftover.is_empty() {
+            // Commands pipelined behind LOGIN: tracked like any other (RFC 9051 §5.5).
+            let Link {
+                up,
+                facts,
+                state,
+                logout,
+                ..
+            } = &mut link;
+            up.buf = client_leftover;
+            up.scan(|f, whole| on_command(facts, state, logout, intercept_logout, f, whole));
+        }
+        link
+    }
+
+    /// What the relay learned so far. `down` is the backend direction of the relay that ran
+    /// last (`None`: nothing of it is pending).
+    fn facts_with(&self, down_idle: bool) -> SessionFacts {
+        let mut facts = self.facts;
+        facts.outstanding = self.state.outstanding();
+        facts.mid_command = !self.up.framer.at_boundary() || self.up.written < self.up.buf.len();
+        facts.mid_response = !down_idle;
+        facts
+    }
+
+    /// The session's state.
+    pub(crate) fn state(&self) -> &SessionState {
+        &self.state
+    }
+
+    /// The session's state, for a re-home that replays it.
+    pub(crate) fn state_mut(&mut self) -> &mut SessionState {
+        &mut self.state
+    }
+
+    /// Asks the relay to end with [`RelayEnd::Migrate`] as soon as the session can move; it
+    /// reads no new command from the client meanwhile.
+    pub(crate) fn request_migration(&mut self) {
+        self.migrate = true;
+    }
+
+    /// After a re-home: read the client again, and drop the new backend's first `+` when the
+    /// client already has its `IDLE` continuation.
+    pub(crate) fn resume(&mut self, swallow_continuation: bool) {
+        self.migrate = false;
+        self.up.paused = false;
+        self.swallow_continuation = swallow_continuation;
+    }
+
+    /// Whether the client's side is at a command boundary with nothing half-forwarded.
+    pub(crate) fn client_quiet(&self) -> bool {
+        self.up.framer.at_boundary() && self.up.written == self.up.buf.len()
+    }
+}
+
+/// The relay of one logged-in session over one backend connection: both directions plus the
+/// authenticated idle timeout.
+pub(crate) struct Relay<'a, C, B> {
+    client: &'a mut C,
+    backend: &'a mut B,
+    link: &'a mut Link,
+    down: Pump,
+    backend_bye: bool,
     policy: &'a ResponsePolicy,
 }
 
 impl<'a, C: ReadReady, B: ReadReady> Relay<'a, C, B> {
-    /// `backend_leftover` are bytes the backend sent after the login response, which belong
-    /// to the client. With `intercept_logout` the client's `LOGOUT` is answered by the proxy
-    /// and never reaches the backend.
+    /// `backend_leftover` are bytes the backend sent after the login response (or the
+    /// re-home's last exchange), which belong to the client.
     pub(crate) fn new(
         client: &'a mut C,
         backend: &'a mut B,
-        client_leftover: Vec<u8>,
+        link: &'a mut Link,
         backend_leftover: Vec<u8>,
-        idle_timeout: Duration,
         policy: &'a ResponsePolicy,
-        intercept_logout: bool,
     ) -> Self {
-        let mut up = Pump::new(Direction::Client, false);
-        let mut down = Pump::new(Direction::Server, true);
-        let mut facts = SessionFacts::default();
-        let mut state = SessionState::new();
-        let mut logout = None;
-        if !client_leftover.is_empty() {
-            // Commands pipelined behind LOGIN: tracked like any other (RFC 9051 §5.5). Scanned
-            // first: the backend's bytes after the login reply may answer them.
-            up.buf = client_leftover;
-            up.scan(|f, whole| {
-                on_command(
-                    &mut facts,
-                    &mut state,
-                    &mut logout,
-                    intercept_logout,
+        // The backend's end of stream is not the client's: the session may move on.
+        let mut down = Pump::new(Direction::Server, false);
+        let mut backend_bye = false;
+        if !backend_leftover.is_empty() {
+            down.buf = backend_leftover;
+            let Link {
+                up,
+                state,
+                swallow_continuation,
+                ..
+            } = &mut *link;
+            down.scan(|f, whole| {
+                on_response(
+                    policy,
+                    state,
+                    up,
+                    swallow_continuation,
+                    &mut backend_bye,
                     f,
                     whole,
                 )
             });
         }
-        if !backend_leftover.is_empty() {
-            down.buf = backend_leftover;
-            down.scan(|f, whole| on_response(policy, &mut state, &mut up, f, whole));
-        }
         Self {
             client,
             backend,
-            up,
+            link,
             down,
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
-            idle_timeout,
-            last_client: Instant::now(),
-            facts,
-            state,
-            logout,
-            intercept_logout,
-            client_eof: false,
+            backend_bye,
             policy,
         }
     }
 
     /// What the relay learned so far.
     pub(crate) fn facts(&self) -> SessionFacts {
-        let mut facts = self.facts;
-        facts.outstanding = self.state.outstanding();
-        facts.mid_command = !self.up.framer.at_boundary() || self.up.written < self.up.buf.len();
-        facts.mid_response = !self.down.is_idle();
-        facts
+        self.link.facts_with(self.down.is_idle())
     }
 
     /// Whether the backend session may serve another client now (see
     /// [`SessionState::reusable`]).
     pub(crate) fn reusable(&self) -> bool {
-        self.state.reusable(self.facts().quiet())
+        self.link.state.reusable(self.facts().quiet())
     }
 
     /// How far the proxy trusts its picture of the session.
     pub(crate) fn condition(&self) -> Condition {
-        self.state.condition()
+        self.link.state.condition()
+    }
+
+    /// Asks for [`RelayEnd::Migrate`]; see [`Link::request_migration`].
+    pub(crate) fn request_migration(&mut self) {
+        self.link.request_migration();
+    }
+
+    /// Whether the session is where it can move: nothing half-sent either way, and nothing
+    /// in flight but an `IDLE` the server already accepted.
+    fn movable(&self) -> bool {
+        self.link.client_quiet()
+            && self.down.is_idle()
+            && self.link.logout.is_none()
+            && (self.link.state.outstanding() == 0 || self.link.state.idle_established())
     }
 }
 
@@ -400,12 +494,28 @@ fn on_response(
     policy: &ResponsePolicy,
     state: &mut SessionState,
     up: &mut Pump,
+    swallow_continuation: &mut bool,
+    backend_bye: &mut bool,
     frame: &Frame,
     whole: Option<&[u8]>,
 ) -> Action {
     match frame.kind {
+        FrameKind::Continuation if std::mem::take(swallow_continuation) => {
+            // The `+` of an IDLE re-entered for the client on a new connection.
+            state.on_response(frame, whole);
+            return Action::Replace(Vec::new());
+        }
         // A synchronizing literal the client waits to send may come now.
         FrameKind::Continuation => up.framer.continuation_seen(),
+        // RFC 9051 §7.1.5: a BYE that does not answer LOGOUT means the server is going away.
+        // The client is not told: the session may move to another backend.
+        // A desynchronised session cannot know what the BYE answers: it is relayed.
+        FrameKind::Untagged(UntaggedKind::Status(imapproxy_codec::Status::Bye))
+            if !state.logging_out() && !state.is_desynchronised() =>
+        {
+            *backend_bye = true;
+            return Action::Stop;
+        }
         FrameKind::Tagged(_) => {
             if let Some(tag) = frame.tag.filter(|t| !state.is_outstanding(t)) {
                 if up.framer.partial_tag() == Some(tag) {
@@ -451,11 +561,21 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
     type Output = RelayEnd;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayEnd> {
+        let this = self.get_mut();
+        if this.link.migrate && this.movable() {
+            return Poll::Ready(RelayEnd::Migrate);
+        }
         let Relay {
             client,
             backend,
-            up,
+            link,
             down,
+            backend_bye,
+            policy,
+        } = this;
+        let policy: &ResponsePolicy = policy;
+        let Link {
+            up,
             idle,
             idle_timeout,
             last_client,
@@ -464,9 +584,9 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
             logout,
             intercept_logout,
             client_eof,
-            policy,
-        } = self.get_mut();
-        let policy: &ResponsePolicy = policy;
+            migrate,
+            swallow_continuation,
+        } = &mut **link;
 
         {
             let mut bytes_down = facts.bytes_down;
@@ -476,7 +596,17 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
                 &mut **client,
                 &mut bytes_down,
                 || {},
-                |f, whole| on_response(policy, state, up, f, whole),
+                |f, whole| {
+                    on_response(
+                        policy,
+                        state,
+                        up,
+                        swallow_continuation,
+                        backend_bye,
+                        f,
+                        whole,
+                    )
+                },
             );
             facts.bytes_down = bytes_down;
             match down_result {
@@ -485,7 +615,15 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
                 Poll::Ready(Err(Side::Dst(e))) => return Poll::Ready(RelayEnd::ClientError(e)),
                 Poll::Pending => {}
             }
+            if *backend_bye && down.written == down.buf.len() {
+                return Poll::Ready(RelayEnd::BackendBye);
+            }
 
+            // While a move is pending, no new command is read: the session gets to a point
+            // where it can move.
+            if *migrate && up.framer.at_boundary() && up.written == up.buf.len() {
+                up.paused = true;
+            }
             let mut client_active = false;
             if !*client_eof {
                 let mut bytes_up = facts.bytes_up;
@@ -531,6 +669,16 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
                 }
             }
         }
+        if this.link.migrate && this.movable() {
+            return Poll::Ready(RelayEnd::Migrate);
+        }
+        let Link {
+            idle,
+            idle_timeout,
+            last_client,
+            client_eof,
+            ..
+        } = &mut *this.link;
 
         while idle.as_mut().poll(cx).is_ready() {
             let deadline = *last_client + *idle_timeout;

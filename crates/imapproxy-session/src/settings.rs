@@ -36,6 +36,14 @@ pub struct SessionSettings {
     pub proxy_protocol: ProxyProtocolSettings,
     /// Failed-login throttling and connection limits (`[limits]`).
     pub limits: LimitSettings,
+    /// Move logged-in sessions to another backend connection when theirs fails (instead of
+    /// ending them), and when an operator drains with migration or moves a user.
+    pub rehome: bool,
+    /// Sessions moving at once (a drain or a failed backend moves many): the others wait
+    /// their turn, so that the target backends see a bounded burst of logins.
+    pub max_concurrent_rehomes: usize,
+    /// Bound on one move: login, replay, resent commands.
+    pub rehome_timeout: Duration,
 }
 
 impl Default for SessionSettings {
@@ -51,6 +59,9 @@ impl Default for SessionSettings {
             max_backend_attempts: 3,
             proxy_protocol: ProxyProtocolSettings::default(),
             limits: LimitSettings::default(),
+            rehome: true,
+            max_concurrent_rehomes: 64,
+            rehome_timeout: Duration::from_secs(15),
         }
     }
 }

@@ -40,12 +40,15 @@
 //! connection will replay; only a clean or tainted (never a desynchronised) session can be
 //! re-homed.
 
+use imapproxy_codec::CommandName;
 use imapproxy_codec::command::{self, Effect, Taint};
 use imapproxy_codec::framer::{Frame, FrameKind, Status, UntaggedKind};
 use imapproxy_codec::{Tag, response};
 
 /// Commands in flight the state tracks; more make the session desynchronised.
 const MAX_OUTSTANDING: usize = 1024;
+/// Longest command kept to be sent again on another backend connection.
+const MAX_REPLAY: usize = 4096;
 
 /// How far the proxy can trust its picture of the session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,9 +118,36 @@ pub(crate) struct Mailbox {
     pub name: Option<Box<[u8]>>,
     pub read_only: bool,
     pub uidvalidity: Option<u64>,
+    /// UIDNEXT when the mailbox was selected (the baseline of [`Mailbox::expunged`]).
     pub uidnext: Option<u64>,
     pub highest_modseq: Option<u64>,
+    /// Messages the client knows of now: EXISTS as last said, less the EXPUNGEs since.
     pub exists: Option<u64>,
+    /// EXISTS when the mailbox was selected.
+    pub exists_at_select: Option<u64>,
+    /// `* n EXPUNGE` responses the client received since the mailbox was selected.
+    pub expunged: u64,
+}
+
+impl Mailbox {
+    /// Whether the client's message sequence numbers hold for a mailbox that another server
+    /// connection now describes with `exists` and `uidnext` (same UIDVALIDITY). From the
+    /// selection's baseline (E0 messages, UIDNEXT U0) the server assigned U - U0 UIDs and
+    /// removed E0 + (U - U0) - E messages; when that equals the EXPUNGEs the client received,
+    /// the client has seen every removal, and the messages it does not know of yet all come
+    /// after the ones it knows. A UID the server skipped counts as a removal: the proof then
+    /// fails, which ends the session rather than risk wrong sequence numbers.
+    pub(crate) fn numbering_holds(&self, exists: u64, uidnext: u64) -> bool {
+        let (Some(e0), Some(u0), Some(known)) = (self.exists_at_select, self.uidnext, self.exists)
+        else {
+            return false;
+        };
+        let Some(assigned) = uidnext.checked_sub(u0) else {
+            return false;
+        };
+        let removed = (e0 + assigned).checked_sub(exists);
+        removed == Some(self.expunged) && exists >= known
+    }
 }
 
 /// A command sent and not answered yet.
@@ -126,6 +156,52 @@ struct Pending {
     tag: Tag,
     effect: Effect,
     mailbox: Option<Box<[u8]>>,
+    /// The whole command, kept when it is safe to send again on another connection.
+    replay: Option<Box<[u8]>>,
+    /// [`SessionState::responses`] when it was sent: any later response may belong to it.
+    responses_at: u64,
+}
+
+/// A command in flight when the backend connection was lost.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    pub tag: Tag,
+    /// The command's bytes, when it is safe to send again and no byte of any response
+    /// reached the client since it was sent.
+    pub replay: Option<Box<[u8]>>,
+    pub idle: bool,
+}
+
+/// Commands that may be sent twice without a different outcome (issue #9): reads, and
+/// `STORE` of absolute flag values.
+fn replay_safe(name: CommandName, message: &[u8]) -> bool {
+    use CommandName as C;
+    match name {
+        C::Fetch
+        | C::UidFetch
+        | C::Search
+        | C::UidSearch
+        | C::Sort
+        | C::UidSort
+        | C::Thread
+        | C::UidThread
+        | C::Status
+        | C::List
+        | C::Lsub
+        | C::Noop
+        | C::Check
+        | C::Capability
+        | C::Namespace
+        | C::Select
+        | C::Examine
+        | C::Idle => true,
+        // `tag [UID] STORE set FLAGS[.SILENT] (...)`: the data item is the fourth or fifth word.
+        C::Store | C::UidStore => message
+            .split(|&b| b == b' ')
+            .take(5)
+            .any(|w| w.eq_ignore_ascii_case(b"FLAGS") || w.eq_ignore_ascii_case(b"FLAGS.SILENT")),
+        _ => false,
+    }
 }
 
 /// The proxy's model of one logged-in session: see the module docs.
@@ -138,7 +214,15 @@ pub(crate) struct SessionState {
     selecting: Option<Box<Mailbox>>,
     /// Extensions the server said it enabled (`* ENABLED`), upper-cased.
     enabled: Vec<Box<str>>,
+    /// Every taint seen (a bit per [`Taint`]), for deciding what can be replayed.
+    taints: u32,
     idling: bool,
+    /// The server accepted the client's `IDLE` with `+` (and the client has not said `DONE`).
+    idle_continued: bool,
+    /// The client's `LOGOUT` went to the server.
+    logout_sent: bool,
+    /// Untagged responses and continuations received so far.
+    responses: u64,
 }
 
 impl Default for SessionState {
@@ -155,7 +239,11 @@ impl SessionState {
             selected: None,
             selecting: None,
             enabled: Vec::new(),
+            taints: 0,
             idling: false,
+            idle_continued: false,
+            logout_sent: false,
+            responses: 0,
         }
     }
 
@@ -176,13 +264,11 @@ impl SessionState {
     }
 
     /// The selected mailbox as last described by the server.
-    #[allow(dead_code)] // read by re-homing (issue #9)
     pub(crate) fn selected(&self) -> Option<&Mailbox> {
         self.selected.as_deref()
     }
 
     /// Extensions enabled on the connection.
-    #[allow(dead_code)] // read by re-homing (issue #9)
     pub(crate) fn enabled(&self) -> &[Box<str>] {
         &self.enabled
     }
@@ -190,13 +276,13 @@ impl SessionState {
     /// Whether the backend session may serve another client once this one is done, given that
     /// nothing is half-sent in either direction (`quiet`). The single place that decides.
     pub(crate) fn reusable(&self, quiet: bool) -> bool {
-        quiet
-            && self.condition == Condition::Clean
-            && !self.idling
-            && self.outstanding.is_empty()
+        quiet && self.condition == Condition::Clean && !self.idling && self.outstanding.is_empty()
     }
 
     fn worsen(&mut self, to: Condition) {
+        if let Condition::Tainted(t) = to {
+            self.taints |= 1 << taint_bit(t);
+        }
         if to.severity() > self.condition.severity() {
             tracing::debug!(condition = to.as_str(), "session state");
             self.condition = to;
@@ -209,8 +295,9 @@ impl SessionState {
         let FrameKind::Command(name) = frame.kind else {
             return Effect::Stateless;
         };
-        if name == imapproxy_codec::CommandName::Done && frame.tag.is_none() {
+        if name == CommandName::Done && frame.tag.is_none() {
             self.idling = false;
+            self.idle_continued = false;
             return Effect::Stateless;
         }
         let effect = command::inspect(name, message, frame.literals);
@@ -220,6 +307,7 @@ impl SessionState {
                 self.worsen(Condition::Desynchronised(Desync::HiddenCommand));
             }
             Effect::Idle => self.idling = true,
+            Effect::Logout => self.logout_sent = true,
             _ => {}
         }
         let Some(tag) = frame.tag else {
@@ -237,10 +325,15 @@ impl SessionState {
                 .map(Box::<[u8]>::from),
             _ => None,
         };
+        let replay = message
+            .filter(|m| m.len() <= MAX_REPLAY && frame.literals == 0 && replay_safe(name, m))
+            .map(Box::<[u8]>::from);
         self.outstanding.push(Pending {
             tag,
             effect,
             mailbox,
+            replay,
+            responses_at: self.responses,
         });
         effect
     }
@@ -254,8 +347,114 @@ impl SessionState {
     pub(crate) fn on_response(&mut self, frame: &Frame, message: Option<&[u8]>) {
         match frame.kind {
             FrameKind::Tagged(status) => self.on_tagged(frame.tag, status, message),
-            FrameKind::Untagged(kind) => self.on_untagged(kind, message),
+            FrameKind::Untagged(kind) => {
+                self.responses += 1;
+                self.on_untagged(kind, message);
+            }
+            FrameKind::Continuation => {
+                self.responses += 1;
+                if self.idling {
+                    self.idle_continued = true;
+                }
+            }
             _ => {}
+        }
+    }
+
+    /// Whether the server accepted the client's `IDLE` with `+` and the client has not said
+    /// `DONE`.
+    pub(crate) fn idle_continued(&self) -> bool {
+        self.idle_continued && self.idling
+    }
+
+    /// Whether the client's `LOGOUT` went to the server (a `BYE` and the end of the
+    /// connection are then its answer, not a failure).
+    pub(crate) fn logging_out(&self) -> bool {
+        self.logout_sent
+    }
+
+    /// Whether the only command in flight is an `IDLE` the server accepted and the client
+    /// has not ended: the session waits for news, and may move.
+    pub(crate) fn idle_established(&self) -> bool {
+        self.idle_continued
+            && self.idling
+            && self.outstanding.len() == 1
+            && self
+                .outstanding
+                .first()
+                .is_some_and(|p| matches!(p.effect, Effect::Idle))
+    }
+
+    /// Why the session cannot be replayed on another backend connection, if it cannot: the
+    /// proxy must know where commands start, and every state it carries must be one it can
+    /// set up again (`ENABLE`d extensions, CONDSTORE switched on by an argument, the selected
+    /// mailbox by a name it saw).
+    pub(crate) fn replay_refusal(&self) -> Option<&'static str> {
+        if let Condition::Desynchronised(d) = self.condition {
+            return Some(d.as_str());
+        }
+        let replayable = (1 << taint_bit(Taint::Enable)) | (1 << taint_bit(Taint::Condstore));
+        if self.taints & !replayable != 0 {
+            return Some("state_not_replayable");
+        }
+        if self.selected.as_ref().is_some_and(|m| m.name.is_none()) {
+            return Some("mailbox_name_unknown");
+        }
+        None
+    }
+
+    /// Whether CONDSTORE is on for the connection (enabled, or switched on by an argument).
+    pub(crate) fn condstore(&self) -> bool {
+        self.taints & (1 << taint_bit(Taint::Condstore)) != 0
+            || self
+                .enabled
+                .iter()
+                .any(|e| &**e == "CONDSTORE" || &**e == "QRESYNC")
+    }
+
+    /// Takes the commands in flight (the connection that would answer them is gone), oldest
+    /// first. Those to be sent again are put back with [`SessionState::resent`].
+    pub(crate) fn take_in_flight(&mut self) -> Vec<InFlight> {
+        let responses = self.responses;
+        std::mem::take(&mut self.outstanding)
+            .into_iter()
+            .map(|p| InFlight {
+                tag: p.tag,
+                idle: matches!(p.effect, Effect::Idle),
+                replay: p.replay.filter(|_| p.responses_at == responses),
+            })
+            .collect()
+    }
+
+    /// A command taken by [`SessionState::take_in_flight`] was sent again.
+    pub(crate) fn resent(&mut self, bytes: &[u8]) {
+        let mut framer = imapproxy_codec::Framer::new(imapproxy_codec::Direction::Client);
+        if let Some((_, frame)) = framer.advance(bytes) {
+            self.on_command(&frame, Some(bytes));
+        }
+    }
+
+    /// The client's `IDLE` (with `tag`) goes on on a new connection.
+    pub(crate) fn idle_resumed(&mut self, tag: Tag) {
+        self.outstanding.push(Pending {
+            tag,
+            effect: Effect::Idle,
+            mailbox: None,
+            replay: None,
+            responses_at: self.responses,
+        });
+    }
+
+    /// The mailbox as a new connection selected it: from now on the baseline.
+    pub(crate) fn reselected(&mut self, exists: u64, uidnext: u64, highest_modseq: Option<u64>) {
+        if let Some(m) = self.selected.as_mut() {
+            m.exists = Some(exists);
+            m.exists_at_select = Some(exists);
+            m.uidnext = Some(uidnext);
+            m.expunged = 0;
+            if highest_modseq.is_some() {
+                m.highest_modseq = highest_modseq;
+            }
         }
     }
 
@@ -290,6 +489,8 @@ impl SessionState {
             (Status::Ok, Effect::Select { read_only }) => {
                 let mut mailbox = self.selecting.take().unwrap_or_default();
                 mailbox.name = pending.mailbox;
+                mailbox.exists_at_select = mailbox.exists;
+                mailbox.expunged = 0;
                 mailbox.read_only = match code {
                     Some(c) if c.is("READ-ONLY") => true,
                     Some(c) if c.is("READ-WRITE") => false,
@@ -306,6 +507,7 @@ impl SessionState {
         }
         if matches!(pending.effect, Effect::Idle) {
             self.idling = false;
+            self.idle_continued = false;
         }
     }
 
@@ -328,6 +530,11 @@ impl SessionState {
                 if let Some((n, _)) = response::numbered(line) {
                     self.mailbox_mut().exists = Some(n);
                 }
+            }
+            UntaggedKind::Expunge => {
+                let m = self.mailbox_mut();
+                m.exists = m.exists.map(|e| e.saturating_sub(1));
+                m.expunged += 1;
             }
             UntaggedKind::Fetch | UntaggedKind::Other => {
                 if let Some(names) = response::enabled(line) {
@@ -378,6 +585,21 @@ impl SessionState {
     }
 }
 
+fn taint_bit(t: Taint) -> u32 {
+    match t {
+        Taint::Enable => 0,
+        Taint::Compress => 1,
+        Taint::Notify => 2,
+        Taint::Unauthenticate => 3,
+        Taint::Language => 4,
+        Taint::Condstore => 5,
+        Taint::SearchResult => 6,
+        Taint::SearchContext => 7,
+        Taint::OutOfState => 8,
+        _ => 9,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,7 +640,13 @@ mod tests {
         let m = s.selected().unwrap();
         assert_eq!(m.name.as_deref(), Some(&b"INBOX"[..]));
         assert_eq!(
-            (m.exists, m.uidvalidity, m.uidnext, m.highest_modseq, m.read_only),
+            (
+                m.exists,
+                m.uidvalidity,
+                m.uidnext,
+                m.highest_modseq,
+                m.read_only
+            ),
             (Some(3), Some(17), Some(4), Some(9), false)
         );
         assert!(s.reusable(true));

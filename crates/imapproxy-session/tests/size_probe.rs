@@ -32,6 +32,8 @@ async fn the_session_future_stays_small() {
     });
     let fut = serve(proxy, listener, s, peer, Default::default());
     let size = std::mem::size_of_val(&fut);
-    // 1968 bytes on Rust 1.95; a stack buffer or an unboxed login path would add kilobytes.
-    assert!(size < 3 * 1024, "the session future grew to {size} bytes");
+    // Before login: 1968 bytes on Rust 1.95 when the relay was inline, less now that it is
+    // boxed once logged in (its cost is measured as RSS by `loadbench idle-memory`); a stack
+    // buffer or an unboxed login path would add kilobytes.
+    assert!(size < 2 * 1024, "the session future grew to {size} bytes");
 }

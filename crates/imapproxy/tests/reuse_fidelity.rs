@@ -134,7 +134,11 @@ async fn a_refused_non_synchronizing_literal_does_not_hang_the_session() {
     cmd.extend_from_slice(b"\r\n");
     c.send_raw(&cmd).await.unwrap();
     let r = c.read_until_tagged("t").await.unwrap();
-    assert!(r.status_line().starts_with("t NO [TRYCREATE]"), "{}", r.text());
+    assert!(
+        r.status_line().starts_with("t NO [TRYCREATE]"),
+        "{}",
+        r.text()
+    );
     assert!(c.cmd("u", "NOOP").await.unwrap().tagged_ok());
     logout_works(&mut c).await;
     settle().await;
@@ -197,7 +201,11 @@ async fn notify_state_never_reaches_the_next_client() {
         let (mut c, _) = login(i).await;
         assert!(c.cmd("s", "SELECT INBOX").await.unwrap().tagged_ok());
         let r = c.cmd("n", notify).await.unwrap();
-        assert!(r.tagged_ok(), "Dovecot must support NOTIFY here: {}", r.text());
+        assert!(
+            r.tagged_ok(),
+            "Dovecot must support NOTIFY here: {}",
+            r.text()
+        );
         logout_works(&mut c).await;
         settle().await;
 
@@ -238,8 +246,16 @@ async fn implicitly_enabled_condstore_never_reaches_the_next_client() {
         ("STATUS INBOX (HIGHESTMODSEQ)", None, Some("SELECT INBOX")),
         ("SELECT INBOX (CONDSTORE)", None, None),
         ("FETCH 1 (MODSEQ)", Some("SELECT INBOX"), None),
-        ("FETCH 1:* (FLAGS) (CHANGEDSINCE 1)", Some("SELECT INBOX"), None),
-        ("STORE 1 (UNCHANGEDSINCE 1000000) +FLAGS (fidelity)", Some("SELECT INBOX"), None),
+        (
+            "FETCH 1:* (FLAGS) (CHANGEDSINCE 1)",
+            Some("SELECT INBOX"),
+            None,
+        ),
+        (
+            "STORE 1 (UNCHANGEDSINCE 1000000) +FLAGS (fidelity)",
+            Some("SELECT INBOX"),
+            None,
+        ),
         ("SEARCH MODSEQ 1", Some("SELECT INBOX"), None),
     ] {
         let (mut c, _) = login(4).await;
@@ -283,7 +299,10 @@ async fn commands_hidden_in_a_literal_of_an_argumentless_command_are_noticed() {
         settle().await;
 
         let (mut c, reused) = login(i).await;
-        assert!(!reused, "the session that ran a hidden {hidden:?} was reused");
+        assert!(
+            !reused,
+            "the session that ran a hidden {hidden:?} was reused"
+        );
         // Nothing selected and nothing enabled, as in a fresh session.
         let f = c.cmd("f", "FETCH 1 (FLAGS)").await.unwrap();
         assert!(!f.tagged_ok(), "a mailbox is still selected: {}", f.text());
@@ -297,8 +316,20 @@ async fn commands_hidden_in_a_literal_of_an_argumentless_command_are_noticed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_bearing_commands_make_a_session_single_use_and_plain_ones_do_not() {
     for (i, script, reusable) in [
-        (7, &["SELECT INBOX", "UID FETCH 1:* (FLAGS)", "UID SEARCH ALL"][..], true),
-        (8, &["LIST \"\" *", "STATUS INBOX (MESSAGES UIDNEXT)", "EXAMINE INBOX"], true),
+        (
+            7,
+            &["SELECT INBOX", "UID FETCH 1:* (FLAGS)", "UID SEARCH ALL"][..],
+            true,
+        ),
+        (
+            8,
+            &[
+                "LIST \"\" *",
+                "STATUS INBOX (MESSAGES UIDNEXT)",
+                "EXAMINE INBOX",
+            ],
+            true,
+        ),
         (9, &["ENABLE CONDSTORE"], false),
         (10, &["SELECT INBOX", "SEARCH RETURN (SAVE) ALL"], false),
         (11, &["XNOSUCHCOMMAND"], false),

@@ -418,9 +418,28 @@ fn over_the_connection_limit_implicit_tls_is_closed_and_plain_hears_bye() {
         "trusted_networks = []\nmax_connections_per_ip = 1",
     );
     for addr in [proxy.plain, proxy.starttls, proxy.implicit] {
-        // The one connection the address may hold...
-        let held = TcpStream::connect(addr).unwrap();
-        std::thread::sleep(Duration::from_millis(100));
+        // The one connection the address may hold: counted once the proxy greets it (on the
+        // implicit-TLS port it waits for a handshake instead, so give it time). The previous
+        // round's connection may still be counted for a moment: retry until it is not.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let held = loop {
+            let mut held = TcpStream::connect(addr).unwrap();
+            if addr == proxy.implicit {
+                std::thread::sleep(Duration::from_millis(500));
+                break held;
+            }
+            held.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut first = [0u8; 4];
+            if held.read_exact(&mut first).is_ok() && &first == b"* OK" {
+                break held;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{addr}: never greeted"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
         if addr == proxy.implicit {
             // ...and the next one: no plaintext into what the client sees as a TLS handshake.
             assert_eq!(closed_without_a_byte(addr), Ok(()));

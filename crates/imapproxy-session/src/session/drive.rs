@@ -1,37 +1,102 @@
-//! Running the relay of a logged-in session, then handing its backend session back.
+//! Running the relay of a logged-in session (moving it to another backend connection when its
+//! own fails or an operator asks), then handing its backend session back.
 
 use super::*;
+
+use crate::registry::MigrationCause;
+use crate::relay::Link;
+use rehome::{Cause, Homed};
 
 impl Session {
     pub(super) async fn relay(&mut self, logged_in: LoggedIn) -> Result<(), Error> {
         let LoggedIn {
             mut session,
+            backend,
+            user_key,
+            creds,
             pipelined,
             _guard,
             registration,
         } = logged_in;
         let kick = registration.token().clone();
-        let leftover = session.conn().take_buffered();
-        let idle = self.proxy.settings.auth_timeout;
+        let mut leftover = session.conn().take_buffered();
         let proxy = Arc::clone(&self.proxy);
         let shutdown = self.shutdown.clone();
         let intercept = proxy.pool.settings().reuse;
-        let (end, facts, state_reusable, condition) = {
-            let mut relay = Relay::new(
-                &mut self.stream,
-                session.conn().stream_mut(),
-                pipelined,
-                leftover,
-                idle,
-                &proxy.policy,
-                intercept,
-            );
-            let end = tokio::select! {
-                end = &mut relay => Some(end),
-                _ = shutdown.cancelled() => None,
-                _ = kick.cancelled() => None,
+        let mut link = Link::new(pipelined, proxy.settings.auth_timeout, intercept);
+        let mut homed = Homed {
+            session: Some(session),
+            backend,
+            user_key,
+            creds,
+            guard: _guard,
+        };
+        let (end, facts, state_reusable, condition) = loop {
+            let Some(session) = homed.session.as_mut() else {
+                return Ok(());
             };
-            (end, relay.facts(), relay.reusable(), relay.condition())
+            let mut asked: Option<MigrationCause> = None;
+            let (end, facts, reusable, condition) = {
+                let mut relay = Relay::new(
+                    &mut self.stream,
+                    session.conn().stream_mut(),
+                    &mut link,
+                    std::mem::take(&mut leftover),
+                    &proxy.policy,
+                );
+                let end = loop {
+                    tokio::select! {
+                        end = &mut relay => break Some(end),
+                        _ = shutdown.cancelled() => break None,
+                        _ = kick.cancelled() => break None,
+                        cause = registration.migration_requested(), if asked.is_none() => {
+                            asked = Some(cause);
+                            relay.request_migration();
+                        }
+                    }
+                };
+                (end, relay.facts(), relay.reusable(), relay.condition())
+            };
+            let cause = match &end {
+                // Not when the server is answering the client's own LOGOUT, and not for a
+                // session whose framing the proxy lost: the server's own words (relayed) are
+                // then the last ones.
+                Some(
+                    RelayEnd::BackendClosed | RelayEnd::BackendError(_) | RelayEnd::BackendBye,
+                ) if !link.state().logging_out() && !link.state().is_desynchronised() => {
+                    Some(Cause::Failure)
+                }
+                Some(RelayEnd::Migrate) => asked.map(Cause::from),
+                _ => None,
+            };
+            // A response cut short cannot be completed from another server: the client's
+            // view of it would be wrong, so that session ends.
+            if let (Some(cause), false) = (cause, facts.mid_response) {
+                if let RelayEnd::BackendError(e) = end.as_ref().unwrap_or(&RelayEnd::Migrate) {
+                    warn!(error = %e, "backend connection failed");
+                }
+                if self.proxy.settings.rehome {
+                    match Box::pin(self.rehome(&mut link, &mut homed, cause)).await {
+                        Ok(rest) => {
+                            registration.set_backend(homed.backend.as_str());
+                            leftover = rest;
+                            continue;
+                        }
+                        Err(reason) => {
+                            info!(cause = cause.as_str(), reason, "session could not move");
+                        }
+                    }
+                }
+                if let Some(session) = homed.session.take() {
+                    Box::pin(proxy.pool.checkin(session, Disposition::Close)).await;
+                }
+                Box::pin(
+                    self.say_bye(b"* BYE [UNAVAILABLE] Server unavailable, please reconnect.\r\n"),
+                )
+                .await;
+                return Ok(());
+            }
+            break (end, facts, reusable, condition);
         };
         debug!(
             bytes_up = facts.bytes_up,
@@ -59,7 +124,10 @@ impl Session {
         // Back to the pool before the client hears the answer to its LOGOUT, so that its
         // next login (webmail logs in again at once) finds the session cached.
         // Boxed: the reset's state machine is needed once, not for the session's whole life.
-        Box::pin(proxy.pool.checkin(session, disposition)).await;
+        if let Some(session) = homed.session.take() {
+            Box::pin(proxy.pool.checkin(session, disposition)).await;
+        }
+        drop(homed);
         // A BYE written into the middle of a response would become part of it (a literal's
         // bytes, say): at such a point the connection is just closed.
         let can_speak = !facts.mid_response;
@@ -73,7 +141,6 @@ impl Session {
                         )
                         .await;
                 }
-                let _ = self.stream.shutdown().await;
                 Ok(())
             }
             None => {
@@ -89,10 +156,12 @@ impl Session {
                 bye.extend_from_slice(tag.as_bytes());
                 bye.extend_from_slice(b" OK Logout completed.\r\n");
                 self.write(&bye).await?;
-                let _ = self.stream.shutdown().await;
                 Ok(())
             }
-            Some(RelayEnd::ClientClosed | RelayEnd::BackendClosed) => Ok(()),
+            Some(RelayEnd::ClientClosed) => Ok(()),
+            // The backend went away in the middle of a response, or it answered the client's
+            // LOGOUT itself (a desynchronised session): nothing more can be said.
+            Some(RelayEnd::BackendClosed | RelayEnd::BackendBye | RelayEnd::Migrate) => Ok(()),
             Some(RelayEnd::IdleTimeout) => {
                 if can_speak {
                     let _ = self
@@ -104,13 +173,14 @@ impl Session {
             Some(RelayEnd::ClientError(e)) => Err(Error::Client(e)),
             Some(RelayEnd::BackendError(e)) => {
                 warn!(error = %e, "backend connection failed");
-                if can_speak {
-                    let _ = self
-                        .write(b"* BYE [UNAVAILABLE] Internal error, reconnect.\r\n")
-                        .await;
-                }
                 Ok(())
             }
         }
+    }
+
+    /// A last word to the client (the TLS close_notify follows in `serve`). Boxed by callers:
+    /// it runs once, at the end.
+    async fn say_bye(&mut self, bye: &[u8]) {
+        let _ = self.write(bye).await;
     }
 }

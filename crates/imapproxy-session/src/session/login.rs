@@ -90,7 +90,7 @@ impl Session {
             {
                 Ok(session) => {
                     return self
-                        .logged_in(parser, tag, session, backend_id, &user_key)
+                        .logged_in(parser, tag, session, backend_id, &user_key, Some(creds))
                         .await;
                 }
                 Err(PoolError::PoolTimeout) => return self.over_user_limit(tag).await,
@@ -186,7 +186,7 @@ impl Session {
                     SaslStep::Done => {
                         let session = login.into_session();
                         return self
-                            .logged_in(parser, tag, session, backend_id, &user_key)
+                            .logged_in(parser, tag, session, backend_id, &user_key, None)
                             .await;
                     }
                     SaslStep::Challenge(c) => c,
@@ -355,6 +355,7 @@ impl Session {
         session: PooledSession,
         backend_id: &BackendId,
         user_key: &str,
+        creds: Option<Credentials>,
     ) -> Result<Next, Error> {
         let upstreams = self.proxy.upstreams();
         tracing::Span::current().record("backend", tracing::field::display(backend_id));
@@ -397,6 +398,9 @@ impl Session {
                 .register(self.id, user_key, self.peer, backend_id.as_str());
         Ok(Next::LoggedIn(Box::new(LoggedIn {
             session,
+            backend: backend_id.clone(),
+            user_key: user_key.to_owned(),
+            creds,
             pipelined: parser.take_remaining(),
             _guard: guard,
             registration,
@@ -423,7 +427,7 @@ impl Session {
 /// A backend failed before the client saw anything from it: logged, and, when it could not be
 /// reached at all, reported to the health monitor (passive marking counts toward its `fall`
 /// like a failed check; login answers and our own caps say nothing about its health).
-fn backend_failed(upstreams: &Upstreams, backend_id: &BackendId, e: &PoolError) {
+pub(super) fn backend_failed(upstreams: &Upstreams, backend_id: &BackendId, e: &PoolError) {
     warn!(backend = %backend_id, error = %e, "backend login failed");
     if let Some(health) = &upstreams.health
         && unreachable(e)

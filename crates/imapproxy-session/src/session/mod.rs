@@ -35,6 +35,7 @@ use crate::throttle::{Throttle, Verdict};
 mod drive;
 mod login;
 mod preauth;
+mod rehome;
 
 /// The ID the proxy gives for itself, before and after login (RFC 2971). It names no backend.
 const PROXY_ID: &[u8] = b"* ID (\"name\" \"imapproxy\")\r\n";
@@ -60,6 +61,8 @@ pub struct Proxy {
     limits: Arc<ConnectionLimits>,
     sessions: SessionRegistry,
     overrides: Overrides,
+    /// Sessions moving to another backend at once (`max_concurrent_rehomes`).
+    rehomes: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -104,7 +107,6 @@ impl Proxy {
         let throttle = Throttle::new(settings.limits.throttle.clone());
         let limits = Arc::new(ConnectionLimits::new(settings.limits.connections.clone()));
         Ok(Self {
-            settings,
             throttle,
             limits,
             upstreams: ArcSwap::from_pointee(upstreams),
@@ -116,6 +118,8 @@ impl Proxy {
             next_id: AtomicU64::new(1),
             sessions: SessionRegistry::new(),
             overrides: Overrides::new(),
+            rehomes: tokio::sync::Semaphore::new(settings.max_concurrent_rehomes.max(1)),
+            settings,
         })
     }
 
@@ -321,6 +325,13 @@ enum Next {
 /// A successful backend login, ready to relay.
 struct LoggedIn {
     session: PooledSession,
+    /// The backend's name and the user (lower-cased), for moving the session later.
+    backend: BackendId,
+    user_key: String,
+    /// The client's credentials, kept (zeroized on drop) so that the session can log in on
+    /// another backend when it moves; `None` after a relayed SASL login, which cannot be
+    /// replayed.
+    creds: Option<Credentials>,
     _guard: Option<SessionGuard>,
     /// The session's entry among the live sessions; its token ends the session.
     registration: Registration,
@@ -345,7 +356,9 @@ impl Session {
         let Some(logged_in) = Box::pin(self.preauth()).await? else {
             return Ok(());
         };
-        self.relay(logged_in).await
+        // Boxed too: a connection that never logs in (most of a flood, every probe) then
+        // reserves nothing for the relay, and a logged-in one allocates exactly its relay.
+        Box::pin(self.relay(logged_in)).await
     }
 
     fn secure(&self) -> bool {

@@ -35,9 +35,16 @@ impl Binary {
         let child = Command::new(env!("CARGO_BIN_EXE_imapproxy"))
             .arg("--config")
             .arg(&path)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_PROXY_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(if std::env::var_os("TEST_PROXY_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .unwrap();
         let binary = Self {
