@@ -31,14 +31,15 @@
 //!   (`* ENABLED`, `MODSEQ` or `VANISHED` data). The session continues; its backend connection
 //!   is closed at the end.
 //! - **Desynchronised**: a tagged reply with an unknown tag (a command hidden from the framer,
-//!   e.g. inside `NOOP {20+}`, which Dovecot reads as commands), a reply before the command's
-//!   end that is not the refusal of a synchronizing literal, a literal on an argument-less
+//!   e.g. inside `NOOP {20+}`, which Dovecot reads as commands), a literal on an argument-less
 //!   command, `BAD`, `BYE`, more than 1,024 commands in flight. The relay then only forwards
 //!   bytes (the client's `LOGOUT` goes to the server) and the connection is closed at the end.
 //!
 //! Literals: the framer knows synchronizing (`{n}`) from non-synchronizing (`{n+}`) literals and
 //! whether the server's `+` came; only a synchronizing literal still waiting for `+` is ended
-//! by a tagged reply (RFC 9051 §4.3). Literal bodies are never read as commands.
+//! by a tagged reply (RFC 9051 §4.3). A reply that comes while a non-synchronizing literal
+//! still streams answers that command once it ends (RFC 7888). Literal bodies are never read
+//! as commands.
 //!
 //! ```no_run
 //! use std::{collections::HashMap, sync::Arc};

@@ -519,17 +519,25 @@ fn on_response(
         FrameKind::Tagged(_) => {
             if let Some(tag) = frame.tag.filter(|t| !state.is_outstanding(t)) {
                 if up.framer.partial_tag() == Some(tag) {
-                    // RFC 9051 §4.3, §7.5: a reply to a command whose synchronizing literal
-                    // the server never asked for (`NO [TRYCREATE]` to an APPEND) ends that
-                    // command; the client sends neither the literal nor the rest of it. Any
-                    // other reply before the command's end means the server framed it
-                    // differently.
                     match up.framer.refused() {
+                        // RFC 9051 §4.3, §7.5: a reply to a command whose synchronizing
+                        // literal the server never asked for (`NO [TRYCREATE]` to an APPEND)
+                        // ends that command; the client sends neither the literal nor the
+                        // rest of it.
                         Some(refused) => {
                             up.msg_start = None;
                             state.on_command(&refused, None);
                         }
-                        None => state.early_reply(),
+                        // RFC 7888 §4: a server may answer a command whose non-synchronizing
+                        // literal (or one it already asked for) is still coming; the client
+                        // sends the rest all the same and the server reads and drops it. The
+                        // answer belongs to the command the framer is still reading.
+                        None => {
+                            if let FrameKind::Tagged(status) = frame.kind {
+                                state.answered_early(tag, status);
+                            }
+                            return policy_forward(policy, whole);
+                        }
                     }
                 }
             }
@@ -537,6 +545,20 @@ fn on_response(
         _ => {}
     }
     state.on_response(frame, whole);
+    policy_rewrite(policy, frame, whole)
+}
+
+/// A tagged status line as the client may see it (capabilities filtered).
+fn policy_forward(policy: &ResponsePolicy, whole: Option<&[u8]>) -> Action {
+    match whole.and_then(|bytes| filter_capabilities(bytes, &policy.drop_capability)) {
+        Some(filtered) => Action::Replace(filtered),
+        None => Action::Forward,
+    }
+}
+
+/// What the client sees of a backend response: capability lists filtered, the `ID` reply
+/// replaced.
+fn policy_rewrite(policy: &ResponsePolicy, frame: &Frame, whole: Option<&[u8]>) -> Action {
     let Some(bytes) = whole else {
         return Action::Forward;
     };

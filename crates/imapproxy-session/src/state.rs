@@ -18,8 +18,8 @@
 //!   connection is closed at the end, never reused.
 //! - **Desynchronised**: the proxy no longer knows where commands start or what the server
 //!   executed: a tagged reply with a tag it did not see (a command hidden from the framer, as
-//!   in `a NOOP {20+}` whose "literal" Dovecot reads as the next command), a reply to a command
-//!   before the proxy saw its end, a literal on a command that takes no arguments, `BAD`,
+//!   in `a NOOP {20+}` whose "literal" Dovecot reads as the next command), a literal on a
+//!   command that takes no arguments, `BAD`,
 //!   `BYE`, more commands in flight than it tracks. The relay only forwards bytes from then on
 //!   (the client's `LOGOUT` goes to the server), and the connection is closed at the end.
 //!
@@ -82,8 +82,6 @@ impl Condition {
 pub(crate) enum Desync {
     /// A tagged reply whose tag no command in flight carries.
     UnknownTag,
-    /// A tagged reply to a command whose end the proxy had not seen.
-    EarlyReply,
     /// A literal on a command that takes no arguments: the server reads it as commands.
     HiddenCommand,
     /// `BAD` from the server.
@@ -100,7 +98,6 @@ impl Desync {
     fn as_str(self) -> &'static str {
         match self {
             Self::UnknownTag => "desync_unknown_tag",
-            Self::EarlyReply => "desync_early_reply",
             Self::HiddenCommand => "desync_hidden_command",
             Self::Bad => "desync_bad",
             Self::Bye => "desync_bye",
@@ -221,6 +218,9 @@ pub(crate) struct SessionState {
     idle_continued: bool,
     /// The client's `LOGOUT` went to the server.
     logout_sent: bool,
+    /// The server answered the command being read before its end (see
+    /// [`SessionState::answered_early`]).
+    answered_early: Option<Tag>,
     /// Untagged responses and continuations received so far.
     responses: u64,
 }
@@ -243,6 +243,7 @@ impl SessionState {
             idling: false,
             idle_continued: false,
             logout_sent: false,
+            answered_early: None,
             responses: 0,
         }
     }
@@ -315,6 +316,13 @@ impl SessionState {
             self.worsen(Condition::Tainted(Taint::Unlisted));
             return effect;
         };
+        if self.answered_early.take_if(|t| *t == tag).is_some() {
+            // Its reply came while its literal was still streaming.
+            if effect == Effect::Idle {
+                self.idling = false;
+            }
+            return effect;
+        }
         if self.outstanding.len() >= MAX_OUTSTANDING {
             self.worsen(Condition::Desynchronised(Desync::TooManyOutstanding));
             return effect;
@@ -458,10 +466,14 @@ impl SessionState {
         }
     }
 
-    /// A tagged reply arrived for a command whose end the relay had not seen and that cannot
-    /// be explained as a refused synchronizing literal.
-    pub(crate) fn early_reply(&mut self) {
-        self.worsen(Condition::Desynchronised(Desync::EarlyReply));
+    /// A tagged reply arrived for the command the relay is still reading (its literal is on
+    /// the way): the command is answered once it ends. `BAD` still desynchronises.
+    pub(crate) fn answered_early(&mut self, tag: Tag, status: Status) {
+        match status {
+            Status::Ok | Status::No => self.answered_early = Some(tag),
+            Status::Bad => self.worsen(Condition::Desynchronised(Desync::Bad)),
+            _ => self.worsen(Condition::Desynchronised(Desync::Malformed)),
+        }
     }
 
     fn on_tagged(&mut self, tag: Option<Tag>, status: Status, message: Option<&[u8]>) {
