@@ -219,12 +219,25 @@ fn route(req: &Request, state: &AdminState) -> Response {
             } else {
                 Health::Up
             };
+            let query = req.path.split_once('?').map_or("", |(_, q)| q);
+            let migrate = *action == "drain" && param(query, "migrate").as_deref() == Some("true");
             match state.proxy.upstreams().registry.set_health(*name, health) {
                 Ok(previous) => {
-                    info!(backend = %name, from = %previous, to = %health, "backend health set by admin");
+                    // With migration the backend's sessions move to others at their next
+                    // command boundary (at once when in IDLE); without, they run on.
+                    let migrating = if migrate {
+                        state.proxy.sessions().migrate_backend(name)
+                    } else {
+                        0
+                    };
+                    info!(backend = %name, from = %previous, to = %health, migrating, "backend health set by admin");
                     Response::json(
                         "200 OK",
-                        serde_json::json!({ "name": name, "health": health.to_string() }),
+                        serde_json::json!({
+                            "name": name,
+                            "health": health.to_string(),
+                            "migrating": migrating,
+                        }),
                     )
                 }
                 Err(_) => Response::error("404 Not Found", "no such backend"),
@@ -243,8 +256,9 @@ fn route(req: &Request, state: &AdminState) -> Response {
         ("POST", ["users", user, "move"]) => {
             let user = percent_decode(user);
             let query = req.path.split_once('?').map_or("", |(_, q)| q);
+            let kick = param(query, "kick").as_deref() == Some("true");
             match param(query, "backend").or_else(|| body_param(&req.body, "backend")) {
-                Some(backend) => move_user(state, &user, &backend),
+                Some(backend) => move_user(state, &user, &backend, kick),
                 None => Response::error("400 Bad Request", "backend=<name> is required"),
             }
         }
@@ -272,10 +286,11 @@ fn route(req: &Request, state: &AdminState) -> Response {
     }
 }
 
-/// Moves `user` to `backend`: records the override (saved when a file is configured), ends
-/// the user's sessions so that the clients reconnect there, and drops the user's cached
-/// backend sessions so that no reconnect is handed the old backend.
-fn move_user(state: &AdminState, user: &str, backend: &str) -> Response {
+/// Moves `user` to `backend`: records the override (saved when a file is configured), drops
+/// the user's cached backend sessions so that no login is handed the old backend, and moves
+/// the user's live sessions there under their clients (with `kick`, ends them instead, so
+/// that the clients reconnect).
+fn move_user(state: &AdminState, user: &str, backend: &str, kick: bool) -> Response {
     let registry = &state.proxy.upstreams().registry;
     let Some((b, _)) = registry.get(backend) else {
         return Response::error("404 Not Found", "no such backend");
@@ -290,11 +305,15 @@ fn move_user(state: &AdminState, user: &str, backend: &str) -> Response {
         };
         return Response::error("500 Internal Server Error", &e);
     }
-    // Forget before kicking: a kicked session is never cached, and no other cached one must
-    // survive to greet the reconnect.
+    // Forget first: no cached session of the old backend must survive to greet a reconnect
+    // or a moving session.
     let forgotten = state.proxy.pool().forget_user(user);
-    let kicked = state.proxy.sessions().kick_user(user);
-    info!(%user, backend = %id, kicked, forgotten, "user moved by admin");
+    let (kicked, migrating) = if kick {
+        (state.proxy.sessions().kick_user(user), 0)
+    } else {
+        (0, state.proxy.sessions().migrate_user(user))
+    };
+    info!(%user, backend = %id, kicked, migrating, forgotten, "user moved by admin");
     Response::json(
         "200 OK",
         serde_json::json!({
@@ -302,6 +321,7 @@ fn move_user(state: &AdminState, user: &str, backend: &str) -> Response {
             "backend": id.as_str(),
             "previous": previous.map(|p| p.to_string()),
             "kicked": kicked,
+            "migrating": migrating,
             "cached_sessions_closed": forgotten,
         }),
     )

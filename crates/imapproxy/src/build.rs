@@ -164,6 +164,9 @@ impl Built {
             auth_timeout: cfg.session.auth_timeout,
             tls_handshake_timeout: cfg.session.tls_handshake_timeout,
             drop_capabilities: cfg.session.drop_capabilities.clone(),
+            rehome: cfg.session.rehome,
+            max_concurrent_rehomes: cfg.session.max_concurrent_rehomes.max(1),
+            rehome_timeout: cfg.session.rehome_timeout,
             proxy_protocol,
             limits,
             ..SessionSettings::default()

@@ -330,6 +330,16 @@ pub struct SessionConfig {
     /// How long running sessions get to finish on SIGTERM.
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Move logged-in sessions to another backend when theirs fails, is drained with
+    /// migration, or their user is moved, instead of ending them.
+    #[serde(default = "default_true")]
+    pub rehome: bool,
+    /// Sessions moving at once (the rest wait their turn).
+    #[serde(default = "default_max_concurrent_rehomes")]
+    pub max_concurrent_rehomes: usize,
+    /// Bound on one move (login, replay, resent commands).
+    #[serde(default = "default_rehome_timeout", with = "humantime_serde")]
+    pub rehome_timeout: Duration,
 }
 
 impl Default for SessionConfig {
@@ -341,6 +351,9 @@ impl Default for SessionConfig {
             tls_handshake_timeout: default_tls_handshake(),
             drop_capabilities: Vec::new(),
             shutdown_grace: default_grace(),
+            rehome: true,
+            max_concurrent_rehomes: default_max_concurrent_rehomes(),
+            rehome_timeout: default_rehome_timeout(),
         }
     }
 }
@@ -500,6 +513,15 @@ fn default_max_new_connections_per_ip_per_sec() -> u32 {
 }
 fn default_max_client_connections() -> usize {
     10_000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_concurrent_rehomes() -> usize {
+    64
+}
+fn default_rehome_timeout() -> Duration {
+    Duration::from_secs(15)
 }
 fn default_greeting() -> String {
     "IMAP proxy ready.".into()

@@ -242,7 +242,13 @@ fn a_moved_user_is_ended_and_lands_on_the_new_backend_even_after_a_restart() {
     assert_eq!(proxy.admin("POST", &path, None, true).0, 400);
     assert!(!file.exists(), "nothing saved for refused moves");
 
-    let (code, body) = proxy.admin("POST", &path, Some(&format!("backend={to}")), true);
+    // `kick=true`: the sessions end and the clients reconnect (without it, they move).
+    let (code, body) = proxy.admin(
+        "POST",
+        &format!("{path}?kick=true"),
+        Some(&format!("backend={to}")),
+        true,
+    );
     assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
