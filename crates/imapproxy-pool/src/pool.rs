@@ -926,6 +926,16 @@ impl SessionPool {
         }
     }
 
+    /// Whether clients of `user` (compared case-insensitively) wait for one of the user's
+    /// `max_per_user` slots: a session idle between commands may then park, giving its
+    /// backend session to the first of them.
+    pub fn has_waiters(&self, user: &str) -> bool {
+        let key = user.to_lowercase();
+        lock(&self.inner.users)
+            .get(key.as_str())
+            .is_some_and(|s| !s.waiters.is_empty())
+    }
+
     /// Closes `user`'s cached sessions on every backend (the user name is compared
     /// case-insensitively, as checkouts key it). Used when an operator moves a user to
     /// another backend: a cached session on the old one must not be handed out again.

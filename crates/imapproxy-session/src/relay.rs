@@ -49,6 +49,9 @@ pub(crate) enum RelayEnd {
     /// [`Link::request_migration`] was asked and the session reached a point where it can
     /// move: nothing in flight (or only an `IDLE` under way), nothing half-sent.
     Migrate,
+    /// Not the relay's own end: its caller stopped it to park the session (see
+    /// [`Relay::parkable`]).
+    Park,
     /// The client sent nothing for the authenticated idle timeout.
     IdleTimeout,
     /// Reading from or writing to the client failed.
@@ -478,6 +481,21 @@ impl<'a, C: ReadReady, B: ReadReady> Relay<'a, C, B> {
     /// Asks for [`RelayEnd::Migrate`]; see [`Link::request_migration`].
     pub(crate) fn request_migration(&mut self) {
         self.link.request_migration();
+    }
+
+    /// Whether the session can give up its backend connection now: between commands (not in
+    /// `IDLE`), nothing half-sent either way, and quiet on the client's side for `quiet`.
+    pub(crate) fn parkable(&self, quiet: Duration) -> bool {
+        self.movable()
+            && self.link.state.outstanding() == 0
+            && !self.link.state.idling()
+            && !self.link.client_eof
+            && self.link.last_client.elapsed() >= quiet
+    }
+
+    /// When the client was last heard from.
+    pub(crate) fn last_client(&self) -> Instant {
+        self.link.last_client
     }
 
     /// Whether the session is where it can move: nothing half-sent either way, and nothing

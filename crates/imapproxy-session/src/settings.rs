@@ -44,6 +44,10 @@ pub struct SessionSettings {
     pub max_concurrent_rehomes: usize,
     /// Bound on one move: login, replay, resent commands.
     pub rehome_timeout: Duration,
+    /// Parking: a session quiet between commands (not in `IDLE`) for this long gives its
+    /// backend session to a client of the same user waiting for one of its `max_per_user`
+    /// slots, and gets one back (re-homed) at its next command. `None`: never.
+    pub park_after: Option<Duration>,
 }
 
 impl Default for SessionSettings {
@@ -62,6 +66,7 @@ impl Default for SessionSettings {
             rehome: true,
             max_concurrent_rehomes: 64,
             rehome_timeout: Duration::from_secs(15),
+            park_after: None,
         }
     }
 }

@@ -167,6 +167,7 @@ impl Built {
             rehome: cfg.session.rehome,
             max_concurrent_rehomes: cfg.session.max_concurrent_rehomes.max(1),
             rehome_timeout: cfg.session.rehome_timeout,
+            park_after: Some(cfg.pool.park_after).filter(|d| !d.is_zero()),
             proxy_protocol,
             limits,
             ..SessionSettings::default()

@@ -208,6 +208,12 @@ pub struct PoolConfig {
     /// within this time.
     #[serde(default = "default_pool_max_age", with = "humantime_serde")]
     pub max_age: Duration,
+    /// Parking: when clients of a user wait for one of its `max_per_user` backend sessions, a
+    /// session of that user quiet between commands (not in IDLE) for this long gives its
+    /// backend session to the first of them and gets one back at its next command. Nothing
+    /// happens while nobody waits. `"0s"` turns parking off.
+    #[serde(default = "default_park_after", with = "humantime_serde")]
+    pub park_after: Duration,
 }
 
 impl Default for PoolConfig {
@@ -219,6 +225,7 @@ impl Default for PoolConfig {
             max_per_user: default_max_per_user(),
             wait_timeout: default_wait(),
             max_age: default_pool_max_age(),
+            park_after: default_park_after(),
         }
     }
 }
@@ -516,6 +523,9 @@ fn default_max_client_connections() -> usize {
 }
 fn default_true() -> bool {
     true
+}
+fn default_park_after() -> Duration {
+    Duration::from_secs(2)
 }
 fn default_max_concurrent_rehomes() -> usize {
     64

@@ -5,6 +5,7 @@ use super::*;
 
 use crate::registry::MigrationCause;
 use crate::relay::Link;
+use crate::stream::ReadReady;
 use rehome::{Cause, Homed};
 
 impl Session {
@@ -31,12 +32,15 @@ impl Session {
             creds,
             guard: _guard,
         };
+        let park_after = proxy.settings.park_after;
         let (end, facts, state_reusable, condition) = loop {
             let Some(session) = homed.session.as_mut() else {
                 return Ok(());
             };
             let mut asked: Option<MigrationCause> = None;
-            let (end, facts, reusable, condition) = {
+            // Only when parking is on: an idle session holds no timer otherwise.
+            let mut park_check = park_after.map(|d| Box::pin(tokio::time::sleep(d)));
+            let (end, facts, reusable, condition, last_client) = {
                 let mut relay = Relay::new(
                     &mut self.stream,
                     session.conn().stream_mut(),
@@ -53,9 +57,34 @@ impl Session {
                             asked = Some(cause);
                             relay.request_migration();
                         }
+                        // Parking: give the backend session to a waiting client of this user
+                        // while this one is quiet between commands.
+                        _ = async {
+                            match park_check.as_mut() {
+                                Some(timer) => timer.await,
+                                None => std::future::pending().await,
+                            }
+                        }, if park_after.is_some() => {
+                            let quiet = park_after.unwrap_or_default();
+                            if relay.parkable(quiet) && proxy.pool.has_waiters(&homed.user_key) {
+                                break Some(RelayEnd::Park);
+                            }
+                            let next = (relay.last_client() + quiet)
+                                .max(tokio::time::Instant::now() + quiet / 4);
+                            if let Some(timer) = park_check.as_mut() {
+                                timer.as_mut().reset(next);
+                            }
+                        }
                     }
                 };
-                (end, relay.facts(), relay.reusable(), relay.condition())
+
+                (
+                    end,
+                    relay.facts(),
+                    relay.reusable(),
+                    relay.condition(),
+                    relay.last_client(),
+                )
             };
             let cause = match &end {
                 // Not when the server is answering the client's own LOGOUT, and not for a
@@ -69,6 +98,48 @@ impl Session {
                 Some(RelayEnd::Migrate) => asked.map(Cause::from),
                 _ => None,
             };
+            if matches!(end, Some(RelayEnd::Park)) {
+                if let Some(session) = homed.session.take() {
+                    let disposition = if reusable {
+                        Disposition::Reuse
+                    } else {
+                        Disposition::Close
+                    };
+                    Box::pin(proxy.pool.checkin(session, disposition)).await;
+                }
+                homed.guard = None;
+                metrics::counter!("imapproxy_parks_total").increment(1);
+                debug!("session parked");
+                let deadline = last_client + proxy.settings.auth_timeout;
+                let stream = &self.stream;
+                let woke = tokio::select! {
+                    r = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => r.is_ok(),
+                    _ = shutdown.cancelled() => false,
+                    _ = kick.cancelled() => false,
+                    _ = tokio::time::sleep_until(deadline) => false,
+                };
+                if woke {
+                    match Box::pin(self.rehome(&mut link, &mut homed, Cause::Unpark)).await {
+                        Ok(rest) => {
+                            registration.set_backend(homed.backend.as_str());
+                            leftover = rest;
+                            continue;
+                        }
+                        Err(reason) => info!(reason, "parked session could not resume"),
+                    }
+                }
+                let bye: &[u8] = if registration.kicked() {
+                    b"* BYE [UNAVAILABLE] Session ended by the administrator, please reconnect.\r\n"
+                } else if shutdown.is_cancelled() {
+                    b"* BYE [UNAVAILABLE] Server shutting down.\r\n"
+                } else if woke {
+                    b"* BYE [UNAVAILABLE] Server unavailable, please reconnect.\r\n"
+                } else {
+                    b"* BYE Autologout; idle for too long.\r\n"
+                };
+                Box::pin(self.say_bye(bye)).await;
+                return Ok(());
+            }
             // A response cut short cannot be completed from another server: the client's
             // view of it would be wrong, so that session ends.
             if let (Some(cause), false) = (cause, facts.mid_response) {
@@ -161,7 +232,9 @@ impl Session {
             Some(RelayEnd::ClientClosed) => Ok(()),
             // The backend went away in the middle of a response, or it answered the client's
             // LOGOUT itself (a desynchronised session): nothing more can be said.
-            Some(RelayEnd::BackendClosed | RelayEnd::BackendBye | RelayEnd::Migrate) => Ok(()),
+            Some(
+                RelayEnd::BackendClosed | RelayEnd::BackendBye | RelayEnd::Migrate | RelayEnd::Park,
+            ) => Ok(()),
             Some(RelayEnd::IdleTimeout) => {
                 if can_speak {
                     let _ = self

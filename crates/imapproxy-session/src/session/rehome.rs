@@ -30,6 +30,9 @@ pub(super) enum Cause {
     Drain,
     /// Its user was moved to another backend.
     Move,
+    /// It parked (gave its backend session to a waiting client of its user) and its client
+    /// sent a command.
+    Unpark,
 }
 
 impl From<MigrationCause> for Cause {
@@ -47,6 +50,7 @@ impl Cause {
             Self::Failure => "backend_failure",
             Self::Drain => "drain",
             Self::Move => "move",
+            Self::Unpark => "unpark",
         }
     }
 }
@@ -215,6 +219,19 @@ impl Session {
             client_id: &self.client_id,
         };
         let mut list = Vec::new();
+        let up = |id: &BackendId| {
+            upstreams
+                .registry
+                .state(id)
+                .is_some_and(|s| s.health() == Health::Up)
+        };
+        // A parked session goes back where its mailbox is, unless an operator moved it.
+        if cause == Cause::Unpark
+            && self.proxy.overrides.get(&homed.user_key).is_none()
+            && up(&homed.backend)
+        {
+            list.push(homed.backend.clone());
+        }
         if let Some(id) = self.proxy.overrides.get(&homed.user_key).filter(|id| {
             upstreams
                 .registry
@@ -228,7 +245,7 @@ impl Session {
                 list.push(c);
             }
         }
-        if cause != Cause::Move {
+        if matches!(cause, Cause::Failure | Cause::Drain) {
             list.retain(|id| *id != homed.backend);
         }
         list
