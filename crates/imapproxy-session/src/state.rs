@@ -167,6 +167,9 @@ pub(crate) struct InFlight {
     /// reached the client since it was sent.
     pub replay: Option<Box<[u8]>>,
     pub idle: bool,
+    /// A `SELECT`/`EXAMINE`: when it is not sent again, the client learns it failed, and a
+    /// failed `SELECT` leaves no mailbox selected (RFC 9051 §6.3.2).
+    pub select: bool,
 }
 
 /// Commands that may be sent twice without a different outcome (issue #9): reads, and
@@ -424,11 +427,14 @@ impl SessionState {
     /// first. Those to be sent again are put back with [`SessionState::resent`].
     pub(crate) fn take_in_flight(&mut self) -> Vec<InFlight> {
         let responses = self.responses;
+        // Whatever a SELECT in flight had said of its mailbox is void on another connection.
+        self.selecting = None;
         std::mem::take(&mut self.outstanding)
             .into_iter()
             .map(|p| InFlight {
                 tag: p.tag,
                 idle: matches!(p.effect, Effect::Idle),
+                select: matches!(p.effect, Effect::Select { .. }),
                 replay: p.replay.filter(|_| p.responses_at == responses),
             })
             .collect()
@@ -451,6 +457,12 @@ impl SessionState {
             replay: None,
             responses_at: self.responses,
         });
+    }
+
+    /// No mailbox is selected any more (a `SELECT` in flight was answered as failed).
+    pub(crate) fn deselected(&mut self) {
+        self.selected = None;
+        self.selecting = None;
     }
 
     /// The mailbox as a new connection selected it: from now on the baseline.
@@ -732,6 +744,55 @@ mod tests {
         );
         assert!(s.selected().is_none());
         assert!(s.reusable(true));
+    }
+
+    #[test]
+    fn sequence_numbers_hold_only_when_every_removal_was_seen() {
+        let mut s = SessionState::new();
+        feed(&mut s, Direction::Client, b"a SELECT INBOX\r\n");
+        feed(
+            &mut s,
+            Direction::Server,
+            b"* 5 EXISTS\r\n* OK [UIDVALIDITY 1] x\r\n* OK [UIDNEXT 6] x\r\na OK [READ-WRITE] x\r\n",
+        );
+        let m = s.selected().unwrap().clone();
+        assert!(m.numbering_holds(5, 6), "nothing changed");
+        assert!(m.numbering_holds(7, 8), "two messages added");
+        assert!(
+            !m.numbering_holds(4, 6),
+            "an expunge the client did not see"
+        );
+        assert!(!m.numbering_holds(6, 8), "one added, one expunged");
+        assert!(!m.numbering_holds(5, 5), "UIDNEXT went back");
+        // The client saw one EXPUNGE and one new message.
+        feed(&mut s, Direction::Server, b"* 2 EXPUNGE\r\n* 5 EXISTS\r\n");
+        let m = s.selected().unwrap().clone();
+        assert_eq!((m.exists, m.expunged), (Some(5), 1));
+        assert!(m.numbering_holds(5, 7));
+        assert!(m.numbering_holds(6, 8));
+        assert!(!m.numbering_holds(4, 7), "a second expunge");
+    }
+
+    #[test]
+    fn in_flight_commands_keep_their_bytes_only_while_unanswered() {
+        let mut s = SessionState::new();
+        feed(
+            &mut s,
+            Direction::Client,
+            b"a UID FETCH 1:* (FLAGS)\r\nb APPEND INBOX {0}\r\n\r\nc STORE 1 FLAGS (x)\r\n",
+        );
+        let f = s.take_in_flight();
+        assert_eq!(f.len(), 3);
+        assert!(f[0].replay.is_some(), "a read is sent again");
+        assert!(f[1].replay.is_none(), "APPEND is not");
+        assert!(f[2].replay.is_some(), "absolute flags are");
+        feed(&mut s, Direction::Client, b"d FETCH 1 (FLAGS)\r\n");
+        feed(&mut s, Direction::Server, b"* 1 FETCH (FLAGS ())\r\n");
+        let f = s.take_in_flight();
+        assert!(
+            f[0].replay.is_none(),
+            "part of its answer reached the client"
+        );
     }
 
     #[test]

@@ -282,6 +282,12 @@ async fn replay(
             return Err("enable_refused");
         }
     }
+    let in_flight = state.take_in_flight();
+    // A SELECT in flight that is not sent again is answered NO: the client then believes no
+    // mailbox is selected (RFC 9051 §6.3.2), so none is selected again.
+    if in_flight.iter().any(|c| c.select && c.replay.is_none()) {
+        state.deselected();
+    }
     if let Some(mailbox) = state.selected().cloned() {
         let Some(name) = mailbox.name.as_deref() else {
             return Err("mailbox_name_unknown");
@@ -319,7 +325,7 @@ async fn replay(
     let idling = state.idling();
     let mut swallow = false;
     let mut resend = Vec::new();
-    for cmd in state.take_in_flight() {
+    for cmd in in_flight {
         if cmd.idle {
             let mut line = cmd.tag.as_bytes().to_vec();
             line.extend_from_slice(b" IDLE\r\n");
