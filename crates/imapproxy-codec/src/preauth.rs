@@ -100,6 +100,10 @@ pub enum PreAuthEvent {
         tag: Option<Tag>,
         /// The session must close the connection.
         fatal: bool,
+        /// The message was an `ID` command. Its fields are informational (RFC 2971), and
+        /// servers accept 30 values of 1,024 octets, far over a pre-auth line bound: a proxy
+        /// may answer it `OK` without them.
+        id: bool,
     },
     /// A SASL continuation line, only in [`PreAuthParser::expect_auth_data`] mode.
     AuthData(AuthData),
@@ -284,9 +288,14 @@ impl PreAuthParser {
                 // `>=`: an unfinished line already at the bound can only end over it.
                 if line_len >= self.limits.max_line || self.buf.len() >= self.limits.max_message() {
                     let tag = self.message_tag();
+                    let id = self.message_is_id();
                     self.consume(self.buf.len());
                     self.skip_line = true;
-                    return Some(PreAuthEvent::TooLarge { tag, fatal: false });
+                    return Some(PreAuthEvent::TooLarge {
+                        tag,
+                        fatal: false,
+                        id,
+                    });
                 }
                 return None;
             };
@@ -295,8 +304,13 @@ impl PreAuthParser {
                 || line_end > self.limits.max_message()
             {
                 let tag = self.message_tag();
+                let id = self.message_is_id();
                 self.consume(line_end);
-                return Some(PreAuthEvent::TooLarge { tag, fatal: false });
+                return Some(PreAuthEvent::TooLarge {
+                    tag,
+                    fatal: false,
+                    id,
+                });
             }
             if self.auth_data {
                 let event = self.decode_auth_data(line_end);
@@ -321,15 +335,24 @@ impl PreAuthParser {
                     }
                     _ => {
                         let tag = self.message_tag();
+                        let id = self.message_is_id();
                         if sync {
                             // RFC 9051 §7.5: no `+` is sent, so the client sends no literal
                             // and the next line starts a new command.
                             self.consume(line_end);
-                            return Some(PreAuthEvent::TooLarge { tag, fatal: false });
+                            return Some(PreAuthEvent::TooLarge {
+                                tag,
+                                fatal: false,
+                                id,
+                            });
                         }
                         self.consume(self.buf.len());
                         self.dead = true;
-                        return Some(PreAuthEvent::TooLarge { tag, fatal: true });
+                        return Some(PreAuthEvent::TooLarge {
+                            tag,
+                            fatal: true,
+                            id: false,
+                        });
                     }
                 }
             }
@@ -354,6 +377,15 @@ impl PreAuthParser {
     /// The tag at the start of the current message, if it is a valid one.
     fn message_tag(&self) -> Option<Tag> {
         recover_tag(&self.buf)
+    }
+
+    /// Whether the buffered message is `tag ID ...`.
+    fn message_is_id(&self) -> bool {
+        let mut words = self.buf.splitn(3, |&b| b == b' ');
+        let (Some(_tag), Some(name), Some(_)) = (words.next(), words.next(), words.next()) else {
+            return false;
+        };
+        name.eq_ignore_ascii_case(b"ID")
     }
 
     fn decode_command(&self, end: usize) -> PreAuthEvent {

@@ -254,6 +254,35 @@ fn long_id_command(len: usize) -> String {
 }
 
 #[test]
+fn long_id_before_login_is_answered_as_dovecot_answers_it() {
+    let proxy = Proxy::start(dovecot().imap_addr(), "", "");
+    let (user, pass) = dovecot().user(15);
+    for (name, addr) in [("Dovecot", dovecot().imap_addr()), ("proxy", proxy.plain)] {
+        let mut c = LineClient::connect(addr);
+        // 30 values of 1,024 octets (RFC 2971 §3.3's maximum): over the proxy's 8 KiB pre-auth
+        // line bound, answered OK as Dovecot does (the fields are not kept).
+        for len in [200, 1024] {
+            let lines = c.until_tagged_after("i", &long_id_command(len));
+            assert!(
+                lines.last().unwrap().starts_with("i OK"),
+                "{name}: {lines:?}"
+            );
+            assert!(
+                lines.iter().any(|l| l.starts_with("* ID ")),
+                "{name}: {lines:?}"
+            );
+        }
+        let line = c.cmd("l", &format!("LOGIN {user} {pass}")).unwrap();
+        assert!(line.starts_with("l OK"), "{name}: {line:?}");
+        let lines = c.until_tagged_after("o", "LOGOUT");
+        assert!(
+            lines.last().unwrap().starts_with("o OK"),
+            "{name}: {lines:?}"
+        );
+    }
+}
+
+#[test]
 fn long_id_after_login_is_answered_as_dovecot_answers_it() {
     let proxy = Proxy::start(dovecot().imap_addr(), "", "");
     let (user, pass) = dovecot().user(14);

@@ -54,13 +54,25 @@ impl Session {
                 PreAuthEvent::Bad { tag, reason } => {
                     self.bad_command(tag.as_ref(), reason).await?;
                 }
-                PreAuthEvent::TooLarge { tag, fatal } => {
+                PreAuthEvent::TooLarge { tag, fatal, id } => {
                     if fatal {
                         self.write(b"* BYE Command line too long.\r\n").await?;
                         return Err(Error::Protocol("command too large"));
                     }
-                    self.bad_command(tag.as_ref(), "Command line too long.")
-                        .await?;
+                    match tag {
+                        // RFC 2971: the fields are informational and servers take 30 values
+                        // of 1,024 octets; the proxy answers as Dovecot does, without keeping
+                        // fields it did not buffer.
+                        Some(tag) if id => {
+                            let reply = PROXY_ID.strip_suffix(b"\r\n").unwrap_or(PROXY_ID);
+                            self.untagged_and_tagged(reply, &tag, "OK ID completed.")
+                                .await?;
+                        }
+                        tag => {
+                            self.bad_command(tag.as_ref(), "Command line too long.")
+                                .await?;
+                        }
+                    }
                 }
                 PreAuthEvent::AuthData(_) => {
                     // Only produced in auth-data mode, which `authenticate` leaves before
