@@ -295,7 +295,7 @@ fn one_mib_line_is_too_large_without_buffering_it() {
     }
     events.extend(run(&mut p, b"x\r\nz NOOP\r\n"));
     assert!(
-        matches!(&events[..], [E::TooLarge { tag: Some(t), fatal: false }, E::Command { command: P::Noop, .. }] if *t == *b"big".as_slice()),
+        matches!(&events[..], [E::TooLarge { tag: Some(t), fatal: false, id: false }, E::Command { command: P::Noop, .. }] if *t == *b"big".as_slice()),
         "{events:?}"
     );
 }
@@ -311,7 +311,8 @@ fn oversized_literals() {
             [
                 E::TooLarge {
                     fatal: false,
-                    tag: Some(_)
+                    tag: Some(_),
+                    ..
                 },
                 E::Command { .. }
             ]
@@ -406,4 +407,28 @@ fn take_remaining_returns_what_was_pipelined_behind_login() {
     );
     assert_eq!(p.buffered(), 0);
     assert!(p.next_event().is_none());
+}
+
+#[test]
+fn an_oversized_id_is_reported_as_id() {
+    let mut p = parser();
+    let long = format!("a ID (\"k\" \"{}\")\r\nb NOOP\r\n", "v".repeat(20_000));
+    let events = run(&mut p, long.as_bytes());
+    assert!(
+        matches!(
+            &events[..],
+            [
+                E::TooLarge {
+                    tag: Some(_),
+                    fatal: false,
+                    id: true
+                },
+                E::Command {
+                    command: P::Noop,
+                    ..
+                }
+            ]
+        ),
+        "{events:?}"
+    );
 }
