@@ -142,11 +142,25 @@ impl ServerTls {
             // Read the ClientHello first so the SNI can be logged, then pick the configuration
             // current at that moment (a reload may have happened while we waited).
             let start = LazyConfigAcceptor::new(Acceptor::default(), io).await?;
-            match start.client_hello().server_name() {
+            let hello = start.client_hello();
+            match hello.server_name() {
                 Some(sni) => tracing::debug!(sni, "TLS ClientHello"),
                 None => tracing::debug!("TLS ClientHello without SNI"),
             }
-            start.into_stream(self.config()).await
+            // RFC 7301 §3.2 lets a server that supports none of the offered protocols abort;
+            // clients and probes that offer `h2` or `http/1.1` by default then fail. Such a
+            // hello gets a configuration without ALPN: the handshake goes on, and the client
+            // learns from the missing ALPN answer that nothing was agreed.
+            let offers_only_others = hello
+                .alpn()
+                .is_some_and(|mut offered| !offered.any(|p| p == ALPN_IMAP));
+            let mut config = self.config();
+            if offers_only_others && !config.alpn_protocols.is_empty() {
+                let mut without = (*config).clone();
+                without.alpn_protocols.clear();
+                config = Arc::new(without);
+            }
+            start.into_stream(config).await
         };
         match tokio::time::timeout(timeout, handshake).await {
             Ok(result) => result.map_err(Error::Io),

@@ -291,3 +291,42 @@ fn self_signed_rejects_invalid_names() {
     let err = ServerTls::self_signed(&["not a name!".to_owned()]).unwrap_err();
     assert!(matches!(err, Error::InvalidServerName(_)), "{err}");
 }
+
+#[tokio::test]
+async fn clients_offering_other_alpn_protocols_still_connect() {
+    use imapproxy_tls::rustls;
+    use std::sync::Arc;
+    let (server, cert_pem) = ServerTls::self_signed(&[]).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(first_cert(&cert_pem)).unwrap();
+    // (offered, agreed): "imap" is agreed when offered; other lists get no ALPN answer
+    // instead of an aborted handshake (RFC 7301 §3.2 would allow the abort).
+    for (offered, agreed) in [
+        (vec![b"h2".to_vec(), b"http/1.1".to_vec()], None),
+        (vec![b"h2".to_vec(), b"imap".to_vec()], Some(&b"imap"[..])),
+        (vec![], None),
+    ] {
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+        config.alpn_protocols = offered.clone();
+        let connector = imapproxy_tls::tokio_rustls::TlsConnector::from(Arc::new(config));
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let (s, c) = tokio::join!(
+            server.accept(server_io, TIMEOUT),
+            connector.connect(name, client_io)
+        );
+        let (mut s, mut c) = (s.unwrap(), c.unwrap());
+        assert_eq!(c.get_ref().1.alpn_protocol(), agreed, "{offered:?}");
+        c.write_all(b"a1 NOOP\r\n").await.unwrap();
+        c.flush().await.unwrap();
+        let mut line = [0u8; 9];
+        s.read_exact(&mut line).await.unwrap();
+        assert_eq!(&line, b"a1 NOOP\r\n");
+    }
+}

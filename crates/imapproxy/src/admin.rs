@@ -178,12 +178,22 @@ async fn handle(mut tcp: TcpStream, peer: SocketAddr, state: &AdminState) {
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+/// Compares a presented token with the configured one in time that depends on neither's
+/// content nor on the configured token's length: both are hashed with a per-process key first
+/// (HMAC-SHA256), then the fixed-size digests are compared without early exit.
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .fold(0u8, |acc, (x, y)| acc | std::hint::black_box(x ^ y))
-            == 0
+    static KEY: std::sync::OnceLock<ring::hmac::Key> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let rng = ring::rand::SystemRandom::new();
+        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
+            .unwrap_or_else(|_| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"imapproxy-admin"))
+    });
+    let (da, db) = (ring::hmac::sign(key, a), ring::hmac::sign(key, b));
+    da.as_ref()
+        .iter()
+        .zip(db.as_ref())
+        .fold(0u8, |acc, (x, y)| acc | std::hint::black_box(x ^ y))
+        == 0
 }
 
 fn route(req: &Request, state: &AdminState) -> Response {
