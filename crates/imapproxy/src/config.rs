@@ -574,9 +574,53 @@ pub fn load(path: Option<&Path>) -> Result<Config, Box<figment::Error>> {
     fig.extract().map_err(Box::new)
 }
 
+/// A file given to a reload (SIGHUP) must name its backends and listeners itself: an empty or
+/// truncated file would otherwise parse into the built-in defaults (one backend on
+/// 127.0.0.1:143) and silently replace every real backend.
+pub fn check_complete(path: &Path) -> Result<(), String> {
+    let fig = Figment::from(Toml::file_exact(path));
+    for key in ["backends", "listeners"] {
+        let named = fig
+            .find_value(key)
+            .ok()
+            .and_then(|v| v.into_array())
+            .is_some_and(|a| !a.is_empty());
+        if !named {
+            return Err(format!(
+                "{} names no [[{key}]]: refusing to fall back to the built-in defaults",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_needs_backends_and_listeners_named() {
+        let dir = std::env::temp_dir().join(format!("imapproxy-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        for (text, ok) in [
+            ("", false),
+            ("[pool]\nreuse = true\n", false),
+            (
+                "[[backends]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n",
+                false,
+            ),
+            (
+                "[[listeners]]\naddr = \"127.0.0.1:1\"\n[[backends]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n",
+                true,
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            assert_eq!(check_complete(&path).is_ok(), ok, "{text:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn parse(toml: &str) -> Result<Config, Box<figment::Error>> {
         Figment::new()

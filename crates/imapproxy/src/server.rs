@@ -203,6 +203,9 @@ fn reload(
     path: Option<&std::path::Path>,
     server_tls: Option<&imapproxy_tls::ServerTls>,
 ) -> Result<Option<Arc<imapproxy_route::HealthMonitor>>, String> {
+    if let Some(path) = path {
+        crate::config::check_complete(path)?;
+    }
     let cfg = crate::config::load(path).map_err(|e| e.to_string())?;
     let current = proxy.upstreams();
     let built = Built::from_config_reloading(&cfg, Some(&current.registry))?;

@@ -84,16 +84,21 @@ fn sighup_adds_a_backend_while_sessions_run() {
         "the added backend got {on_b} of 4 round-robin logins"
     );
 
-    // A broken file is refused and the running configuration stays.
-    std::fs::write(&path, "[[backends]]\nname = 1\n").unwrap();
-    proxy.signal("HUP");
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(proxy.child.try_wait().unwrap().is_none());
-    rt.block_on(async {
-        let mut c = TestClient::connect(listen).await.unwrap();
-        let (user3, pass3) = a.user(3);
-        assert!(c.login(&user3, &pass3).await.unwrap().tagged_ok());
-    });
+    // A broken, an empty and a truncated file are refused (the last two would otherwise
+    // parse into the built-in defaults, one backend on 127.0.0.1:143, and every login would
+    // fail); the running configuration stays.
+    for broken in ["[[backends]]\nname = 1\n", "", "[pool]\nreuse = true\n"] {
+        std::fs::write(&path, broken).unwrap();
+        proxy.signal("HUP");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(proxy.child.try_wait().unwrap().is_none());
+        rt.block_on(async {
+            let mut c = TestClient::connect(listen).await.unwrap();
+            let (user3, pass3) = a.user(3);
+            let r = c.login(&user3, &pass3).await.unwrap();
+            assert!(r.tagged_ok(), "after {broken:?}: {}", r.text());
+        });
+    }
 
     // Limits are reloaded too: loopback no longer trusted, two connections per address.
     let mut limited = config(
