@@ -402,6 +402,19 @@ impl Link {
         self.swallow_continuation = swallow_continuation;
     }
 
+    /// The client's unfinished command waits for the `+` of a synchronizing literal (the
+    /// client sends nothing until then): it ends here, and its tag is returned so that the
+    /// client can be told `NO` (RFC 9051 §7.5: a tagged reply instead of `+` means the
+    /// literal is not to be sent). `None` when the client is elsewhere.
+    pub(crate) fn cancel_waiting_command(&mut self) -> Option<Tag> {
+        if self.up.written != self.up.buf.len() {
+            return None;
+        }
+        let frame = self.up.framer.refused()?;
+        self.up.msg_start = None;
+        frame.tag
+    }
+
     /// Whether the client's side is at a command boundary with nothing half-forwarded.
     pub(crate) fn client_quiet(&self) -> bool {
         self.up.framer.at_boundary() && self.up.written == self.up.buf.len()

@@ -146,11 +146,36 @@ impl Session {
                 if let RelayEnd::BackendError(e) = end.as_ref().unwrap_or(&RelayEnd::Migrate) {
                     warn!(error = %e, "backend connection failed");
                 }
-                if self.proxy.settings.rehome {
+                // A command the client is still sending cannot go on elsewhere: the new
+                // backend never saw its start. One whose client waits for a literal's `+` is
+                // answered NO (the client then sends no literal); one whose bytes are still
+                // coming cannot be cut off cleanly, and that session ends.
+                let mut refused = None;
+                let movable = !facts.mid_command || {
+                    refused = link.cancel_waiting_command();
+                    refused.is_some()
+                };
+                if !movable {
+                    info!(
+                        cause = cause.as_str(),
+                        "session could not move: mid-command"
+                    );
+                    metrics::counter!("imapproxy_rehome_failures_total", "reason" => "mid_command")
+                        .increment(1);
+                } else if self.proxy.settings.rehome {
                     match Box::pin(self.rehome(&mut link, &mut homed, cause)).await {
                         Ok(rest) => {
                             registration.set_backend(homed.backend.as_str());
                             leftover = rest;
+                            if let Some(tag) = refused {
+                                let mut no = tag.as_bytes().to_vec();
+                                no.extend_from_slice(
+                                    b" NO [UNAVAILABLE] Server connection lost, please retry.\r\n",
+                                );
+                                if self.write(&no).await.is_err() {
+                                    return Ok(());
+                                }
+                            }
                             continue;
                         }
                         Err(reason) => {

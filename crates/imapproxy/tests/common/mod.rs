@@ -47,6 +47,21 @@ impl Binary {
             })
             .spawn()
             .unwrap();
+        // A proxy kept in a `static` is never dropped: a watchdog ends it (by its PID) when
+        // this test process is gone, so no run leaves a proxy behind.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(
+                "while kill -0 \"$1\" 2>/dev/null && kill -0 \"$2\" 2>/dev/null; do sleep 0.2; done; \
+                 kill -TERM \"$2\" 2>/dev/null",
+            )
+            .arg("imapproxy-test-watchdog")
+            .arg(std::process::id().to_string())
+            .arg(child.id().to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
         let binary = Self {
             child,
             config: path,
