@@ -124,7 +124,7 @@ pub async fn collect<T: 'static>(mut set: JoinSet<Tally<T>>) -> Result<Tally<T>,
 }
 
 /// The error's text, shortened, as a key for counting alike failures together.
-fn reason(e: &BenchError) -> String {
+pub fn reason(e: &BenchError) -> String {
     let text = e.to_string();
     match text.char_indices().nth(REASON_MAX) {
         Some((cut, _)) => format!("{}...", text.get(..cut).unwrap_or_default()),

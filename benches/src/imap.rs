@@ -48,8 +48,11 @@ pub struct Reply {
     pub fetches: u64,
     /// Bytes inside literals.
     pub literal_bytes: u64,
-    /// The start of each untagged response (for checks such as `EXISTS`).
+    /// The start of each untagged response but `FETCH` (for checks such as `EXISTS`).
     pub untagged: Vec<String>,
+    /// The start of each untagged `FETCH` response (its first 512 bytes, literals
+    /// inlined), for comparing small fetches before and after an event.
+    pub fetched: Vec<String>,
     /// The tagged response, or the continuation request that ended the wait.
     pub last: String,
 }
@@ -176,7 +179,12 @@ impl ImapConn {
                     }
                     return Ok(reply);
                 }
-                FrameKind::Untagged(UntaggedKind::Fetch) => reply.fetches += 1,
+                FrameKind::Untagged(UntaggedKind::Fetch) => {
+                    reply.fetches += 1;
+                    if reply.fetched.len() < 64 {
+                        reply.fetched.push(self.head_text());
+                    }
+                }
                 FrameKind::Untagged(UntaggedKind::Status(Status::Bye)) => {
                     return Err(self.unexpected(cmd));
                 }
@@ -208,6 +216,19 @@ impl ImapConn {
                 _ => return Err(self.unexpected("LOGOUT")),
             }
         }
+    }
+
+    /// Sends `IDLE` and waits for the server's `+`; returns the tag, for [`ImapConn::done`].
+    pub async fn idle(&mut self) -> Result<String, BenchError> {
+        let tag = self.send("IDLE").await?;
+        self.read_until_continuation("IDLE").await?;
+        Ok(tag)
+    }
+
+    /// Ends the `IDLE` started under `tag` (`DONE`) and reads up to its tagged `OK`.
+    pub async fn done(&mut self, tag: &str) -> Result<Reply, BenchError> {
+        self.write_raw(b"DONE\r\n").await?;
+        self.read_until_tagged(tag, "IDLE (after DONE)").await
     }
 
     /// Reads responses until a `+` continuation request (e.g. `+ idling`); a tagged

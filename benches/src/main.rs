@@ -23,13 +23,22 @@
 //!   logins per client session, direct vs through the pooling proxy.
 //! - `burst`: 50 workers of one user looping short plain sessions against Dovecot capped
 //!   at 10 sessions per user and IP: completed loops/s and failures, direct vs proxy.
+//! - `burst-held`: 50 workers of one user, each logged in once, looping SELECT + FETCH
+//!   with pauses against the same cap: workers served, failures, operations/s, direct vs
+//!   proxy (`max_per_user = 8`, parking) vs 8 workers through the proxy.
+//! - `failover`: 200 logged-in sessions (half in IDLE) through the proxy in front of two
+//!   Dovecots over one mail store; the backend most are on is drained with migration, or
+//!   killed: share of sessions that survive with the same data, and the pause they see.
 #![deny(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
+mod admin;
 mod bulk;
 mod burst;
 mod clients;
 mod error;
+mod failover;
+mod held;
 mod idle;
 mod imap;
 mod proxy;
@@ -70,6 +79,13 @@ enum Scenario {
     /// Many workers of one user against Dovecot's per-user+IP cap (loops/s, failures),
     /// proxy vs direct Dovecot.
     Burst(burst::BurstArgs),
+    /// Many workers of one user, each logged in once, looping SELECT + FETCH with pauses
+    /// against Dovecot's per-user+IP cap (workers served, failures, operations/s), direct
+    /// vs the proxy (parking) vs as many workers as the proxy's per-user cap.
+    BurstHeld(held::HeldArgs),
+    /// Logged-in sessions (half in IDLE) while their backend is drained with migration or
+    /// killed (share that survives with the same data, pause), two Dovecots, one store.
+    Failover(failover::FailoverArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +112,8 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
             Scenario::IdleMemory(a) => idle::run(&binary, cli.runs, a).await,
             Scenario::Webmail(a) => webmail::run(&binary, cli.runs, a).await,
             Scenario::Burst(a) => burst::run(&binary, cli.runs, a).await,
+            Scenario::BurstHeld(a) => held::run(&binary, cli.runs, a).await,
+            Scenario::Failover(a) => failover::run(&binary, cli.runs, a).await,
         }
     })
 }

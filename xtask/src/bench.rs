@@ -17,7 +17,7 @@ pub struct LoadScenario {
 }
 
 /// The load scenarios, run in order after the criterion benches (each one well under
-/// two minutes; see benches/README.md).
+/// two minutes, the last two about one; see benches/README.md).
 pub const LOAD_SCENARIOS: &[LoadScenario] = &[
     // Relay throughput of one big FETCH, plain and TLS.
     LoadScenario {
@@ -50,6 +50,21 @@ pub const LOAD_SCENARIOS: &[LoadScenario] = &[
         package: "imapproxy-bench",
         bin: "loadbench",
         args: &["burst", "--hold-ms", "200"],
+    },
+    // 50 workers of one user, each logged in once, SELECT + FETCH with 100 ms pauses:
+    // parking (park_after 50 ms) serves all 50 through max_per_user = 8; vs direct and vs
+    // 8 workers. 5 s windows here (the default of 10 s makes it ~2 minutes).
+    LoadScenario {
+        package: "imapproxy-bench",
+        bin: "loadbench",
+        args: &["burst-held", "--secs", "5"],
+    },
+    // 200 logged-in sessions (half in IDLE) on two Dovecots over one store: drain with
+    // migration, then kill -9 of the backend 150 of them are on; survival and pauses.
+    LoadScenario {
+        package: "imapproxy-bench",
+        bin: "loadbench",
+        args: &["failover"],
     },
 ];
 
@@ -109,7 +124,14 @@ mod tests {
 
     #[test]
     fn every_scenario_is_a_loadbench_subcommand() {
-        let known = ["bulk", "idle-memory", "webmail", "burst"];
+        let known = [
+            "bulk",
+            "idle-memory",
+            "webmail",
+            "burst",
+            "burst-held",
+            "failover",
+        ];
         for s in LOAD_SCENARIOS {
             assert_eq!((s.package, s.bin), ("imapproxy-bench", "loadbench"));
             assert!(s.args.first().is_some_and(|a| known.contains(a)));
