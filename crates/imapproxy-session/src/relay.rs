@@ -218,6 +218,10 @@ impl Pump {
         S: ReadReady,
         D: ReadReady,
     {
+        // Bytes read while no relay ran (a parked session's next command) are scanned first.
+        if self.scanned < self.buf.len() && !self.paused {
+            self.scan(&mut on_frame);
+        }
         loop {
             while self.written < self.forwardable {
                 let chunk = &self.buf[self.written..self.forwardable];
@@ -413,6 +417,34 @@ impl Link {
         let frame = self.up.framer.refused()?;
         self.up.msg_start = None;
         frame.tag
+    }
+
+    /// Reads what a parked session's client sends next (keeping it for the relay that
+    /// follows). `Ok(0)`: the client closed.
+    pub(crate) async fn read_parked<C>(&mut self, client: &mut C) -> io::Result<usize>
+    where
+        C: tokio::io::AsyncRead + Unpin,
+    {
+        use tokio::io::AsyncReadExt;
+        self.up.buf.reserve(BUF_SIZE);
+        let n = client.read_buf(&mut self.up.buf).await?;
+        if n > 0 {
+            self.last_client = Instant::now();
+        }
+        Ok(n)
+    }
+
+    /// The tag of a `LOGOUT` that is all the client sent while parked: the proxy answers it
+    /// itself, with no backend.
+    pub(crate) fn lone_logout(&self) -> Option<Tag> {
+        let pending = self.up.buf.get(self.up.scanned..)?;
+        let mut framer = Framer::new(Direction::Client);
+        let (n, frame) = framer.advance(pending)?;
+        (n == pending.len()
+            && frame.kind == FrameKind::Command(CommandName::Logout)
+            && frame.literals == 0)
+            .then_some(frame.tag)
+            .flatten()
     }
 
     /// Whether the client's side is at a command boundary with nothing half-forwarded.

@@ -95,3 +95,47 @@ async fn twenty_clients_of_one_user_share_four_backend_sessions() {
     );
     drop(proxy);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_session_logs_out_at_once_while_its_slot_is_busy() {
+    let settings = SessionSettings {
+        park_after: Some(Duration::from_millis(50)),
+        ..SessionSettings::default()
+    };
+    let pool = PoolSettings {
+        reuse: true,
+        warm: 0,
+        max_per_user: 1,
+        wait_timeout: Duration::from_secs(3),
+        ..PoolSettings::default()
+    };
+    let (proxy, _pool) = start_proxy_pooled(&[dovecot().imap_addr()], settings, pool).await;
+    let (user, pass) = dovecot().user(2);
+    let mut a = TestClient::connect(proxy.plain).await.unwrap();
+    assert!(a.login(&user, &pass).await.unwrap().tagged_ok());
+    assert!(a.cmd("s", "SELECT INBOX").await.unwrap().tagged_ok());
+    // B waits for the one slot; A, quiet, parks and B gets its backend session.
+    let mut b = TestClient::connect(proxy.plain).await.unwrap();
+    assert!(b.login(&user, &pass).await.unwrap().tagged_ok());
+    let busy = tokio::spawn(async move {
+        for n in 0..100 {
+            let r = b.cmd(&format!("n{n}"), "NOOP").await.unwrap();
+            assert!(r.tagged_ok(), "{}", r.text());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        b
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A's LOGOUT needs no backend: answered at once, not after B's slot frees up.
+    let started = std::time::Instant::now();
+    let r = a.logout().await.unwrap();
+    assert!(r.text().contains("* BYE") && r.tagged_ok(), "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "LOGOUT waited {:?} for a backend session",
+        started.elapsed()
+    );
+    assert!(a.expect_eof(Duration::from_secs(3)).await);
+    let mut b = busy.await.unwrap();
+    assert!(b.logout().await.unwrap().tagged_ok());
+}

@@ -5,7 +5,6 @@ use super::*;
 
 use crate::registry::MigrationCause;
 use crate::relay::Link;
-use crate::stream::ReadReady;
 use rehome::{Cause, Homed};
 
 impl Session {
@@ -111,13 +110,29 @@ impl Session {
                 metrics::counter!("imapproxy_parks_total").increment(1);
                 debug!("session parked");
                 let deadline = last_client + proxy.settings.auth_timeout;
-                let stream = &self.stream;
-                let woke = tokio::select! {
-                    r = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => r.is_ok(),
-                    _ = shutdown.cancelled() => false,
-                    _ = kick.cancelled() => false,
-                    _ = tokio::time::sleep_until(deadline) => false,
+                let read = tokio::select! {
+                    r = link.read_parked(&mut self.stream) => Some(r),
+                    _ = shutdown.cancelled() => None,
+                    _ = kick.cancelled() => None,
+                    _ = tokio::time::sleep_until(deadline) => None,
                 };
+                let woke = match read {
+                    // The client went away while parked: nothing to move, nobody to tell.
+                    Some(Ok(0) | Err(_)) => {
+                        debug!("parked session's client closed");
+                        return Ok(());
+                    }
+                    Some(Ok(_)) => true,
+                    None => false,
+                };
+                // LOGOUT needs no backend (RFC 9051 §6.1.3): answered at once.
+                if let Some(tag) = link.lone_logout().filter(|_| woke) {
+                    let mut bye = b"* BYE Logging out.\r\n".to_vec();
+                    bye.extend_from_slice(tag.as_bytes());
+                    bye.extend_from_slice(b" OK Logout completed.\r\n");
+                    let _ = self.write(&bye).await;
+                    return Ok(());
+                }
                 if woke {
                     match Box::pin(self.rehome(&mut link, &mut homed, Cause::Unpark)).await {
                         Ok(rest) => {
