@@ -142,7 +142,8 @@ impl Mailbox {
         let Some(assigned) = uidnext.checked_sub(u0) else {
             return false;
         };
-        let removed = (e0 + assigned).checked_sub(exists);
+        // Server-sent numbers: no arithmetic on them may overflow.
+        let removed = e0.checked_add(assigned).and_then(|t| t.checked_sub(exists));
         removed == Some(self.expunged) && exists >= known
     }
 }
@@ -764,6 +765,10 @@ mod tests {
         );
         assert!(!m.numbering_holds(6, 8), "one added, one expunged");
         assert!(!m.numbering_holds(5, 5), "UIDNEXT went back");
+        assert!(
+            !m.numbering_holds(u64::MAX, u64::MAX),
+            "absurd numbers are no proof"
+        );
         // The client saw one EXPUNGE and one new message.
         feed(&mut s, Direction::Server, b"* 2 EXPUNGE\r\n* 5 EXISTS\r\n");
         let m = s.selected().unwrap().clone();
