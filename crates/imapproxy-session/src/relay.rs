@@ -599,7 +599,7 @@ fn on_response(
                             if let FrameKind::Tagged(status) = frame.kind {
                                 state.answered_early(tag, status);
                             }
-                            return policy_forward(policy, whole);
+                            return policy_rewrite(policy, frame, whole);
                         }
                     }
                 }
@@ -609,14 +609,6 @@ fn on_response(
     }
     state.on_response(frame, whole);
     policy_rewrite(policy, frame, whole)
-}
-
-/// A tagged status line as the client may see it (capabilities filtered).
-fn policy_forward(policy: &ResponsePolicy, whole: Option<&[u8]>) -> Action {
-    match whole.and_then(|bytes| filter_capabilities(bytes, &policy.drop_capability)) {
-        Some(filtered) => Action::Replace(filtered),
-        None => Action::Forward,
-    }
 }
 
 /// What the client sees of a backend response: capability lists filtered, the `ID` reply

@@ -7,6 +7,11 @@ use crate::registry::MigrationCause;
 use crate::relay::Link;
 use rehome::{Cause, Homed};
 
+const BYE_KICKED: &[u8] =
+    b"* BYE [UNAVAILABLE] Session ended by the administrator, please reconnect.\r\n";
+const BYE_SHUTDOWN: &[u8] = b"* BYE [UNAVAILABLE] Server shutting down.\r\n";
+const BYE_UNAVAILABLE: &[u8] = b"* BYE [UNAVAILABLE] Server unavailable, please reconnect.\r\n";
+
 impl Session {
     pub(super) async fn relay(&mut self, logged_in: LoggedIn) -> Result<(), Error> {
         let LoggedIn {
@@ -127,10 +132,9 @@ impl Session {
                 };
                 // LOGOUT needs no backend (RFC 9051 §6.1.3): answered at once.
                 if let Some(tag) = link.lone_logout().filter(|_| woke) {
-                    let mut bye = b"* BYE Logging out.\r\n".to_vec();
-                    bye.extend_from_slice(tag.as_bytes());
-                    bye.extend_from_slice(b" OK Logout completed.\r\n");
-                    let _ = self.write(&bye).await;
+                    let _ = self
+                        .untagged_and_tagged(b"* BYE Logging out.", &tag, "OK Logout completed.")
+                        .await;
                     return Ok(());
                 }
                 if woke {
@@ -144,11 +148,11 @@ impl Session {
                     }
                 }
                 let bye: &[u8] = if registration.kicked() {
-                    b"* BYE [UNAVAILABLE] Session ended by the administrator, please reconnect.\r\n"
+                    BYE_KICKED
                 } else if shutdown.is_cancelled() {
-                    b"* BYE [UNAVAILABLE] Server shutting down.\r\n"
+                    BYE_SHUTDOWN
                 } else if woke {
-                    b"* BYE [UNAVAILABLE] Server unavailable, please reconnect.\r\n"
+                    BYE_UNAVAILABLE
                 } else {
                     b"* BYE Autologout; idle for too long.\r\n"
                 };
@@ -201,10 +205,7 @@ impl Session {
                 if let Some(session) = homed.session.take() {
                     Box::pin(proxy.pool.checkin(session, Disposition::Close)).await;
                 }
-                Box::pin(
-                    self.say_bye(b"* BYE [UNAVAILABLE] Server unavailable, please reconnect.\r\n"),
-                )
-                .await;
+                Box::pin(self.say_bye(BYE_UNAVAILABLE)).await;
                 return Ok(());
             }
             break (end, facts, reusable, condition);
@@ -246,27 +247,19 @@ impl Session {
             None if kicked => {
                 info!("session ended by the administrator");
                 if can_speak {
-                    let _ = self
-                        .write(
-                            b"* BYE [UNAVAILABLE] Session ended by the administrator, please reconnect.\r\n",
-                        )
-                        .await;
+                    let _ = self.write(BYE_KICKED).await;
                 }
                 Ok(())
             }
             None => {
                 if can_speak {
-                    let _ = self
-                        .write(b"* BYE [UNAVAILABLE] Server shutting down.\r\n")
-                        .await;
+                    let _ = self.write(BYE_SHUTDOWN).await;
                 }
                 Err(Error::Shutdown)
             }
             Some(RelayEnd::Logout(tag)) => {
-                let mut bye = b"* BYE Logging out.\r\n".to_vec();
-                bye.extend_from_slice(tag.as_bytes());
-                bye.extend_from_slice(b" OK Logout completed.\r\n");
-                self.write(&bye).await?;
+                self.untagged_and_tagged(b"* BYE Logging out.", &tag, "OK Logout completed.")
+                    .await?;
                 Ok(())
             }
             Some(RelayEnd::ClientClosed) => Ok(()),

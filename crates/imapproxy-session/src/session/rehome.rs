@@ -232,12 +232,7 @@ impl Session {
         {
             list.push(homed.backend.clone());
         }
-        if let Some(id) = self.proxy.overrides.get(&homed.user_key).filter(|id| {
-            upstreams
-                .registry
-                .state(id)
-                .is_some_and(|s| s.health() == Health::Up)
-        }) {
+        if let Some(id) = self.proxy.overrides.get(&homed.user_key).filter(up) {
             list.push(id);
         }
         for c in upstreams.selector.select(&upstreams.registry, &request) {
