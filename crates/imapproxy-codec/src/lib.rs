@@ -51,5 +51,5 @@ pub use preauth::{
     AuthData, Mechanism, PreAuthCommand, PreAuthEvent, PreAuthLimits, PreAuthParser, SaslPlain,
     parse_sasl_plain,
 };
-pub use secret::Secret;
+pub use secret::{Secret, constant_time_eq};
 pub use tag::Tag;

@@ -38,6 +38,8 @@ use imap_codec::{
         command::CommandBody,
     },
 };
+use std::fmt;
+
 use memchr::memchr;
 use zeroize::Zeroize;
 
@@ -170,7 +172,9 @@ pub enum Mechanism {
 /// Use: `push` what was read, then call `next_event` until it returns `None`, then read again
 /// (at most [`wanted`](Self::wanted) bytes to keep the buffer within
 /// [`PreAuthLimits::max_message`]).
-#[derive(Debug)]
+///
+/// The buffer holds `LOGIN` lines and SASL responses, so `Debug` shows only its length, and
+/// the buffer (its whole capacity, where consumed bytes may linger) is zeroed on drop.
 pub struct PreAuthParser {
     limits: PreAuthLimits,
     buf: Vec<u8>,
@@ -185,6 +189,24 @@ pub struct PreAuthParser {
     skip_line: bool,
     /// A fatal error was reported; ignore all input.
     dead: bool,
+}
+
+impl fmt::Debug for PreAuthParser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreAuthParser")
+            .field("limits", &self.limits)
+            .field("buffered", &self.buf.len())
+            .field("auth_data", &self.auth_data)
+            .field("skip_line", &self.skip_line)
+            .field("dead", &self.dead)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PreAuthParser {
+    fn drop(&mut self) {
+        self.buf.zeroize();
+    }
 }
 
 impl PreAuthParser {

@@ -6,7 +6,7 @@ use zeroize::Zeroize;
 
 /// Holds a credential (password, SASL response). `Debug` prints `Secret(..)` in every build,
 /// unlike imap-codec's `Secret`, which shows its content in debug builds; the value is zeroed
-/// when dropped. Compare exposed values in constant time when that matters.
+/// when dropped. Compare exposed values with [`constant_time_eq`] when that matters.
 ///
 /// ```
 /// use imapproxy_codec::Secret;
@@ -45,4 +45,22 @@ impl<T: Zeroize> Drop for Secret<T> {
     fn drop(&mut self) {
         self.0.zeroize();
     }
+}
+
+/// Equality whose time depends only on the lengths, not on where the bytes differ: for
+/// tokens and digests an attacker may probe byte by byte. Compare digests of equal length
+/// (an HMAC of each side) when the length itself must stay hidden.
+///
+/// ```
+/// use imapproxy_codec::constant_time_eq;
+/// assert!(constant_time_eq(b"digest", b"digest"));
+/// assert!(!constant_time_eq(b"digest", b"digesT"));
+/// assert!(!constant_time_eq(b"digest", b"dig"));
+/// ```
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .fold(0u8, |acc, (x, y)| acc | core::hint::black_box(x ^ y))
+            == 0
 }

@@ -432,3 +432,18 @@ fn an_oversized_id_is_reported_as_id() {
         "{events:?}"
     );
 }
+
+#[test]
+fn debug_never_shows_buffered_credentials() {
+    let mut p = parser();
+    // A whole LOGIN still buffered, and half of a pipelined second one.
+    p.push(b"a1 LOGIN alice hunter2-secret\r\na2 LOGIN bob sw0rdf1sh");
+    let shown = format!("{p:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(!shown.contains("sw0rdf1sh"), "{shown}");
+    assert!(shown.contains("buffered"), "{shown}");
+    let event = p.next_event().expect("the first LOGIN");
+    let shown = format!("{event:?} {p:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(!shown.contains("sw0rdf1sh"), "{shown}");
+}
