@@ -10,7 +10,9 @@
 //! recorded, but never change it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 use std::time::Duration;
 
 use tokio::task::{JoinHandle, JoinSet};
@@ -249,12 +251,6 @@ impl HealthMonitor {
             }
         }
     }
-}
-
-// Counters stay consistent even if a thread panicked while holding the lock: every update
-// is a few plain assignments.
-fn lock(m: &Mutex<CheckRecord>) -> std::sync::MutexGuard<'_, CheckRecord> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A running [`HealthMonitor`]; dropping it (or [`MonitorHandle::stop`]) stops the checks.

@@ -143,6 +143,7 @@ mod hash;
 mod health;
 mod registry;
 mod selection;
+mod sync;
 
 pub use backend::{
     Backend, BackendId, BackendState, DEFAULT_MAX_CONNECTIONS, Health, SessionGuard,

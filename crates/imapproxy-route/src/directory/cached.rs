@@ -103,11 +103,7 @@ impl<D: Directory> CachedDirectory<D> {
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Option<Route>)>> {
-        // A poisoned lock means a panic while holding it; the map itself is still a valid
-        // cache (at worst an entry is missing), so keep using it.
-        self.cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.cache)
     }
 
     fn cached(&self, user: &str) -> Option<Option<Route>> {

@@ -72,10 +72,7 @@ impl RedisDirectory {
     }
 
     fn manager(&self) -> Result<ConnectionManager, Error> {
-        let mut slot = self
-            .manager
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slot = crate::sync::lock(&self.manager);
         if let Some(manager) = slot.as_ref() {
             return Ok(manager.clone());
         }

@@ -36,12 +36,7 @@ impl Selector for WeightedRoundRobin {
         let (weighted, standby): (Vec<_>, Vec<_>) =
             up.into_iter().partition(|(backend, _)| backend.weight > 0);
 
-        // A poisoned lock only means another thread panicked mid-update; the scores are plain
-        // numbers that any value keeps valid, so carry on with them.
-        let mut scores = self
-            .scores
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut scores = crate::sync::lock(&self.scores);
         // Forget backends a reload removed, so the table stays as small as the registry.
         if scores.len() > registry.len() {
             scores.retain(|(id, _)| registry.get(id).is_some());
