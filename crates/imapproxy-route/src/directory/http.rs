@@ -36,6 +36,8 @@ const MAX_MESSAGE: usize = 200;
 /// - no answer, a non-2xx status, a malformed or oversized (> 16 KiB) head →
 ///   [`Error::DirectoryUnavailable`].
 ///
+/// [`HttpAuthDirectory::parse_response`] is this reading of an answer on its own, without I/O.
+///
 /// Plain `http://` only (a loopback or internal service); no time bound of its own: wrap it
 /// in [`crate::CachedDirectory`]. [`Directory::lookup`] without a password sends an empty
 /// `Auth-Pass`.
@@ -198,64 +200,152 @@ impl HttpAuthDirectory {
             .map(|(_, _, id)| id.clone())
     }
 
-    fn interpret(&self, head: &[u8]) -> Result<Option<Route>, Error> {
+    /// Interprets the auth service's answer exactly as [`Directory::lookup_with`] does after
+    /// sending its request: the same rules as listed on [`HttpAuthDirectory`].
+    ///
+    /// `response` is what the service sent, at least through the end of its head
+    /// (`\r\n\r\n`); anything after the head (the body) is ignored. Useful to check a
+    /// service's answers without a network (what would this answer route to?), or to talk to
+    /// the service over a transport of your own.
+    ///
+    /// Strict where a lenient reading could route a login somewhere the service did not mean:
+    /// a head that is cut short, a status line that is not `HTTP/1.x NNN`, a header line that
+    /// is not `name: value` (including obsolete line folding), and `Auth-Server`/`Auth-Port`/
+    /// `Auth-Wait` given twice with different values are all
+    /// [`Error::DirectoryUnavailable`]. Every `Auth-Status` counts (as in nginx): one that
+    /// is not `OK` denies the login, whatever the others say.
+    ///
+    /// ```
+    /// use imapproxy_route::{Backend, Error, HttpAuthDirectory, Route};
+    ///
+    /// let directory = HttpAuthDirectory::new("http://127.0.0.1:9000/auth")?
+    ///     .with_backends(&[Backend::new("mail1", "10.0.0.1:143")]);
+    /// let ok = b"HTTP/1.1 200 OK\r\nAuth-Status: OK\r\n\
+    ///            Auth-Server: 10.0.0.1\r\nAuth-Port: 143\r\n\r\n";
+    /// assert_eq!(directory.parse_response(ok), Ok(Some(Route::Backend("mail1".into()))));
+    /// let no = b"HTTP/1.1 200 OK\r\nAuth-Status: Invalid login\r\nAuth-Wait: 3\r\n\r\n";
+    /// assert!(matches!(directory.parse_response(no), Err(Error::Denied { .. })));
+    /// # Ok::<(), Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Denied`] when the service refused the login, [`Error::DirectoryUnavailable`]
+    /// when the answer is not a usable 2xx answer or names a server that is no configured
+    /// backend.
+    pub fn parse_response(&self, response: &[u8]) -> Result<Option<Route>, Error> {
         let bad = |why: &str| {
             Error::DirectoryUnavailable(format!("auth service {}: {why}", self.connect))
         };
-        let end = find_head_end(head).unwrap_or(head.len());
-        let text = std::str::from_utf8(head.get(..end).unwrap_or_default())
-            .map_err(|_| bad("response head is not UTF-8"))?;
+        let end = find_head_end(response).ok_or_else(|| bad("incomplete response head"))?;
+        // Lossy: a refusal text in Latin-1 is still a refusal; a mangled Auth-Server simply
+        // matches no backend.
+        let text = String::from_utf8_lossy(response.get(..end - 4).unwrap_or_default());
         let mut lines = text.split("\r\n");
-        let status = lines.next().unwrap_or_default();
-        let code = status
-            .strip_prefix("HTTP/1.")
-            .and_then(|s| s.get(2..5))
-            .ok_or_else(|| bad("not an HTTP response"))?;
+        let code = status_code(lines.next().unwrap_or_default())
+            .ok_or_else(|| bad("not an HTTP/1.x response"))?;
         if !code.starts_with('2') {
             return Err(bad(&format!("HTTP status {code}")));
         }
-        let (mut auth_status, mut server, mut port, mut wait) = (None, None, None, None);
+        let mut answer = Answer::default();
         for line in lines {
-            let Some((name, value)) = line.split_once(':') else {
-                continue;
-            };
-            let value = value.trim();
-            let slot = match name.trim().to_ascii_lowercase().as_str() {
-                "auth-status" => &mut auth_status,
-                "auth-server" => &mut server,
-                "auth-port" => &mut port,
-                "auth-wait" => &mut wait,
+            let (name, value) = header(line).ok_or_else(|| bad("malformed header line"))?;
+            let slot = match name.to_ascii_lowercase().as_str() {
+                "auth-status" => {
+                    // nginx: any refusal wins; the first one's text is shown.
+                    if value != "OK" && answer.refusal.is_none() {
+                        answer.refusal = Some(value);
+                    }
+                    answer.status = true;
+                    continue;
+                }
+                "auth-server" => &mut answer.server,
+                "auth-port" => &mut answer.port,
+                "auth-wait" => &mut answer.wait,
                 _ => continue,
             };
+            if slot.is_some_and(|old| old != value) {
+                return Err(bad(&format!("conflicting {name} headers")));
+            }
             *slot = Some(value);
         }
-        let auth_status = auth_status.ok_or_else(|| bad("no Auth-Status header"))?;
-        if auth_status != "OK" {
-            let message: String = auth_status
+        if !answer.status {
+            return Err(bad("no Auth-Status header"));
+        }
+        if let Some(refusal) = answer.refusal {
+            let message: String = refusal
                 .chars()
                 .filter(|c| !c.is_control())
                 .take(MAX_MESSAGE)
                 .collect();
             return Err(Error::Denied {
                 message,
-                wait: wait
+                wait: answer
+                    .wait
+                    .filter(|w| w.bytes().all(|b| b.is_ascii_digit()))
                     .and_then(|w| w.parse::<u64>().ok())
                     .map(Duration::from_secs),
             });
         }
-        let Some(server) = server else {
+        let Some(server) = answer.server else {
             return Ok(None);
         };
-        self.backend_for(server, port)
+        self.backend_for(server, answer.port)
             .map(Route::Backend)
             .map(Some)
             .ok_or_else(|| {
                 bad(&format!(
-                    "Auth-Server {server}:{} is not a configured backend",
-                    port.unwrap_or("?")
+                    "Auth-Server {:?} port {:?} is not a configured backend",
+                    clip(server),
+                    clip(answer.port.unwrap_or_default()),
                 ))
             })
     }
+}
+
+/// The auth headers of one answer, borrowed from its head.
+#[derive(Default)]
+struct Answer<'a> {
+    /// Whether any `Auth-Status` header was present.
+    status: bool,
+    /// The first `Auth-Status` other than `OK`.
+    refusal: Option<&'a str>,
+    server: Option<&'a str>,
+    port: Option<&'a str>,
+    wait: Option<&'a str>,
+}
+
+/// The status code of an `HTTP/1.x NNN reason` line (RFC 9112 §4).
+fn status_code(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("HTTP/1.")?;
+    let (version, rest) = rest.split_at_checked(1)?;
+    let rest = rest.strip_prefix(' ')?;
+    let (code, reason) = rest.split_at_checked(3)?;
+    let valid = version.bytes().all(|b| b.is_ascii_digit())
+        && code.bytes().all(|b| b.is_ascii_digit())
+        && (reason.is_empty() || reason.starts_with(' '));
+    valid.then_some(code)
+}
+
+/// A `name: value` header line (RFC 9112 §5): the name a token, no whitespace before the
+/// colon, the value without surrounding blanks and free of control characters other than
+/// tab. A line starting with a blank (obsolete folding) is not a header.
+fn header(line: &str) -> Option<(&str, &str)> {
+    let (name, value) = line.split_once(':')?;
+    let token = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let value = value.trim_matches([' ', '\t']);
+    let clean = !value.chars().any(|c| c.is_control() && c != '\t');
+    (token && clean).then_some((name, value))
+}
+
+/// At most 64 characters of a service-provided value, for an error message.
+fn clip(value: &str) -> &str {
+    value
+        .char_indices()
+        .nth(64)
+        .map_or(value, |(i, _)| value.get(..i).unwrap_or_default())
 }
 
 #[async_trait::async_trait]
@@ -266,7 +356,7 @@ impl Directory for HttpAuthDirectory {
 
     async fn lookup_with(&self, ctx: &LookupContext<'_>) -> Result<Option<Route>, Error> {
         let head = self.exchange(self.request(ctx).as_bytes()).await?;
-        self.interpret(&head)
+        self.parse_response(&head)
     }
 }
 
@@ -335,7 +425,7 @@ mod tests {
     #[test]
     fn answers_are_interpreted() {
         let d = dir();
-        let ok = |h: &str| d.interpret(format!("HTTP/1.1 200 OK\r\n{h}\r\n").as_bytes());
+        let ok = |h: &str| d.parse_response(format!("HTTP/1.1 200 OK\r\n{h}\r\n").as_bytes());
         assert_eq!(
             ok("Auth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 10143\r\n"),
             Ok(Some(Route::Backend("mail1".into())))
@@ -365,10 +455,115 @@ mod tests {
             Err(Error::DirectoryUnavailable(_))
         ));
         assert!(matches!(
-            d.interpret(b"HTTP/1.1 500 Oops\r\n\r\n"),
+            d.parse_response(b"HTTP/1.1 500 Oops\r\n\r\n"),
             Err(Error::DirectoryUnavailable(_))
         ));
-        assert!(d.interpret(b"garbage\r\n\r\n").is_err());
-        assert!(d.interpret(b"HTTP/1.1 2").is_err());
+        assert!(d.parse_response(b"garbage\r\n\r\n").is_err());
+        assert!(d.parse_response(b"HTTP/1.1 2").is_err());
+    }
+
+    fn unavailable(r: Result<Option<Route>, Error>) -> bool {
+        matches!(r, Err(Error::DirectoryUnavailable(_)))
+    }
+
+    #[test]
+    fn a_head_cut_short_is_never_an_answer() {
+        let d = dir();
+        let full = b"HTTP/1.1 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 127.0.0.1\r\n\
+                     Auth-Port: 10143\r\n\r\n";
+        assert_eq!(
+            d.parse_response(full),
+            Ok(Some(Route::Backend("mail1".into())))
+        );
+        // Cut inside the port ("1014") or before the blank line: no route to a wrong port.
+        for end in 0..full.len() {
+            assert!(unavailable(d.parse_response(&full[..end])), "{end}");
+        }
+    }
+
+    #[test]
+    fn the_body_is_ignored() {
+        let d = dir();
+        let answer = d.parse_response(
+            b"HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nContent-Length: 32\r\n\r\n\
+              Auth-Status: nope\r\n\r\n\xff\x00",
+        );
+        assert_eq!(answer, Ok(None));
+    }
+
+    #[test]
+    fn status_lines_must_be_http_1() {
+        let d = dir();
+        for status in [
+            "HTTP/1.1 2xx OK",
+            "HTTP/1.1  200 OK",
+            "HTTP/1.1 2000 OK",
+            "HTTP/2 200 OK",
+            "HTTP/1.x 200 OK",
+            " HTTP/1.1 200 OK",
+        ] {
+            let r = d.parse_response(format!("{status}\r\nAuth-Status: OK\r\n\r\n").as_bytes());
+            assert!(unavailable(r), "{status}");
+        }
+        let r = d.parse_response(b"HTTP/1.1 204\r\nAuth-Status: OK\r\n\r\n");
+        assert_eq!(r, Ok(None));
+    }
+
+    #[test]
+    fn malformed_or_conflicting_headers_are_unavailable() {
+        let d = dir();
+        let ok = |h: &str| d.parse_response(format!("HTTP/1.1 200 OK\r\n{h}\r\n").as_bytes());
+        // A folded line continues the header before it; it is not an Auth-Status of its own.
+        assert!(unavailable(ok("X-Note: a\r\n Auth-Status: OK\r\n")));
+        assert!(unavailable(ok("Auth-Status : OK\r\n")));
+        assert!(unavailable(ok("Auth-Status: OK\r\nno colon here\r\n")));
+        assert!(unavailable(ok("Auth-Status: OK\nAuth-Server: mail1\r\n")));
+        assert!(unavailable(ok(
+            "Auth-Status: OK\r\nAuth-Server: mail1\r\nAuth-Server: mail2\r\n"
+        )));
+        assert!(unavailable(ok(
+            "Auth-Status: OK\r\nAuth-Server: 127.0.0.1\r\nAuth-Port: 10143\r\nAuth-Port: 1\r\n"
+        )));
+        assert_eq!(
+            ok("Auth-Status: OK\r\nAuth-Server: mail1\r\nAuth-Server: mail1\r\n"),
+            Ok(Some(Route::Backend("mail1".into())))
+        );
+        // An error text naming a long server is clipped.
+        let long = "x".repeat(10_000);
+        let Err(Error::DirectoryUnavailable(why)) =
+            ok(&format!("Auth-Status: OK\r\nAuth-Server: {long}\r\n"))
+        else {
+            panic!("unknown server accepted");
+        };
+        assert!(why.len() < 200, "{why}");
+    }
+
+    #[test]
+    fn any_refusal_wins_over_ok() {
+        let d = dir();
+        for head in [
+            "Auth-Status: OK\r\nAuth-Status: Locked\r\nAuth-Server: mail1\r\n",
+            "Auth-Status: Locked\r\nAuth-Status: OK\r\nAuth-Server: mail1\r\n",
+        ] {
+            let r = d.parse_response(format!("HTTP/1.1 200 OK\r\n{head}\r\n").as_bytes());
+            assert_eq!(
+                r,
+                Err(Error::Denied {
+                    message: "Locked".into(),
+                    wait: None
+                }),
+                "{head}"
+            );
+        }
+        let r = d.parse_response(
+            b"HTTP/1.1 200 OK\r\nAuth-Status: Wait \xe9t\xe9\r\nAuth-Wait: +3\r\n\r\n",
+        );
+        assert_eq!(
+            r,
+            Err(Error::Denied {
+                message: "Wait \u{fffd}t\u{fffd}".into(),
+                wait: None
+            })
+        );
     }
 }
