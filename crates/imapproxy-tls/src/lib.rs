@@ -62,6 +62,8 @@ use std::sync::{Arc, OnceLock};
 pub use backend::{BackendTls, BackendVerify};
 pub use error::Error;
 pub use mode::TlsMode;
+#[doc(hidden)]
+pub use pem::{certificates_from_pem, private_key_from_pem};
 pub use server::{DEFAULT_SELF_SIGNED_NAMES, ServerTls};
 
 pub use rustls;

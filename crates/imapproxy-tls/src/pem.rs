@@ -51,6 +51,30 @@ pub(crate) fn private_key(pem: &[u8], origin: &Path) -> Result<PrivateKeyDer<'st
     }
 }
 
+/// Every `CERTIFICATE` section of in-memory PEM, in order; what [`crate::ServerTls::from_pem`]
+/// and [`crate::BackendVerify::CaPem`] parse. Errors name the source `(inline PEM)`.
+///
+/// Exposed for the fuzz targets and their corpus tests; not part of the supported API.
+///
+/// # Errors
+/// [`Error::Pem`] for a malformed section, [`Error::NoCertificate`] when there is none.
+#[doc(hidden)]
+pub fn certificates_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {
+    certificates(pem, Path::new(INLINE))
+}
+
+/// The first private key of in-memory PEM; what [`crate::ServerTls::from_pem`] parses.
+/// Errors name the source `(inline PEM)`.
+///
+/// Exposed for the fuzz targets and their corpus tests; not part of the supported API.
+///
+/// # Errors
+/// [`Error::Pem`] for a malformed section, [`Error::NoPrivateKey`] when there is none.
+#[doc(hidden)]
+pub fn private_key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>, Error> {
+    private_key(pem, Path::new(INLINE))
+}
+
 fn pem_error(origin: &Path, source: pem::Error) -> Error {
     Error::Pem {
         path: PathBuf::from(origin),
