@@ -75,7 +75,23 @@ pub fn private_key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>, Error>
     private_key(pem, Path::new(INLINE))
 }
 
+/// Longest excerpt of the input an error keeps. `rustls-pki-types` prints the offending line
+/// as a list of byte values, so a long garbage line would otherwise become a log line four
+/// times its size (found by the `tls_pem` fuzz target).
+const MAX_EXCERPT: usize = 64;
+
 fn pem_error(origin: &Path, source: pem::Error) -> Error {
+    let source = match source {
+        pem::Error::IllegalSectionStart { mut line } => {
+            line.truncate(MAX_EXCERPT);
+            pem::Error::IllegalSectionStart { line }
+        }
+        pem::Error::MissingSectionEnd { mut end_marker } => {
+            end_marker.truncate(MAX_EXCERPT);
+            pem::Error::MissingSectionEnd { end_marker }
+        }
+        other => other,
+    };
     Error::Pem {
         path: PathBuf::from(origin),
         source,
@@ -107,6 +123,19 @@ mod tests {
             certificates(broken, origin),
             Err(Error::Pem { .. })
         ));
+    }
+
+    #[test]
+    fn errors_quote_at_most_a_short_excerpt_of_the_input() {
+        let long = "A".repeat(10_000);
+        for text in [
+            format!("-----BEGIN CERT{long}\n"),
+            format!("-----BEGIN {long}-----\nAAAA\n"),
+        ] {
+            let err = certificates_from_pem(text.as_bytes()).unwrap_err();
+            assert!(matches!(err, Error::Pem { .. }), "{err}");
+            assert!(err.to_string().len() < 512, "{err}");
+        }
     }
 
     #[test]
