@@ -21,10 +21,6 @@ pub enum Disposition {
     Close,
 }
 
-/// How long the reset may take. A healthy server answers `UNSELECT` in well under a
-/// millisecond; one that does not answer within this is not worth keeping.
-pub(crate) const RESET_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// Why a session was not cached after its reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ResetFailure {
@@ -38,9 +34,11 @@ pub(crate) struct ResetFailure {
 /// client must start in the authenticated state either way.
 ///
 /// RFC 3691: `UNSELECT` closes the mailbox without expunging (`CLOSE` would expunge messages
-/// the previous client only flagged `\Deleted`).
-pub(crate) async fn reset(conn: &mut BackendConn) -> Result<(), ResetFailure> {
-    match tokio::time::timeout(RESET_TIMEOUT, conn.command("UNSELECT")).await {
+/// the previous client only flagged `\Deleted`). A healthy server answers in well under a
+/// millisecond; one that does not answer within `limit` (the pool's `liveness_timeout`) is
+/// not worth keeping.
+pub(crate) async fn reset(conn: &mut BackendConn, limit: Duration) -> Result<(), ResetFailure> {
+    match tokio::time::timeout(limit, conn.command("UNSELECT")).await {
         Ok(Ok(resp)) => judge_unselect(&resp),
         Ok(Err(_)) => Err(ResetFailure {
             reason: "UNSELECT failed (I/O error or BYE)",

@@ -27,7 +27,7 @@ impl DigestKey {
         let mut bytes = [0u8; 32];
         SystemRandom::new()
             .fill(&mut bytes)
-            .map_err(|_| Error::Protocol("no system randomness for the pool key".into()))?;
+            .map_err(|_| Error::NoRandomness)?;
         Ok(Self(hmac::Key::new(hmac::HMAC_SHA256, &bytes)))
     }
 
@@ -48,7 +48,7 @@ impl DigestKey {
         let mut bytes = [0u8; 32];
         SystemRandom::new()
             .fill(&mut bytes)
-            .map_err(|_| Error::Protocol("no system randomness".into()))?;
+            .map_err(|_| Error::NoRandomness)?;
         Ok(self.digest(user, &bytes))
     }
 }

@@ -11,7 +11,7 @@ use crate::error::Error;
 
 /// The IMAP check: see the module docs. Bound the whole check with a timeout of your own
 /// (the route crate's `HealthMonitor` does); each step is also bounded by the target's
-/// `connect_timeout` and `io_timeout`.
+/// `connect_timeout`, `greeting_timeout`, `login_timeout` (probe) and `io_timeout`.
 #[derive(Debug, Clone, Default)]
 pub struct ImapCheck {
     /// Log in as this user after `NOOP` (a dedicated account; its password is never logged).
@@ -34,25 +34,26 @@ impl ImapCheck {
     /// Runs the check against `target`.
     ///
     /// # Errors
-    /// Whatever step failed: connect, greeting (`BYE`, `PREAUTH`), a `NOOP` that is not
-    /// `OK`, or a rejected probe login ([`Error::AuthFailed`]).
+    /// Whatever step failed: connect, greeting ([`Error::GreetingBye`],
+    /// [`Error::PreAuthGreeting`], a timeout), a `NOOP` that is not `OK`
+    /// ([`Error::CommandRejected`]), or a rejected probe login ([`Error::AuthFailed`]).
     pub async fn check(&self, target: &BackendTarget) -> Result<(), Error> {
         let mut conn = BackendConn::connect(target).await?;
         let noop = conn.command("NOOP").await?;
         if !noop.is_ok() {
-            return Err(Error::Protocol(format!(
-                "NOOP answered {}",
-                String::from_utf8_lossy(noop.tagged.trim_ascii_end())
-            )));
+            return Err(Error::CommandRejected {
+                command: "NOOP",
+                code: noop.code(),
+            });
         }
         if let Some(probe) = &self.probe {
             conn.login(probe, &[]).await?;
         }
         // RFC 9051 §6.1.3: the server sends BYE before the tagged OK, which the connector
-        // reports as `Refused`; either way the check is complete, and a failing LOGOUT says
+        // reports as `Bye`; either way the check is complete, and a failing LOGOUT says
         // nothing about the next session.
         match conn.command("LOGOUT").await {
-            Ok(_) | Err(Error::Refused) => {}
+            Ok(_) | Err(Error::Bye { .. } | Error::Closed) => {}
             Err(e) => tracing::debug!(error = %e, "health check LOGOUT failed"),
         }
         Ok(())

@@ -10,10 +10,13 @@
 //!   constant time. The caller returns a session with a [`Disposition`]; one it may `Reuse`
 //!   is always reset with `UNSELECT` (never `CLOSE`, which expunges) and cached only if the
 //!   answer is clean, checked for liveness before it is lent again (nothing waiting on the
-//!   socket, `NOOP` after a long idle), and expired after `idle_timeout`. No session is served
-//!   from the cache longer than `max_age` after its backend login, so a changed password or a
-//!   disabled account stops working through the cache within that time. Sessions that ran
-//!   `ENABLE` or `COMPRESS`, saw an error, or whose backend lacks `UNSELECT` are never reused.
+//!   socket; a `NOOP` answered within `liveness_timeout` once idle for `noop_after`, else the
+//!   session is closed and the checkout logs in afresh), and expired after `idle_timeout`.
+//!   [`SessionPool::backends_with_idle`] tells a router which backends hold a cached session
+//!   for given credentials. No session is served from the cache longer than `max_age` after
+//!   its backend login, so a changed password or a disabled account stops working through the
+//!   cache within that time. Sessions that ran `ENABLE` or `COMPRESS`, saw an error, or whose
+//!   backend lacks `UNSELECT` are never reused.
 //! - Caps: at most `max_per_user` backend sessions per user (lent and cached together) and
 //!   `max_connections` per backend; clients over the cap wait in a FIFO queue for at most
 //!   `wait_timeout`, so 50 workers of one user share 8 sessions instead of hitting the server's
@@ -76,15 +79,24 @@
 //! are never cached. [`SessionPool::common_prelogin_mechanisms`] tells which mechanisms every
 //! backend advertises before login, learnt from warm and fresh connections.
 //!
+//! A backend that accepts connections but answers nothing is given up on per step: the
+//! greeting within [`BackendTarget::greeting_timeout`], a login within
+//! [`BackendTarget::login_timeout`], before the catch-all `io_timeout`. What the connector
+//! reads is bounded by [`ResponseLimits`] (one message, and the untagged data before a tagged
+//! reply), in the sans-IO [`ResponseReader`], which [`Greeting`] and [`Capabilities`]
+//! complete for anyone reading a backend's responses. Buffers that hold a password or SASL
+//! data are zeroed when dropped, and no `Debug` output shows one.
+//!
 //! [`ImapCheck`] is an active health check (connect, greeting, `NOOP`, optional probe
 //! login, `LOGOUT`) for a health monitor such as `imapproxy_route::HealthMonitor`.
 //!
 //! The crate emits `tracing` events and `metrics` counters (`imapproxy_pool_checkouts_total`
 //! by result, `imapproxy_pool_evictions_total` by reason: `backend_full`, `user_full`,
-//! `max_age`, `idle_timeout`); it installs no subscriber or recorder.
+//! `max_age`, `idle_timeout`, `liveness`); it installs no subscriber or recorder.
 #![deny(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
+mod capabilities;
 mod checkin;
 mod connector;
 mod digest;
@@ -93,11 +105,14 @@ mod health;
 mod liveness;
 mod pool;
 mod stream;
+mod sync;
 mod warm;
 
+pub use capabilities::Capabilities;
 pub use checkin::Disposition;
 pub use connector::{
-    BackendConn, BackendTarget, ClientAddrs, Credentials, Response, SaslStep, proxy_v2_header,
+    BackendConn, BackendTarget, ClientAddrs, Credentials, Greeting, Response, ResponseLimits,
+    ResponseReader, SaslStep, proxy_v2_header,
 };
 pub use error::Error;
 pub use health::ImapCheck;

@@ -1,12 +1,14 @@
 //! Warm connections: connected, TLS done, greeting read, not logged in — one deadpool per
 //! backend, kept topped up to `warm` by the pool's maintenance task.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Object, RecycleError, RecycleResult, Timeouts};
 
+use crate::capabilities::Capabilities;
 use crate::liveness::idle_and_alive;
+use crate::sync::lock;
 use crate::{BackendConn, BackendTarget, Error};
 
 /// Creates and checks warm connections for one backend.
@@ -16,7 +18,7 @@ pub(crate) struct WarmManager {
     /// three minutes); a warm connection is replaced well before that.
     pub(crate) max_age: Duration,
     /// Where the backend's pre-login capability list is recorded for the session layer.
-    pub(crate) prelogin: Arc<Mutex<Option<Arc<str>>>>,
+    pub(crate) prelogin: Arc<Mutex<Option<Capabilities>>>,
 }
 
 impl managed::Manager for WarmManager {
@@ -43,11 +45,11 @@ impl managed::Manager for WarmManager {
 pub(crate) type WarmPool = managed::Pool<WarmManager>;
 
 /// Remembers `conn`'s (pre-login) capability list as its backend's.
-pub(crate) fn record_prelogin(cell: &Mutex<Option<Arc<str>>>, conn: &BackendConn) {
-    let caps = conn.capability_string();
-    let mut cell = cell.lock().unwrap_or_else(PoisonError::into_inner);
-    if cell.as_deref() != Some(&*caps) {
-        *cell = Some(caps);
+pub(crate) fn record_prelogin(cell: &Mutex<Option<Capabilities>>, conn: &BackendConn) {
+    let caps = conn.capability_list();
+    let mut cell = lock(cell);
+    if cell.as_ref() != Some(caps) {
+        *cell = Some(caps.clone());
     }
 }
 
@@ -55,7 +57,7 @@ pub(crate) fn build(
     target: BackendTarget,
     size: usize,
     max_age: Duration,
-    prelogin: Arc<Mutex<Option<Arc<str>>>>,
+    prelogin: Arc<Mutex<Option<Capabilities>>>,
 ) -> Option<WarmPool> {
     managed::Pool::builder(WarmManager {
         target,

@@ -60,7 +60,11 @@ async fn a_killed_backend_fails() {
     assert!(
         matches!(
             err,
-            Error::Connect { .. } | Error::Timeout { .. } | Error::Refused | Error::Io(_)
+            Error::Connect { .. }
+                | Error::Timeout { .. }
+                | Error::Closed
+                | Error::GreetingBye { .. }
+                | Error::Io(_)
         ),
         "{err:?}"
     );

@@ -463,7 +463,9 @@ fn unreachable(e: &PoolError) -> bool {
         e,
         PoolError::Connect { .. }
             | PoolError::Timeout { .. }
-            | PoolError::Refused
+            | PoolError::Closed
+            | PoolError::GreetingBye { .. }
+            | PoolError::Bye { .. }
             | PoolError::Io(_)
             | PoolError::Tls(_)
     )
