@@ -23,6 +23,19 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Whether a line of `data` begins a `label` section as `rustls-pki-types` reads one:
+/// `-----BEGIN <label>` then five dashes, among which it tolerates blanks; lines end at LF
+/// or CR.
+fn has_begin_line(data: &[u8], label: &str) -> bool {
+    let start = format!("-----BEGIN {label}");
+    data.split(|&b| b == b'\n' || b == b'\r').any(|line| {
+        line.strip_prefix(start.as_bytes()).is_some_and(|rest| {
+            rest.iter().all(|b| b" -".contains(b))
+                && rest.iter().filter(|&&b| b == b'-').count() == 5
+        })
+    })
+}
+
 /// Standard base64 (RFC 4648 §4), padded: enough to write PEM back.
 fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -76,7 +89,8 @@ fn key_label(key: &PrivateKeyDer<'_>) -> &'static str {
 ///   the same list;
 /// - a key comes only from a complete section of its own kind (`BEGIN` and `END` lines of
 ///   `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`), is not empty, and written back
-///   under its label parses to the same key.
+///   under its label parses to the same key;
+/// - sections with nothing inside are neither certificates nor keys.
 pub fn check_pem(data: &[u8]) -> PemOutcome {
     let certs = certificates_from_pem(data);
     let key = private_key_from_pem(data);
@@ -113,10 +127,7 @@ pub fn check_pem(data: &[u8]) -> PemOutcome {
     }
     if let Ok(key) = &key {
         let label = key_label(key);
-        assert!(contains(
-            data,
-            format!("-----BEGIN {label}-----").as_bytes()
-        ));
+        assert!(has_begin_line(data, label), "no BEGIN {label} line");
         assert!(contains(data, format!("-----END {label}-----").as_bytes()));
         assert!(!key.secret_der().is_empty(), "an empty {label}");
         let written = section(label, key.secret_der());

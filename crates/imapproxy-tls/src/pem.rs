@@ -36,6 +36,9 @@ pub(crate) fn certificates(
             path: origin.to_path_buf(),
         });
     }
+    if certs.iter().any(|cert| cert.is_empty()) {
+        return Err(empty_section(origin, "CERTIFICATE"));
+    }
     Ok(certs)
 }
 
@@ -43,6 +46,7 @@ pub(crate) fn certificates(
 /// or SEC1 (`EC PRIVATE KEY`).
 pub(crate) fn private_key(pem: &[u8], origin: &Path) -> Result<PrivateKeyDer<'static>, Error> {
     match PrivateKeyDer::from_pem_slice(pem) {
+        Ok(key) if key.secret_der().is_empty() => Err(empty_section(origin, "private key")),
         Ok(key) => Ok(key),
         Err(pem::Error::NoItemsFound) => Err(Error::NoPrivateKey {
             path: origin.to_path_buf(),
@@ -79,6 +83,16 @@ pub fn private_key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>, Error>
 /// as a list of byte values, so a long garbage line would otherwise become a log line four
 /// times its size (found by the `tls_pem` fuzz target).
 const MAX_EXCERPT: usize = 64;
+
+/// `rustls-pki-types` reads a section with nothing between its `BEGIN` and `END` lines as
+/// zero bytes of DER; that is no certificate or key, and saying so here names the file
+/// (found by the `tls_pem` fuzz target).
+fn empty_section(origin: &Path, what: &str) -> Error {
+    pem_error(
+        origin,
+        pem::Error::Base64Decode(format!("empty {what} section")),
+    )
+}
 
 fn pem_error(origin: &Path, source: pem::Error) -> Error {
     let source = match source {
@@ -135,6 +149,24 @@ mod tests {
             let err = certificates_from_pem(text.as_bytes()).unwrap_err();
             assert!(matches!(err, Error::Pem { .. }), "{err}");
             assert!(err.to_string().len() < 512, "{err}");
+        }
+    }
+
+    #[test]
+    fn empty_sections_are_neither_certificates_nor_keys() {
+        let cert = b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n";
+        let err = certificates_from_pem(cert).unwrap_err();
+        assert!(
+            err.to_string().contains("empty CERTIFICATE section"),
+            "{err}"
+        );
+        for label in ["PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY"] {
+            let key = format!("-----BEGIN {label}-----\r\n-----END {label}-----\r\n");
+            let err = private_key_from_pem(key.as_bytes()).unwrap_err();
+            assert!(
+                err.to_string().contains("empty private key section"),
+                "{err}"
+            );
         }
     }
 

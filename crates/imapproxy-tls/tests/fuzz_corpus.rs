@@ -40,10 +40,13 @@ const EXPECTED: &[(&str, usize, Option<&str>)] = &[
     ("chain-3.pem", 3, None),
     ("crlf-chain-2.pem", 2, None),
     ("ec-sec1-key.pem", 0, Some("EC PRIVATE KEY")),
+    ("empty-sections.pem", 0, None),
     ("empty.pem", 0, None),
     ("encrypted-key.pem", 0, None),
     ("key-then-cert-with-text.pem", 1, Some("PRIVATE KEY")),
     ("leaf.pem", 1, None),
+    // pki-types tolerates blanks among the five dashes of a BEGIN line.
+    ("lenient-begin-line-key.pem", 0, Some("PRIVATE KEY")),
     ("mismatched-end.pem", 0, None),
     ("not-base64.pem", 0, None),
     ("pkcs8-key.pem", 0, Some("PRIVATE KEY")),
