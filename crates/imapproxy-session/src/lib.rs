@@ -92,6 +92,7 @@ mod session;
 mod settings;
 pub(crate) mod state;
 mod stream;
+mod sync;
 pub mod throttle;
 
 pub use error::Error;
@@ -102,4 +103,4 @@ pub use registry::{MigrationCause, Overrides, Registration, SessionInfo, Session
 pub use session::{Proxy, serve};
 pub use settings::{ListenerSettings, SessionSettings, Upstreams};
 pub use stream::ClientStream;
-pub use throttle::{Throttle, ThrottleSettings};
+pub use throttle::{Attempt, Throttle, ThrottleSettings, Verdict};

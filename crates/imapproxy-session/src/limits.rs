@@ -141,8 +141,7 @@ impl ConnectionLimits {
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, IpState>> {
-        // Counters stay usable after a panic elsewhere.
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.table)
     }
 
     /// Admits a connection from `ip`, or says why not.

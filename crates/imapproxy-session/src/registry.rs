@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 use std::time::SystemTime;
 
 use imapproxy_route::BackendId;
@@ -85,11 +87,6 @@ struct Entry {
 #[derive(Default)]
 struct Inner {
     sessions: Mutex<HashMap<u64, Entry>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Plain maps: a panic elsewhere while holding the lock leaves them consistent.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The proxy's live logged-in sessions. Cheap to clone; clones share the sessions.

@@ -25,6 +25,20 @@
 //! the address counter: a user's own typos are forgiven, but an attacker who owns one valid
 //! account cannot wipe the address counter by logging in between guesses at other users.
 //!
+//! **Attempts in flight count.** A login is admitted with [`Throttle::admit`] before any
+//! backend work and settled once the backend has answered ([`Attempt::succeeded`],
+//! [`Attempt::failed`]). While it is at the backend it counts against both limits as if it
+//! will fail, so twenty parallel connections get no more guesses past `max_failures` than one
+//! connection would; an attempt over the budget waits for one in flight to settle (success
+//! frees the budget, failure may block), at most [`ThrottleSettings::queue_timeout`].
+//!
+//! **Proven passwords skip the queue.** The proxy keeps, per user, a keyed digest (HMAC-SHA256
+//! under a per-process key) of the last password that logged the user in. Attempts with any
+//! other password share [`ThrottleSettings::max_unproven_per_user`] places at the backends:
+//! guessers spread over many addresses hold at most those few of the user's backend slots,
+//! and the owner's password, once it has worked, passes straight through. A password the
+//! backend refuses loses its proof (it was changed).
+//!
 //! Addresses in [`ThrottleSettings::trusted`] are never counted nor blocked (a webmail or a
 //! balancer speaking for many users). Memory is bounded: at most
 //! [`ThrottleSettings::max_tracked`] entries, expired ones dropped first, then the oldest.
@@ -34,9 +48,13 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use imapproxy_codec::constant_time_eq;
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::proxy_protocol::TrustedNetworks;
@@ -60,8 +78,19 @@ pub struct ThrottleSettings {
     pub max_delay: Duration,
     /// Addresses never throttled.
     pub trusted: TrustedNetworks,
-    /// Cap on tracked entries (addresses plus user/address pairs).
+    /// Cap on tracked entries (addresses plus user/address pairs, and proven passwords).
     pub max_tracked: usize,
+    /// Logins of one user, from all addresses together, that may be at a backend at once
+    /// with a password not yet proven (one that has not logged this user in lately). Keep
+    /// it well below `[pool] max_per_user`: the rest of the user's backend slots stay free
+    /// for the password that works, whatever guessers do. `0`: no such cap.
+    pub max_unproven_per_user: u32,
+    /// The longest an attempt waits for its turn (the in-flight budget or the cap above)
+    /// before it is refused with `NO [LIMIT]` (not counted as a failure: it reached no
+    /// backend).
+    pub queue_timeout: Duration,
+    /// How long a password stays proven after it logged its user in.
+    pub proven_for: Duration,
 }
 
 impl Default for ThrottleSettings {
@@ -76,6 +105,9 @@ impl Default for ThrottleSettings {
             max_delay: Duration::from_secs(4),
             trusted: TrustedNetworks::parse(&["127.0.0.0/8", "::1/128"]).unwrap_or_default(),
             max_tracked: 100_000,
+            max_unproven_per_user: 4,
+            queue_timeout: Duration::from_secs(10),
+            proven_for: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -90,6 +122,9 @@ pub enum Verdict {
     UserBlocked,
     /// This address is blocked: refuse with `BYE [LIMIT]`.
     IpBlocked,
+    /// The attempt waited [`ThrottleSettings::queue_timeout`] for its turn behind other
+    /// attempts in flight; answer `NO [LIMIT]`.
+    Busy,
 }
 
 /// The address a client is counted under: IPv4 as is, IPv6 by its /64, since anyone with a
@@ -116,85 +151,413 @@ struct Entry {
     window_start: Instant,
     blocked_until: Option<Instant>,
     last_seen: Instant,
+    /// Attempts on this key at a backend now, each a possible failure.
+    in_flight: u32,
 }
 
-/// The failure counters of one proxy. Cheap to share behind an `Arc`.
-#[derive(Debug)]
-pub struct Throttle {
+impl Entry {
+    fn new(now: Instant) -> Self {
+        Self {
+            failures: 0,
+            window_start: now,
+            blocked_until: None,
+            last_seen: now,
+            in_flight: 0,
+        }
+    }
+
+    fn blocked(&self, now: Instant) -> bool {
+        self.blocked_until.is_some_and(|until| until > now)
+    }
+
+    fn failures_in(&self, window: Duration, now: Instant) -> u32 {
+        if now.duration_since(self.window_start) > window {
+            0
+        } else {
+            self.failures
+        }
+    }
+
+    /// Nothing to remember: no failures, no block, nothing in flight.
+    fn empty(&self, window: Duration, now: Instant) -> bool {
+        self.in_flight == 0 && !self.blocked(now) && self.failures_in(window, now) == 0
+    }
+}
+
+/// A password that logged its user in: its keyed digest, and when.
+struct Proof {
+    tag: hmac::Tag,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Table {
+    entries: HashMap<Key, Entry>,
+    /// Unproven attempts at a backend per user (lower-cased).
+    unproven: HashMap<String, u32>,
+    /// The last password that logged each user in (lower-cased).
+    proven: HashMap<String, Proof>,
+}
+
+struct Shared {
     /// Swapped on reload (SIGHUP); the counters stay.
     settings: arc_swap::ArcSwap<ThrottleSettings>,
-    table: Mutex<HashMap<Key, Entry>>,
+    table: Mutex<Table>,
+    /// Signalled whenever an attempt ends, for those waiting for their turn.
+    settled: Notify,
+    /// Key of the password digests, drawn at start; the digests mean nothing elsewhere.
+    key: hmac::Key,
+}
+
+/// The failure counters of one proxy. Clones share the counters.
+#[derive(Clone)]
+pub struct Throttle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Throttle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Throttle")
+            .field("settings", &self.shared.settings.load())
+            .field("tracked", &self.tracked())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One login attempt admitted by [`Throttle::admit`]: it holds its place in the in-flight
+/// counts until it is settled with [`Attempt::succeeded`] or [`Attempt::failed`], or dropped
+/// (a backend could not be reached: nothing is counted).
+#[must_use = "an attempt holds its place until settled or dropped"]
+pub struct Attempt {
+    shared: Arc<Shared>,
+    user: String,
+    /// Counted under this address (None: exempt from counting).
+    counted: Option<IpAddr>,
+    /// Holds one of the user's unproven places.
+    unproven: bool,
+    proven: bool,
+    /// Out of the in-flight counts already.
+    released: bool,
+}
+
+impl std::fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempt")
+            .field("user", &self.user)
+            .field("counted", &self.counted)
+            .field("proven", &self.proven)
+            .finish()
+    }
+}
+
+impl Attempt {
+    /// The password is the one that last logged this user in.
+    pub fn proven(&self) -> bool {
+        self.proven
+    }
+
+    /// The backend accepted the credentials: forgives this user's failures from this
+    /// address (see the module docs) and remembers the password as proven.
+    pub fn succeeded(mut self, password: Option<&[u8]>) {
+        let now = Instant::now();
+        let shared = self.shared.clone();
+        let mut table = shared.table();
+        self.release(&mut table, now);
+        if let Some(ip) = self.counted {
+            shared.forgive(&mut table, &self.user, ip);
+        }
+        if let Some(password) = password {
+            shared.prove(&mut table, &self.user, password, now);
+        }
+        drop(table);
+        shared.settled.notify_waiters();
+    }
+
+    /// The credentials were refused: counts the failure and returns how long to wait before
+    /// answering. Counting and leaving the in-flight count happen at once, so that a waiting
+    /// attempt never sees the budget without this failure in it.
+    pub fn failed(mut self, password: Option<&[u8]>) -> Duration {
+        let now = Instant::now();
+        let shared = self.shared.clone();
+        let mut table = shared.table();
+        self.release(&mut table, now);
+        if let Some(password) = password {
+            shared.disprove(&mut table, &self.user, password);
+        }
+        let delay = match self.counted {
+            Some(ip) => shared.fail(&mut table, ip, &self.user, now),
+            None => Duration::ZERO,
+        };
+        drop(table);
+        shared.settled.notify_waiters();
+        delay
+    }
+
+    /// Leaves the in-flight counts (once).
+    fn release(&mut self, table: &mut Table, now: Instant) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
+        let window = self.shared.settings.load().failure_window;
+        if let Some(ip) = self.counted {
+            for key in [Key::User(self.user.clone(), ip), Key::Ip(ip)] {
+                if let Some(e) = table.entries.get_mut(&key) {
+                    e.in_flight = e.in_flight.saturating_sub(1);
+                    if e.empty(window, now) {
+                        table.entries.remove(&key);
+                    }
+                }
+            }
+        }
+        if std::mem::take(&mut self.unproven)
+            && let Some(n) = table.unproven.get_mut(&self.user)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                table.unproven.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let shared = self.shared.clone();
+        let mut table = shared.table();
+        self.release(&mut table, Instant::now());
+        drop(table);
+        shared.settled.notify_waiters();
+    }
 }
 
 impl Throttle {
     /// Counters with these settings.
     pub fn new(settings: ThrottleSettings) -> Self {
+        let mut bytes = [0u8; 32];
+        // Without system randomness the digests are keyed by the start time and address of
+        // this allocation: they never leave the process, so this only weakens them against
+        // someone who can already read its memory.
+        if SystemRandom::new().fill(&mut bytes).is_err() {
+            let seed = format!("{:?}{:p}", std::time::SystemTime::now(), &bytes);
+            bytes = ring::digest::digest(&ring::digest::SHA256, seed.as_bytes())
+                .as_ref()
+                .try_into()
+                .unwrap_or([7; 32]);
+        }
         Self {
-            settings: arc_swap::ArcSwap::from_pointee(settings),
-            table: Mutex::new(HashMap::new()),
+            shared: Arc::new(Shared {
+                settings: arc_swap::ArcSwap::from_pointee(settings),
+                table: Mutex::new(Table::default()),
+                settled: Notify::new(),
+                key: hmac::Key::new(hmac::HMAC_SHA256, &bytes),
+            }),
         }
     }
 
     /// The settings.
-    pub fn settings(&self) -> std::sync::Arc<ThrottleSettings> {
-        self.settings.load_full()
+    pub fn settings(&self) -> Arc<ThrottleSettings> {
+        self.shared.settings.load_full()
     }
 
     /// Replaces the settings (SIGHUP); counters, blocks and open connections are kept.
     pub fn set_settings(&self, settings: ThrottleSettings) {
-        self.settings.store(std::sync::Arc::new(settings));
+        self.shared.settings.store(Arc::new(settings));
+    }
+
+    /// Checks an attempt by `user` (any case) from `ip` against blocks, without taking a
+    /// place in flight. [`Throttle::admit`] is what a login uses.
+    pub fn check(&self, ip: IpAddr, user: &str) -> Verdict {
+        let ip = ip.to_canonical();
+        if self.shared.exempt(ip) {
+            return Verdict::Allow;
+        }
+        let table = self.shared.table();
+        self.shared
+            .blocked(
+                &table,
+                counted_addr(ip),
+                &user.to_lowercase(),
+                Instant::now(),
+            )
+            .unwrap_or(Verdict::Allow)
+    }
+
+    /// Admits a login attempt by `user` (any case) from `ip`, before any backend work.
+    ///
+    /// Refused at once when the address or the (user, address) pair is blocked. Otherwise
+    /// the attempt waits, at most [`ThrottleSettings::queue_timeout`], until
+    /// - the failures counted plus the attempts in flight stay under both limits, so that
+    ///   parallel connections cannot each slip a guess past them, and
+    /// - fewer than [`ThrottleSettings::max_unproven_per_user`] attempts of this user with
+    ///   unproven passwords are in flight, so that guessers cannot hold every backend slot
+    ///   of the user they target.
+    ///
+    /// `password` is the one presented (`None` for SASL the proxy cannot read): when it is
+    /// the one that last logged this user in, the attempt passes both waits. An attempt that
+    /// waits too long is refused with [`Verdict::Busy`], uncounted: it reached no backend.
+    pub async fn admit(
+        &self,
+        ip: IpAddr,
+        user: &str,
+        password: Option<&[u8]>,
+    ) -> Result<Attempt, Verdict> {
+        let ip = ip.to_canonical();
+        let user = user.to_lowercase();
+        let settings = self.settings();
+        let mut attempt = Attempt {
+            shared: self.shared.clone(),
+            counted: None,
+            unproven: false,
+            proven: false,
+            released: false,
+            user,
+        };
+        if settings.max_failures == 0 {
+            attempt.released = true;
+            return Ok(attempt);
+        }
+        let exempt = settings.trusted.contains(ip);
+        let counted = counted_addr(ip);
+        let deadline = Instant::now() + settings.queue_timeout;
+        loop {
+            let settled = self.shared.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            {
+                let now = Instant::now();
+                let mut table = self.shared.table();
+                if !exempt
+                    && let Some(verdict) = self.shared.blocked(&table, counted, &attempt.user, now)
+                {
+                    attempt.released = true;
+                    return Err(verdict);
+                }
+                attempt.proven =
+                    password.is_some_and(|p| self.shared.is_proven(&table, &attempt.user, p, now));
+                let budget = exempt
+                    || attempt.proven
+                    || (self
+                        .shared
+                        .room(&table, &Key::User(attempt.user.clone(), counted), now)
+                        && self.shared.room(&table, &Key::Ip(counted), now));
+                let gate = attempt.proven
+                    || settings.max_unproven_per_user == 0
+                    || table.unproven.get(&attempt.user).copied().unwrap_or(0)
+                        < settings.max_unproven_per_user;
+                if budget && gate {
+                    if !exempt && !attempt.proven {
+                        self.shared.enter(&mut table, &attempt.user, counted, now);
+                    }
+                    if !exempt {
+                        attempt.counted = Some(counted);
+                    }
+                    if !attempt.proven && settings.max_unproven_per_user > 0 {
+                        *table.unproven.entry(attempt.user.clone()).or_insert(0) += 1;
+                        attempt.unproven = true;
+                    }
+                    return Ok(attempt);
+                }
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                // Not counted: a waiting attempt reached no backend, and the many parallel
+                // logins of an office behind one address must not block it.
+                attempt.released = true;
+                return Err(Verdict::Busy);
+            }
+        }
+    }
+
+    /// Records a failed login that was not admitted through [`Throttle::admit`] (a user
+    /// directory refused it) and returns how long to wait before answering it.
+    pub fn record_failure(&self, ip: IpAddr, user: &str) -> Duration {
+        let ip = ip.to_canonical();
+        if self.shared.exempt(ip) {
+            return Duration::ZERO;
+        }
+        let mut table = self.shared.table();
+        self.shared.fail(
+            &mut table,
+            counted_addr(ip),
+            &user.to_lowercase(),
+            Instant::now(),
+        )
+    }
+
+    /// Records a successful login that was not admitted through [`Throttle::admit`]: see
+    /// the module docs for what is forgiven.
+    pub fn record_success(&self, ip: IpAddr, user: &str) {
+        let ip = ip.to_canonical();
+        if self.shared.exempt(ip) {
+            return;
+        }
+        let mut table = self.shared.table();
+        self.shared
+            .forgive(&mut table, &user.to_lowercase(), counted_addr(ip));
+    }
+
+    /// Number of tracked entries (for metrics and tests).
+    pub fn tracked(&self) -> usize {
+        let table = self.shared.table();
+        table.entries.len() + table.proven.len()
+    }
+}
+
+impl Shared {
+    fn table(&self) -> MutexGuard<'_, Table> {
+        crate::sync::lock(&self.table)
     }
 
     fn exempt(&self, ip: IpAddr) -> bool {
-        self.settings.load().max_failures == 0 || self.settings.load().trusted.contains(ip)
-    }
-
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
-        // A panic elsewhere while holding the lock leaves counters that are still usable.
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Checks an attempt by `user` (any case) from `ip` before any backend work.
-    pub fn check(&self, ip: IpAddr, user: &str) -> Verdict {
-        let ip = ip.to_canonical();
-        if self.exempt(ip) {
-            return Verdict::Allow;
-        }
-        let ip = counted_addr(ip);
-        let now = Instant::now();
-        let table = self.table();
-        let blocked = |key: &Key| {
-            table
-                .get(key)
-                .and_then(|e| e.blocked_until)
-                .is_some_and(|until| until > now)
-        };
-        if blocked(&Key::Ip(ip)) {
-            Verdict::IpBlocked
-        } else if blocked(&Key::User(user.to_lowercase(), ip)) {
-            Verdict::UserBlocked
-        } else {
-            Verdict::Allow
-        }
-    }
-
-    /// Records a failed login and returns how long to wait before answering it.
-    pub fn record_failure(&self, ip: IpAddr, user: &str) -> Duration {
-        let ip = ip.to_canonical();
-        if self.exempt(ip) {
-            return Duration::ZERO;
-        }
-        let ip = counted_addr(ip);
-        let now = Instant::now();
         let s = self.settings.load();
-        let mut table = self.table();
-        let user_n = self.bump(
-            &mut table,
-            Key::User(user.to_lowercase(), ip),
-            now,
-            s.max_failures,
-        );
-        let ip_n = self.bump(&mut table, Key::Ip(ip), now, s.max_failures_per_ip.max(1));
+        s.max_failures == 0 || s.trusted.contains(ip)
+    }
+
+    fn blocked(&self, table: &Table, ip: IpAddr, user: &str, now: Instant) -> Option<Verdict> {
+        let blocked = |key: &Key| table.entries.get(key).is_some_and(|e| e.blocked(now));
+        if blocked(&Key::Ip(ip)) {
+            Some(Verdict::IpBlocked)
+        } else if blocked(&Key::User(user.to_owned(), ip)) {
+            Some(Verdict::UserBlocked)
+        } else {
+            None
+        }
+    }
+
+    /// One more attempt on `key` stays under its limit even if every attempt in flight
+    /// fails.
+    fn room(&self, table: &Table, key: &Key, now: Instant) -> bool {
+        let s = self.settings.load();
+        let limit = match key {
+            Key::User(..) => s.max_failures,
+            Key::Ip(_) => s.max_failures_per_ip.max(1),
+        };
+        table.entries.get(key).is_none_or(|e| {
+            e.failures_in(s.failure_window, now)
+                .saturating_add(e.in_flight)
+                < limit
+        })
+    }
+
+    /// Takes a place in flight on both keys.
+    fn enter(&self, table: &mut Table, user: &str, ip: IpAddr, now: Instant) {
+        for key in [Key::User(user.to_owned(), ip), Key::Ip(ip)] {
+            if !table.entries.contains_key(&key) {
+                self.make_room(table, now);
+            }
+            let e = table.entries.entry(key).or_insert_with(|| Entry::new(now));
+            e.in_flight = e.in_flight.saturating_add(1);
+            e.last_seen = now;
+        }
+    }
+
+    /// Counts a failure on both keys; returns the delay before answering it.
+    fn fail(&self, table: &mut Table, ip: IpAddr, user: &str, now: Instant) -> Duration {
+        let s = self.settings.load();
+        let user_n = self.bump(table, Key::User(user.to_owned(), ip), now, s.max_failures);
+        let ip_n = self.bump(table, Key::Ip(ip), now, s.max_failures_per_ip.max(1));
         let n = match (user_n, ip_n) {
             (Some(u), Some(i)) => u.max(i),
             // Just blocked: answer as slowly as a blocked attempt.
@@ -210,35 +573,25 @@ impl Throttle {
     }
 
     /// Counts one failure on `key`; `None` when this failure starts a block.
-    fn bump(
-        &self,
-        table: &mut HashMap<Key, Entry>,
-        key: Key,
-        now: Instant,
-        limit: u32,
-    ) -> Option<u32> {
-        if !table.contains_key(&key) && table.len() >= self.settings.load().max_tracked {
+    fn bump(&self, table: &mut Table, key: Key, now: Instant, limit: u32) -> Option<u32> {
+        let s = self.settings.load();
+        if !table.entries.contains_key(&key) {
             self.make_room(table, now);
-            if table.len() >= self.settings.load().max_tracked {
+            if table.entries.len() + table.proven.len() >= s.max_tracked {
                 // Full of live blocks: those are never dropped to make room (that would let
                 // an attacker lift them by flooding the table); this failure goes uncounted.
                 return Some(0);
             }
         }
-        let e = table.entry(key).or_insert(Entry {
-            failures: 0,
-            window_start: now,
-            blocked_until: None,
-            last_seen: now,
-        });
+        let e = table.entries.entry(key).or_insert_with(|| Entry::new(now));
         e.last_seen = now;
-        if now.duration_since(e.window_start) > self.settings.load().failure_window {
+        if now.duration_since(e.window_start) > s.failure_window {
             e.failures = 0;
             e.window_start = now;
         }
         e.failures = e.failures.saturating_add(1);
         if e.failures >= limit {
-            e.blocked_until = Some(now + self.settings.load().block_duration);
+            e.blocked_until = Some(now + s.block_duration);
             e.failures = 0;
             e.window_start = now;
             return None;
@@ -246,45 +599,81 @@ impl Throttle {
         Some(e.failures)
     }
 
-    /// Records a successful login: see the module docs for what is forgiven.
-    pub fn record_success(&self, ip: IpAddr, user: &str) {
-        let ip = ip.to_canonical();
-        if self.exempt(ip) {
-            return;
-        }
-        let ip = counted_addr(ip);
-        let mut table = self.table();
-        let Some(user_entry) = table.remove(&Key::User(user.to_lowercase(), ip)) else {
+    /// Clears the (user, address) counter and takes its failures off the address counter.
+    fn forgive(&self, table: &mut Table, user: &str, ip: IpAddr) {
+        let key = Key::User(user.to_owned(), ip);
+        let Some(user_entry) = table.entries.get_mut(&key) else {
             return;
         };
-        if let Some(ip_entry) = table.get_mut(&Key::Ip(ip)) {
-            ip_entry.failures = ip_entry.failures.saturating_sub(user_entry.failures);
+        let forgiven = std::mem::take(&mut user_entry.failures);
+        user_entry.blocked_until = None;
+        if user_entry.in_flight == 0 {
+            table.entries.remove(&key);
+        }
+        if let Some(ip_entry) = table.entries.get_mut(&Key::Ip(ip)) {
+            ip_entry.failures = ip_entry.failures.saturating_sub(forgiven);
         }
     }
 
-    /// Number of tracked entries (for metrics and tests).
-    pub fn tracked(&self) -> usize {
-        self.table().len()
+    fn digest(&self, user: &str, password: &[u8]) -> hmac::Tag {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(&(user.len() as u64).to_be_bytes());
+        ctx.update(user.as_bytes());
+        ctx.update(password);
+        ctx.sign()
     }
 
-    /// Drops expired entries; if that is not enough, the oldest eighth. Runs only when the
-    /// table is full, so its cost is spread over many insertions.
-    fn make_room(&self, table: &mut HashMap<Key, Entry>, now: Instant) {
-        let window = self.settings.load().failure_window;
-        table.retain(|_, e| {
-            let blocking = e.blocked_until.is_some_and(|u| u > now);
-            let counting = e.failures > 0 && now.duration_since(e.window_start) <= window;
-            blocking || counting
-        });
-        if table.len() < self.settings.load().max_tracked {
+    fn is_proven(&self, table: &Table, user: &str, password: &[u8], now: Instant) -> bool {
+        let proven_for = self.settings.load().proven_for;
+        table.proven.get(user).is_some_and(|proof| {
+            now.duration_since(proof.at) <= proven_for
+                && constant_time_eq(self.digest(user, password).as_ref(), proof.tag.as_ref())
+        })
+    }
+
+    fn prove(&self, table: &mut Table, user: &str, password: &[u8], now: Instant) {
+        if !table.proven.contains_key(user) {
+            self.make_room(table, now);
+            if table.entries.len() + table.proven.len() >= self.settings.load().max_tracked {
+                return;
+            }
+        }
+        let tag = self.digest(user, password);
+        table.proven.insert(user.to_owned(), Proof { tag, at: now });
+    }
+
+    /// A refused password is no longer proven (it changed on the backend).
+    fn disprove(&self, table: &mut Table, user: &str, password: &[u8]) {
+        let now = Instant::now();
+        if self.is_proven(table, user, password, now) {
+            table.proven.remove(user);
+        }
+    }
+
+    /// Drops expired entries and proofs; if that is not enough, the oldest eighth of what is
+    /// only counting. Runs only when the table is full, so its cost is spread over many
+    /// insertions. Live blocks and attempts in flight are never dropped.
+    fn make_room(&self, table: &mut Table, now: Instant) {
+        let s = self.settings.load();
+        if table.entries.len() + table.proven.len() < s.max_tracked {
             return;
         }
-        // Still full: drop the oldest eighth of what is only counting, never a live block.
-        let blocking = |e: &Entry| e.blocked_until.is_some_and(|u| u > now);
+        let window = s.failure_window;
+        table.entries.retain(|_, e| !e.empty(window, now));
+        table
+            .proven
+            .retain(|_, p| now.duration_since(p.at) <= s.proven_for);
+        if table.entries.len() + table.proven.len() < s.max_tracked {
+            return;
+        }
+        // Still full: drop the oldest eighth of the proofs and of what is only counting.
+        let pinned = |e: &Entry| e.blocked(now) || e.in_flight > 0;
         let mut ages: Vec<Instant> = table
+            .entries
             .values()
-            .filter(|e| !blocking(e))
+            .filter(|e| !pinned(e))
             .map(|e| e.last_seen)
+            .chain(table.proven.values().map(|p| p.at))
             .collect();
         if ages.is_empty() {
             return;
@@ -292,7 +681,10 @@ impl Throttle {
         let cut = (ages.len() / 8).min(ages.len() - 1);
         let (_, nth, _) = ages.select_nth_unstable(cut);
         let threshold = *nth;
-        table.retain(|_, e| blocking(e) || e.last_seen > threshold);
+        table
+            .entries
+            .retain(|_, e| pinned(e) || e.last_seen > threshold);
+        table.proven.retain(|_, p| p.at > threshold);
     }
 }
 
@@ -311,6 +703,9 @@ mod tests {
             max_delay: Duration::from_millis(350),
             trusted: TrustedNetworks::parse(&["10.0.0.0/8"]).unwrap(),
             max_tracked: 100,
+            max_unproven_per_user: 2,
+            queue_timeout: Duration::from_secs(5),
+            proven_for: Duration::from_secs(3600),
         }
     }
 
@@ -442,5 +837,125 @@ mod tests {
             tokio::time::advance(Duration::from_millis(1)).await;
         }
         assert!(t.tracked() <= 100, "{}", t.tracked());
+    }
+
+    /// Resolves `fut` if it is ready after letting the runtime run; `None` while it waits.
+    async fn now_or_never<F: std::future::Future>(fut: std::pin::Pin<&mut F>) -> Option<F::Output> {
+        tokio::select! {
+            biased;
+            out = fut => Some(out),
+            _ = tokio::task::yield_now() => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_in_flight_count_against_the_limit() {
+        let mut s = settings();
+        s.max_unproven_per_user = 0;
+        let t = Throttle::new(s);
+        // max_failures 3: three guesses may be at a backend at once, the fourth waits.
+        let a1 = t.admit(A, "bob", Some(b"x1")).await.unwrap();
+        let a2 = t.admit(A, "bob", Some(b"x2")).await.unwrap();
+        let a3 = t.admit(A, "bob", Some(b"x3")).await.unwrap();
+        let fourth = t.admit(A, "bob", Some(b"x4"));
+        tokio::pin!(fourth);
+        assert!(now_or_never(fourth.as_mut()).await.is_none());
+        // The three fail: the pair is blocked and the waiting one is refused as blocked,
+        // without ever reaching a backend.
+        a1.failed(Some(b"x1"));
+        a2.failed(Some(b"x2"));
+        assert!(now_or_never(fourth.as_mut()).await.is_none());
+        a3.failed(Some(b"x3"));
+        assert_eq!(fourth.await.unwrap_err(), Verdict::UserBlocked);
+        // Another address is not held up.
+        assert!(t.admit(B, "bob", Some(b"y")).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_that_ends_without_an_answer_frees_its_place_uncounted() {
+        let mut s = settings();
+        s.max_failures = 1;
+        let t = Throttle::new(s);
+        let only = t.admit(A, "bob", Some(b"pw")).await.unwrap();
+        let next = t.admit(A, "bob", Some(b"pw"));
+        tokio::pin!(next);
+        assert!(now_or_never(next.as_mut()).await.is_none());
+        // The backend was unreachable: dropped, not failed.
+        drop(only);
+        let next = next.await.unwrap();
+        next.succeeded(Some(b"pw"));
+        assert_eq!(t.check(A, "bob"), Verdict::Allow);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unproven_passwords_share_a_few_places_per_user_and_the_proven_one_skips_them() {
+        let t = Throttle::new(settings());
+        // The owner's password works once, from B.
+        t.admit(B, "alice", Some(b"right"))
+            .await
+            .unwrap()
+            .succeeded(Some(b"right"));
+        // Guessers from many addresses: two at a time (max_unproven_per_user = 2).
+        let ips: Vec<IpAddr> = (10..14u8)
+            .map(|i| IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, i)))
+            .collect();
+        let g1 = t.admit(ips[0], "alice", Some(b"g1")).await.unwrap();
+        let g2 = t.admit(ips[1], "Alice", Some(b"g2")).await.unwrap();
+        assert!(!g1.proven());
+        let g3 = t.admit(ips[2], "alice", Some(b"g3"));
+        tokio::pin!(g3);
+        assert!(now_or_never(g3.as_mut()).await.is_none());
+        // The right password goes straight through, from anywhere.
+        let owner = now_or_never(std::pin::pin!(t.admit(ips[3], "alice", Some(b"right"))))
+            .await
+            .expect("not queued")
+            .unwrap();
+        assert!(owner.proven());
+        owner.succeeded(Some(b"right"));
+        g1.failed(Some(b"g1"));
+        let g3 = g3.await.unwrap();
+        drop((g2, g3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_too_long_is_refused_uncounted() {
+        let mut s = settings();
+        s.max_unproven_per_user = 1;
+        let t = Throttle::new(s);
+        let _holder = t.admit(A, "bob", Some(b"g0")).await.unwrap();
+        let started = Instant::now();
+        assert_eq!(
+            t.admit(B, "bob", Some(b"g1")).await.unwrap_err(),
+            Verdict::Busy
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        // Nothing counted against B: five failures are still needed to block it.
+        for i in 0..4 {
+            t.record_failure(B, &format!("other{i}"));
+        }
+        assert_eq!(t.check(B, "anyone"), Verdict::Allow);
+        t.record_failure(B, "other4");
+        assert_eq!(t.check(B, "anyone"), Verdict::IpBlocked);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_password_is_no_longer_proven() {
+        let t = Throttle::new(settings());
+        t.admit(A, "bob", Some(b"old"))
+            .await
+            .unwrap()
+            .succeeded(Some(b"old"));
+        let a = t.admit(A, "bob", Some(b"old")).await.unwrap();
+        assert!(a.proven());
+        // The password was changed on the backend.
+        a.failed(Some(b"old"));
+        assert!(!t.admit(A, "bob", Some(b"old")).await.unwrap().proven());
+        // Proofs expire.
+        t.admit(A, "bob", Some(b"new"))
+            .await
+            .unwrap()
+            .succeeded(Some(b"new"));
+        tokio::time::advance(Duration::from_secs(3601)).await;
+        assert!(!t.admit(A, "bob", Some(b"new")).await.unwrap().proven());
     }
 }

@@ -40,6 +40,7 @@ fn settings(max_failures: u32, per_ip: u32, conns: ConnectionLimitSettings) -> S
                 max_delay: Duration::from_millis(5),
                 trusted: TrustedNetworks::default(),
                 max_tracked: 1000,
+                ..ThrottleSettings::default()
             },
             connections: conns,
         },

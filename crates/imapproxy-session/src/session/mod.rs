@@ -30,7 +30,7 @@ use crate::relay::{Relay, RelayEnd, ResponsePolicy};
 use crate::sasl;
 use crate::settings::{ListenerSettings, SessionSettings, Upstreams};
 use crate::stream::ClientStream;
-use crate::throttle::{Throttle, Verdict};
+use crate::throttle::{Attempt, Throttle, Verdict};
 
 mod drive;
 mod login;
