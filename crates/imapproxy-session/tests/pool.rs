@@ -492,3 +492,61 @@ async fn a_session_left_in_a_mailbox_is_reused_in_the_authenticated_state() {
     assert_eq!(through_proxy.untagged(), fresh.untagged());
     assert_eq!(answer_text(&through_proxy), answer_text(&fresh));
 }
+
+/// Two backends in round-robin (the same Dovecot behind two names, so either can serve the
+/// user): a user who logs in, out and in again lands where its cached session waits, every
+/// time, instead of every other time; a drained backend's cached session is not chosen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_prefers_the_backend_holding_the_users_cached_session() {
+    let d = dovecot();
+    let (proxy, pool) = start_proxy_pooled(
+        &[d.imap_addr(), d.imap_addr()],
+        SessionSettings::default(),
+        PoolSettings {
+            warm: 0,
+            ..pooled()
+        },
+    )
+    .await;
+    let (user, pass) = d.user(17);
+    let mut reused = 0;
+    for _ in 0..10 {
+        let (mut c, r) = session(proxy.plain, &user, &pass).await;
+        reused += usize::from(r);
+        assert!(c.logout().await.unwrap().tagged_ok());
+        assert!(c.expect_eof(Duration::from_secs(3)).await);
+    }
+    assert_eq!(
+        reused, 9,
+        "every login after the first reuses the cached session"
+    );
+    assert_eq!(pool.status().misses, 1, "{:?}", pool.status());
+
+    // Another user: its one cached session sits on one backend, which is then drained.
+    let (user, pass) = d.user(18);
+    let (mut c, _) = session(proxy.plain, &user, &pass).await;
+    assert!(c.logout().await.unwrap().tagged_ok());
+    assert!(c.expect_eof(Duration::from_secs(3)).await);
+    let creds = imapproxy_pool::Credentials {
+        username: user.clone(),
+        password: imapproxy_pool::Secret::new(pass.clone().into_bytes()),
+    };
+    let holding = pool.backends_with_idle(&creds);
+    assert_eq!(holding.len(), 1, "{holding:?}");
+    proxy
+        .proxy
+        .upstreams()
+        .registry
+        .set_health(holding[0].as_str(), imapproxy_route::Health::Draining)
+        .unwrap();
+    let (mut c, r) = session(proxy.plain, &user, &pass).await;
+    assert!(!r, "a drained backend's cached session was handed out");
+    assert!(c.logout().await.unwrap().tagged_ok());
+    assert!(c.expect_eof(Duration::from_secs(3)).await);
+    // That login went to the other backend, which now holds the user's newest session.
+    let now = pool.backends_with_idle(&creds);
+    assert!(
+        now.len() == 2 && now[0] != holding[0],
+        "{now:?} {holding:?}"
+    );
+}

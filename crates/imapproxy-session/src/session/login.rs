@@ -2,6 +2,8 @@
 
 use super::*;
 
+use std::time::Duration;
+
 use imapproxy_route::{Error as RouteError, LookupContext};
 
 /// Longest `Auth-Wait` honoured from an auth service before answering a denied login.
@@ -64,16 +66,19 @@ impl Session {
         }
         let user_key = creds.username.to_lowercase();
         tracing::Span::current().record("user", user_key.as_str());
-        // Before any backend work: a blocked attempt never reaches a backend.
-        match self.proxy.throttle.check(self.peer.ip(), &user_key) {
-            Verdict::Allow => {}
-            verdict => return self.throttled(tag, verdict).await,
-        }
+        // Before any backend work: a blocked attempt never reaches a backend, and one over
+        // the budget of attempts in flight waits for its turn.
+        let attempt = match self
+            .proxy
+            .throttle
+            .admit(self.peer.ip(), &user_key, Some(creds.password.expose()))
+            .await
+        {
+            Ok(attempt) => attempt,
+            Err(verdict) => return self.throttled(tag, verdict).await,
+        };
         let upstreams = self.proxy.upstreams();
-        let Some(candidates) = self
-            .candidates(tag, &user_key, Some(creds.password.expose()))
-            .await?
-        else {
+        let Some(candidates) = self.candidates(tag, &user_key, Some(&creds)).await? else {
             return Ok(Next::Continue);
         };
         let id_fields = self.backend_id_fields();
@@ -89,12 +94,19 @@ impl Session {
                 .await
             {
                 Ok(session) => {
+                    attempt.succeeded(Some(creds.password.expose()));
                     return self
                         .logged_in(parser, tag, session, backend_id, &user_key, Some(creds))
                         .await;
                 }
-                Err(PoolError::PoolTimeout) => return self.over_user_limit(tag).await,
-                Err(e) if !e.is_retryable() => return self.login_failed(tag, &user_key).await,
+                Err(PoolError::PoolTimeout) => {
+                    return self.over_user_limit(tag, Some(attempt)).await;
+                }
+                Err(e) if !e.is_retryable() => {
+                    return self
+                        .login_failed(tag, Some(attempt), Some(creds.password.expose()))
+                        .await;
+                }
                 Err(e) => backend_failed(&upstreams, backend_id, &e),
             }
         }
@@ -140,11 +152,18 @@ impl Session {
         };
         let user_key = username.to_lowercase();
         tracing::Span::current().record("user", user_key.as_str());
-        // Before any backend work: a blocked attempt never reaches a backend.
-        match self.proxy.throttle.check(self.peer.ip(), &user_key) {
-            Verdict::Allow => {}
-            verdict => return self.throttled(tag, verdict).await,
-        }
+        // As for LOGIN; the proxy cannot read these credentials, so they are never proven.
+        let mut attempt = Some(
+            match self
+                .proxy
+                .throttle
+                .admit(self.peer.ip(), &user_key, None)
+                .await
+            {
+                Ok(attempt) => attempt,
+                Err(verdict) => return self.throttled(tag, verdict).await,
+            },
+        );
         let upstreams = self.proxy.upstreams();
         let Some(candidates) = self.candidates(tag, &user_key, None).await? else {
             return Ok(Next::Continue);
@@ -174,8 +193,12 @@ impl Session {
             };
             let (mut login, mut step) = match started {
                 Ok(started) => started,
-                Err(PoolError::PoolTimeout) => return self.over_user_limit(tag).await,
-                Err(e) if !e.is_retryable() => return self.login_failed(tag, &user_key).await,
+                Err(PoolError::PoolTimeout) => {
+                    return self.over_user_limit(tag, attempt.take()).await;
+                }
+                Err(e) if !e.is_retryable() => {
+                    return self.login_failed(tag, attempt.take(), None).await;
+                }
                 Err(e) => {
                     backend_failed(&upstreams, backend_id, &e);
                     continue;
@@ -184,6 +207,9 @@ impl Session {
             loop {
                 let challenge = match step {
                     SaslStep::Done => {
+                        if let Some(attempt) = attempt.take() {
+                            attempt.succeeded(None);
+                        }
                         let session = login.into_session();
                         return self
                             .logged_in(parser, tag, session, backend_id, &user_key, None)
@@ -215,7 +241,7 @@ impl Session {
                 step = match login.respond(answer.expose()).await {
                     Ok(step) => step,
                     Err(e) if !e.is_retryable() => {
-                        return self.login_failed(tag, &user_key).await;
+                        return self.login_failed(tag, attempt.take(), None).await;
                     }
                     Err(e) => {
                         warn!(backend = %backend_id, error = %e, "backend failed during SASL");
@@ -228,20 +254,34 @@ impl Session {
         self.unavailable(tag).await
     }
 
-    /// A relayed SASL exchange the backend refused: counted like a wrong password.
-    /// The backend refused the credentials: counted by the throttle, answered after its delay.
-    pub(super) async fn login_failed(&mut self, tag: &Tag, user_key: &str) -> Result<Next, Error> {
+    /// The backend refused the credentials (a password, or a relayed SASL exchange): counted
+    /// by the throttle, answered after its delay.
+    pub(super) async fn login_failed(
+        &mut self,
+        tag: &Tag,
+        attempt: Option<Attempt>,
+        password: Option<&[u8]>,
+    ) -> Result<Next, Error> {
         info!("authentication failed");
-        let delay = self.proxy.throttle.record_failure(self.peer.ip(), user_key);
+        let delay = attempt.map_or(Duration::ZERO, |a| a.failed(password));
         tokio::time::sleep(delay).await;
         self.auth_failed(tag).await?;
         Ok(Next::Continue)
     }
 
-    /// All of the user's backend sessions stayed busy for `wait_timeout`.
-    pub(super) async fn over_user_limit(&mut self, tag: &Tag) -> Result<Next, Error> {
+    /// All of the user's backend sessions stayed busy for `wait_timeout`. An attempt whose
+    /// password is not proven counts as a failure: a guesser that cannot get a slot has
+    /// still spent a guess.
+    pub(super) async fn over_user_limit(
+        &mut self,
+        tag: &Tag,
+        attempt: Option<Attempt>,
+    ) -> Result<Next, Error> {
         // Expected under bursts; counted by the pool, not worth a warning each.
         info!("all of the user's backend sessions stayed busy");
+        if let Some(attempt) = attempt.filter(|a| !a.proven()) {
+            tokio::time::sleep(attempt.failed(None)).await;
+        }
         // RFC 5530 [LIMIT], as Dovecot answers when its per-user cap is hit.
         count_login("limit");
         self.tagged(
@@ -273,12 +313,17 @@ impl Session {
 
     /// The backends to try for `user_key`: the directory's answer first, then the strategy's
     /// (healthy ones only). `None` when the client was told the directory is unavailable.
+    ///
+    /// Where only the strategy decides, a backend holding an idle cached session of this user
+    /// with these credentials goes first (pool affinity): the strategy's choice among
+    /// equivalent backends is worth less than a login without a backend round trip.
     pub(super) async fn candidates(
         &mut self,
         tag: &Tag,
         user_key: &str,
-        password: Option<&[u8]>,
+        creds: Option<&Credentials>,
     ) -> Result<Option<Vec<BackendId>>, Error> {
+        let password = creds.map(|c| c.password.expose().as_slice());
         self.login_attempts += 1;
         let upstreams = self.proxy.upstreams();
         let candidates: Vec<BackendId> = {
@@ -340,10 +385,35 @@ impl Session {
                         return Ok(None);
                     }
                 },
-                (None, None) => upstreams.selector.select(&upstreams.registry, &request),
+                (None, None) => {
+                    let mut list = upstreams.selector.select(&upstreams.registry, &request);
+                    if let Some(creds) = creds {
+                        self.prefer_cached(&mut list, creds);
+                    }
+                    list
+                }
             }
         };
         Ok(Some(candidates))
+    }
+
+    /// Moves to the front the most recently used of `list`'s backends that holds an idle
+    /// cached session for `creds` and is up (not down, not draining).
+    fn prefer_cached(&self, list: &mut [BackendId], creds: &Credentials) {
+        if !self.proxy.pool.settings().reuse {
+            return;
+        }
+        let registry = &self.proxy.upstreams().registry;
+        let holding = self.proxy.pool.backends_with_idle(creds);
+        let preferred = holding.iter().find_map(|name| {
+            list.iter().position(|id| {
+                id.as_str() == name.as_str()
+                    && registry.state(id).is_some_and(|s| s.health() == Health::Up)
+            })
+        });
+        if let Some(i) = preferred {
+            list[..=i].rotate_right(1);
+        }
     }
 
     /// Tells the client it is logged in on `backend_id` (post-login capabilities, filtered)
@@ -374,7 +444,6 @@ impl Session {
             format!(" OK [CAPABILITY {}] Logged in.\r\n", caps.join(" ")).as_bytes(),
         );
         self.write(&out).await?;
-        self.proxy.throttle.record_success(self.peer.ip(), user_key);
         info!(reused = session.reused(), "logged in");
         count_login(if session.reused() { "reused" } else { "ok" });
         if let Some(started) = self.login_started.take() {
@@ -409,10 +478,19 @@ impl Session {
 
     /// Answers an attempt the throttle refused, after the longest failure delay so that the
     /// timing tells nothing. A blocked user (from this address) sees an ordinary failure; a
-    /// blocked address is told and disconnected (RFC 5530 `LIMIT`).
+    /// blocked address is told and disconnected (RFC 5530 `LIMIT`); an attempt that waited
+    /// too long behind others in flight is told to come back (`NO [LIMIT]`).
     pub(super) async fn throttled(&mut self, tag: &Tag, verdict: Verdict) -> Result<Next, Error> {
         info!(blocked = ?verdict, "login throttled");
         count_login("throttled");
+        if verdict == Verdict::Busy {
+            self.tagged(
+                tag,
+                "NO [LIMIT] Too many logins for this user in progress, try again later.",
+            )
+            .await?;
+            return Ok(Next::Continue);
+        }
         tokio::time::sleep(self.proxy.throttle.settings().max_delay).await;
         if verdict == Verdict::UserBlocked {
             self.auth_failed(tag).await?;

@@ -20,6 +20,8 @@ pub struct TestProxy {
     pub starttls: SocketAddr,
     /// `tls = implicit`.
     pub implicit: SocketAddr,
+    /// The proxy itself, for its registry and counters.
+    pub proxy: Arc<Proxy>,
     shutdown: CancellationToken,
 }
 
@@ -121,6 +123,7 @@ pub async fn start_proxy_routed(
             plain: addrs[0],
             starttls: addrs[1],
             implicit: addrs[2],
+            proxy,
             shutdown,
         },
         session_pool,
