@@ -1,74 +1,13 @@
-//! The configuration file (TOML through figment, `IMAPPROXY_…` environment overrides).
-//!
-//! Key names are a contract shared with the README, the examples and operators' files: add
-//! keys freely, never rename or drop one.
+//! The sections of the configuration file, one struct each.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
-/// The whole configuration.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// Where clients connect.
-    #[serde(default = "default_listeners")]
-    pub listeners: Vec<ListenerConfig>,
-    /// The certificate for TLS listeners; absent: a self-signed one is generated.
-    #[serde(default)]
-    pub tls: Option<TlsConfig>,
-    /// The IMAP servers behind the proxy.
-    #[serde(default = "default_backends")]
-    pub backends: Vec<BackendConfig>,
-    /// How a backend is chosen.
-    #[serde(default)]
-    pub routing: RoutingConfig,
-    /// Backend connection pooling.
-    #[serde(default)]
-    pub pool: PoolConfig,
-    /// Backend health checks.
-    #[serde(default)]
-    pub health: HealthConfig,
-    /// Limits and trusted networks.
-    #[serde(default)]
-    pub limits: LimitsConfig,
-    /// Timeouts and texts of client sessions.
-    #[serde(default)]
-    pub session: SessionConfig,
-    /// The admin HTTP endpoint.
-    #[serde(default)]
-    pub admin: AdminConfig,
-    /// Logging.
-    #[serde(default)]
-    pub log: LogConfig,
-}
-
-/// `none | starttls | implicit`, as written in the file.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum TlsSetting {
-    /// No TLS.
-    #[default]
-    None,
-    /// Plain, upgraded with STARTTLS.
-    Starttls,
-    /// TLS from the first byte.
-    Implicit,
-}
-
-impl From<TlsSetting> for imapproxy_tls::TlsMode {
-    fn from(t: TlsSetting) -> Self {
-        match t {
-            TlsSetting::None => Self::None,
-            TlsSetting::Starttls => Self::StartTls,
-            TlsSetting::Implicit => Self::Implicit,
-        }
-    }
-}
+use super::defaults::*;
+use super::{Secret, TlsSetting};
 
 /// One `[[listeners]]` entry.
 #[derive(Debug, Deserialize, Clone)]
@@ -127,6 +66,15 @@ pub struct BackendConfig {
     /// Bound on connect plus TLS handshake.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Bound on the server's greeting once connected (a frozen server accepts connections
+    /// but never greets).
+    #[serde(default = "default_greeting_timeout", with = "humantime_serde")]
+    pub greeting_timeout: Duration,
+    /// Bound on a backend login (`ID`, `LOGIN` or `AUTHENTICATE`), after which the next
+    /// backend is tried. Leave room for the server's own delay on a wrong password
+    /// (Dovecot: `auth_failure_delay`, 2 s).
+    #[serde(default = "default_login_timeout", with = "humantime_serde")]
+    pub login_timeout: Duration,
     /// Send a PROXY v2 header with the client's address (Dovecot: `haproxy = yes` and
     /// `haproxy_trusted_networks`). No warm connections are kept for such a backend.
     #[serde(default)]
@@ -139,7 +87,7 @@ pub struct BackendConfig {
 pub struct RoutingConfig {
     /// `round-robin` (default), `least-connections`, `weighted` (smooth weighted round-robin
     /// by `[[backends]] weight`), `p2c` (power of two choices) or `hash` (rendezvous hashing
-    /// by user); see `crate::build::STRATEGIES`.
+    /// by user); see `crate::build::routing::STRATEGIES`.
     #[serde(default = "default_strategy")]
     pub strategy: String,
     /// The user directory asked before the strategy: `static` (the `map` file), `http` (an
@@ -157,7 +105,7 @@ pub struct RoutingConfig {
     pub http_url: Option<String>,
     /// `directory = "redis"`: the server's URL (`redis://host:port/db`).
     #[serde(default)]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<Secret>,
     /// `directory = "redis"`: the hash of user → backend name(s).
     #[serde(default = "default_redis_hash")]
     pub redis_hash: String,
@@ -214,6 +162,14 @@ pub struct PoolConfig {
     /// happens while nobody waits. `"0s"` turns parking off.
     #[serde(default = "default_park_after", with = "humantime_serde")]
     pub park_after: Duration,
+    /// A cached session idle for longer than this is checked with a `NOOP` round trip before
+    /// it is handed out.
+    #[serde(default = "default_noop_after", with = "humantime_serde")]
+    pub noop_after: Duration,
+    /// Bound on that check: a backend that does not answer within it (alive socket, frozen
+    /// server) loses the session and the client gets a fresh login instead.
+    #[serde(default = "default_liveness_timeout", with = "humantime_serde")]
+    pub liveness_timeout: Duration,
 }
 
 impl Default for PoolConfig {
@@ -226,6 +182,8 @@ impl Default for PoolConfig {
             wait_timeout: default_wait(),
             max_age: default_pool_max_age(),
             park_after: default_park_after(),
+            noop_after: default_noop_after(),
+            liveness_timeout: default_liveness_timeout(),
         }
     }
 }
@@ -252,7 +210,7 @@ pub struct HealthConfig {
     pub probe_user: Option<String>,
     /// Probe login: password.
     #[serde(default)]
-    pub probe_password: Option<String>,
+    pub probe_password: Option<Secret>,
 }
 
 impl Default for HealthConfig {
@@ -298,6 +256,17 @@ pub struct LimitsConfig {
     /// Open client connections in total (0: unlimited).
     #[serde(default = "default_max_client_connections")]
     pub max_connections: usize,
+    /// Logins of one user that may be at a backend at once with a password that has not
+    /// logged that user in lately (0: no cap). Guessers then share these few backend slots
+    /// and the user's own password, once it has worked, never waits behind them. Keep it
+    /// well below `[pool] max_per_user`.
+    #[serde(default = "default_max_unproven_logins_per_user")]
+    pub max_unproven_logins_per_user: u32,
+    /// The longest a login waits for its turn behind other attempts in flight (the failure
+    /// budget of its address and user, or the cap above) before `NO [LIMIT]`. (A login with an
+    /// unproven password that times out in `[pool]`'s per-user queue counts as failed.)
+    #[serde(default = "default_login_queue_timeout", with = "humantime_serde")]
+    pub login_queue_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -311,6 +280,8 @@ impl Default for LimitsConfig {
             max_connections_per_ip: default_max_connections_per_ip(),
             max_new_connections_per_ip_per_sec: default_max_new_connections_per_ip_per_sec(),
             max_connections: default_max_client_connections(),
+            max_unproven_logins_per_user: default_max_unproven_logins_per_user(),
+            login_queue_timeout: default_login_queue_timeout(),
         }
     }
 }
@@ -374,7 +345,7 @@ pub struct AdminConfig {
     pub addr: Option<SocketAddr>,
     /// When set, every admin request but `/healthz` needs `Authorization: Bearer <token>`.
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// A JSON file keeping the user → backend overrides set by `POST /users/{user}/move`
     /// across restarts; read at start, rewritten on every change. Absent: overrides live
     /// in memory only.
@@ -400,342 +371,5 @@ impl Default for LogConfig {
             format: default_log_format(),
             level: default_log_level(),
         }
-    }
-}
-
-fn default_listeners() -> Vec<ListenerConfig> {
-    vec![
-        ListenerConfig {
-            addr: SocketAddr::from(([127, 0, 0, 1], 1143)),
-            tls: TlsSetting::Starttls,
-            proxy_protocol: false,
-            allow_plaintext_auth: false,
-        },
-        ListenerConfig {
-            addr: SocketAddr::from(([127, 0, 0, 1], 1993)),
-            tls: TlsSetting::Implicit,
-            proxy_protocol: false,
-            allow_plaintext_auth: false,
-        },
-    ]
-}
-
-fn default_backends() -> Vec<BackendConfig> {
-    vec![BackendConfig {
-        name: "local".into(),
-        addr: "127.0.0.1:143".into(),
-        tls: TlsSetting::None,
-        weight: 1,
-        max_connections: default_max_connections(),
-        ca_file: None,
-        server_name: None,
-        tls_insecure_skip_verify: false,
-        connect_timeout: default_connect_timeout(),
-        proxy_protocol: false,
-    }]
-}
-
-fn yes() -> bool {
-    true
-}
-fn two() -> u32 {
-    2
-}
-fn one() -> u32 {
-    1
-}
-fn default_max_connections() -> u32 {
-    500
-}
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_strategy() -> String {
-    "round-robin".into()
-}
-fn default_redis_hash() -> String {
-    "imapproxy:users".into()
-}
-fn default_directory_ttl() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_directory_timeout() -> Duration {
-    Duration::from_secs(2)
-}
-fn default_pool_idle() -> Duration {
-    Duration::from_secs(60)
-}
-/// Across all of a user's addresses. Dovecot limits sessions per user *and* address (10 by
-/// default, `mail_max_userip_connections`) and sees the real client address (the proxy sends
-/// `ID x-originating-ip`), so for people the backend's limit is the one that applies: 50
-/// covers Thunderbird (up to 5 connections) on several computers, phones, tablets and a
-/// mailbox shared by a team. Worker fleets set this to the backend's limit instead, so that
-/// a burst queues at the proxy rather than failing at the backend.
-fn default_max_per_user() -> u32 {
-    50
-}
-fn default_wait() -> Duration {
-    Duration::from_secs(10)
-}
-/// Five minutes: the backend checks a password only at login, so this bounds how long a
-/// disabled account or a changed password keeps working through the cache, while a fresh
-/// backend login costs a few milliseconds once every five minutes per busy user.
-fn default_pool_max_age() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_health_interval() -> Duration {
-    Duration::from_secs(2)
-}
-fn default_health_threshold() -> u32 {
-    2
-}
-fn default_trusted() -> Vec<String> {
-    vec!["127.0.0.0/8".into(), "::1/128".into()]
-}
-fn default_max_failures() -> u32 {
-    5
-}
-fn default_max_failures_per_ip() -> u32 {
-    20
-}
-fn default_failure_window() -> Duration {
-    Duration::from_secs(5 * 60)
-}
-fn default_block_duration() -> Duration {
-    Duration::from_secs(15 * 60)
-}
-/// Generous, because one address is often many people: an office or school behind one NAT
-/// address (Thunderbird alone opens up to 5 connections per account, phones 2–3 more), a
-/// carrier-grade NAT, a webmail server. 1000 lets an office of about 150 people in; the
-/// limit only stops one address from taking a large share of `max_connections`.
-fn default_max_connections_per_ip() -> u32 {
-    1000
-}
-/// Also the burst. An office's mail programs start together at 9 am, and all of them
-/// reconnect at once after a network glitch or a restart of the proxy; 100 per second brings
-/// even the 1000 connections of `max_connections_per_ip` back in about ten seconds (clients
-/// retry) while still bounding the TLS handshakes one address can demand.
-fn default_max_new_connections_per_ip_per_sec() -> u32 {
-    100
-}
-fn default_max_client_connections() -> usize {
-    10_000
-}
-fn default_true() -> bool {
-    true
-}
-fn default_park_after() -> Duration {
-    Duration::from_secs(2)
-}
-fn default_max_concurrent_rehomes() -> usize {
-    64
-}
-fn default_rehome_timeout() -> Duration {
-    Duration::from_secs(15)
-}
-fn default_greeting() -> String {
-    "IMAP proxy ready.".into()
-}
-fn default_preauth_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_auth_timeout() -> Duration {
-    Duration::from_secs(30 * 60)
-}
-fn default_tls_handshake() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_grace() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_log_format() -> String {
-    "text".into()
-}
-fn default_log_level() -> String {
-    "info".into()
-}
-
-/// Reads the configuration: the file (if any, which must exist), then `IMAPPROXY_…`
-/// environment variables (`__` separates levels: `IMAPPROXY_SESSION__GREETING=hi`).
-pub fn load(path: Option<&Path>) -> Result<Config, Box<figment::Error>> {
-    let mut fig = Figment::new();
-    if let Some(path) = path {
-        if !path.is_file() {
-            return Err(Box::new(figment::Error::from(format!(
-                "configuration file {} does not exist",
-                path.display()
-            ))));
-        }
-        // `file_exact`: `Toml::file` searches parent directories and silently yields nothing
-        // when the file is missing.
-        fig = fig.merge(Toml::file_exact(path));
-    }
-    fig = fig.merge(Env::prefixed("IMAPPROXY_").split("__").ignore(&["config"]));
-    fig.extract().map_err(Box::new)
-}
-
-/// A file given to a reload (SIGHUP) must name its backends and listeners itself: an empty or
-/// truncated file would otherwise parse into the built-in defaults (one backend on
-/// 127.0.0.1:143) and silently replace every real backend.
-pub fn check_complete(path: &Path) -> Result<(), String> {
-    let fig = Figment::from(Toml::file_exact(path));
-    for key in ["backends", "listeners"] {
-        let named = fig
-            .find_value(key)
-            .ok()
-            .and_then(|v| v.into_array())
-            .is_some_and(|a| !a.is_empty());
-        if !named {
-            return Err(format!(
-                "{} names no [[{key}]]: refusing to fall back to the built-in defaults",
-                path.display()
-            ));
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_reload_needs_backends_and_listeners_named() {
-        let dir = std::env::temp_dir().join(format!("imapproxy-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("c.toml");
-        for (text, ok) in [
-            ("", false),
-            ("[pool]\nreuse = true\n", false),
-            (
-                "[[backends]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n",
-                false,
-            ),
-            (
-                "[[listeners]]\naddr = \"127.0.0.1:1\"\n[[backends]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n",
-                true,
-            ),
-        ] {
-            std::fs::write(&path, text).unwrap();
-            assert_eq!(check_complete(&path).is_ok(), ok, "{text:?}");
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn parse(toml: &str) -> Result<Config, Box<figment::Error>> {
-        Figment::new()
-            .merge(Toml::string(toml))
-            .extract()
-            .map_err(Box::new)
-    }
-
-    #[test]
-    fn design_example_parses() {
-        let cfg = parse(
-            r#"
-[[listeners]]
-addr = "127.0.0.1:1143"
-tls = "starttls"
-proxy_protocol = false
-allow_plaintext_auth = false
-
-[[listeners]]
-addr = "127.0.0.1:1993"
-tls = "implicit"
-
-[tls]
-cert = "cert.pem"
-key = "key.pem"
-
-[[backends]]
-name = "mail1"
-addr = "127.0.0.1:10143"
-tls = "none"
-weight = 1
-max_connections = 500
-
-[routing]
-strategy = "hash"
-
-[pool]
-reuse = true
-warm = 2
-idle_timeout = "60s"
-max_per_user = 8
-wait_timeout = "10s"
-max_age = "5m"
-
-[health]
-interval = "2s"
-
-[limits]
-trusted_networks = ["127.0.0.0/8"]
-
-[admin]
-addr = "127.0.0.1:8143"
-"#,
-        )
-        .unwrap();
-        assert_eq!(cfg.listeners.len(), 2);
-        assert_eq!(cfg.listeners[1].tls, TlsSetting::Implicit);
-        assert_eq!(cfg.backends[0].name, "mail1");
-        assert_eq!(cfg.pool.idle_timeout, Duration::from_secs(60));
-        assert_eq!(cfg.pool.max_age, Duration::from_secs(300));
-        assert_eq!(cfg.health.interval, Duration::from_secs(2));
-        assert_eq!(cfg.health.timeout, Duration::from_secs(2));
-        assert_eq!((cfg.health.rise, cfg.health.fall), (2, 2));
-    }
-
-    #[test]
-    fn health_thresholds_and_timeout_are_read() {
-        let cfg = parse("[health]\ninterval = \"500ms\"\ntimeout = \"1s\"\nrise = 3\nfall = 1\n")
-            .unwrap();
-        assert_eq!(cfg.health.interval, Duration::from_millis(500));
-        assert_eq!(cfg.health.timeout, Duration::from_secs(1));
-        assert_eq!((cfg.health.rise, cfg.health.fall), (3, 1));
-    }
-
-    #[test]
-    fn unknown_keys_are_errors() {
-        let err = parse("[pool]\nreuse = true\nwram = 2\n").unwrap_err();
-        assert!(err.to_string().contains("wram"), "{err}");
-    }
-
-    #[test]
-    fn empty_config_gives_defaults() {
-        let cfg = parse("").unwrap();
-        assert_eq!(cfg.listeners.len(), 2);
-        assert_eq!(cfg.backends[0].addr, "127.0.0.1:143");
-        assert_eq!(cfg.session.preauth_timeout, Duration::from_secs(60));
-        assert_eq!(cfg.session.auth_timeout, Duration::from_secs(1800));
-    }
-
-    #[test]
-    fn routing_keys_parse() {
-        let cfg =
-            parse("[routing]\nstrategy = \"p2c\"\nmap = \"/etc/imapproxy/users.map\"\n").unwrap();
-        assert_eq!(cfg.routing.strategy, "p2c");
-        assert_eq!(
-            cfg.routing.map.as_deref(),
-            Some(Path::new("/etc/imapproxy/users.map"))
-        );
-        let defaults = parse("").unwrap();
-        assert_eq!(defaults.routing.strategy, "round-robin");
-        assert!(defaults.routing.map.is_none());
-        assert_eq!(defaults.routing.redis_hash, "imapproxy:users");
-        assert_eq!(defaults.routing.directory_timeout, Duration::from_secs(2));
-        let cfg = parse(
-            "[routing]\ndirectory = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/\"\n\
-             directory_ttl = \"5s\"\n",
-        )
-        .unwrap();
-        assert_eq!(cfg.routing.directory.as_deref(), Some("redis"));
-        assert_eq!(cfg.routing.directory_ttl, Duration::from_secs(5));
-    }
-
-    #[test]
-    fn missing_file_is_an_error() {
-        let err = load(Some(Path::new("/nonexistent/imapproxy.toml"))).unwrap_err();
-        assert!(err.to_string().contains("does not exist"));
     }
 }

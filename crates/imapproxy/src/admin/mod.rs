@@ -1,0 +1,216 @@
+//! The admin HTTP endpoint on `[admin].addr`: health, Prometheus metrics, backends (JSON),
+//! drain/undrain, live sessions (list, kick), user moves, and a status page for people.
+//!
+//! A deliberately small HTTP/1.1 server: one request per connection, bounded sizes and
+//! time, no keep-alive. It listens on loopback by default; `[admin].token` requires
+//! `Authorization: Bearer <token>` everywhere but `/healthz`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imapproxy_route::Health;
+use imapproxy_session::Proxy;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Secret;
+
+mod http;
+mod overrides;
+#[cfg(test)]
+mod tests;
+mod views;
+
+pub use overrides::load_overrides;
+
+use http::{Request, Response, body_param, param, percent_decode, read_request};
+use overrides::{move_user, save};
+use views::{backends_json, record_gauges, sessions_json, status_page};
+
+/// Admin connections served at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 32;
+/// Bound on reading a request and writing its answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the admin endpoint reads and changes.
+pub struct AdminState {
+    pub proxy: Arc<Proxy>,
+    pub metrics: PrometheusHandle,
+    pub token: Option<Secret>,
+    pub sessions: TaskTracker,
+    /// Where user overrides are saved (`[admin].overrides_file`).
+    pub overrides_file: Option<PathBuf>,
+}
+
+/// Serves until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        // Bounded: the request is read before the token is checked, so anyone who can reach
+        // the port could otherwise hold descriptors the IMAP listeners need.
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            drop(tcp);
+            continue;
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if tokio::time::timeout(IO_TIMEOUT, handle(tcp, peer, &state))
+                .await
+                .is_err()
+            {
+                warn!(%peer, "admin request timed out");
+            }
+        });
+    }
+}
+
+async fn handle(mut tcp: TcpStream, peer: SocketAddr, state: &AdminState) {
+    let response = match read_request(&mut tcp).await {
+        Some(req) => route(&req, state),
+        None => Response::error("400 Bad Request", "malformed request"),
+    };
+    let head = format!(
+        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        response.status,
+        response.content_type,
+        response.body.len()
+    );
+    let mut out = head.into_bytes();
+    out.extend_from_slice(response.body.as_bytes());
+    if tcp.write_all(&out).await.is_err() {
+        warn!(%peer, "admin response not delivered");
+    }
+    let _ = tcp.shutdown().await;
+}
+
+/// Compares a presented token with the configured one in time that depends on neither's
+/// content nor on the configured token's length: both are hashed with a per-process key first
+/// (HMAC-SHA256), then the fixed-size digests are compared in constant time.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    static KEY: std::sync::OnceLock<ring::hmac::Key> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let rng = ring::rand::SystemRandom::new();
+        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
+            .unwrap_or_else(|_| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"imapproxy-admin"))
+    });
+    let (da, db) = (ring::hmac::sign(key, a), ring::hmac::sign(key, b));
+    imapproxy_codec::constant_time_eq(da.as_ref(), db.as_ref())
+}
+
+fn route(req: &Request, state: &AdminState) -> Response {
+    let path = req.path.split('?').next().unwrap_or("");
+    if path == "/healthz" {
+        return Response::new("200 OK", "text/plain; charset=utf-8", "ok\n");
+    }
+    if let Some(token) = &state.token {
+        let presented = req
+            .authorization
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same(presented.as_bytes(), token.expose().as_bytes()) {
+            return Response::error("401 Unauthorized", "a bearer token is required");
+        }
+    }
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method.as_str(), segments.as_slice()) {
+        ("GET", [""]) => Response::new("200 OK", "text/html; charset=utf-8", status_page(state)),
+        ("GET", ["metrics"]) => {
+            record_gauges(state);
+            Response::new(
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                state.metrics.render(),
+            )
+        }
+        ("GET", ["backends"]) => Response::json("200 OK", backends_json(state)),
+        ("POST", ["backends", name, action @ ("drain" | "undrain")]) => {
+            let health = if *action == "drain" {
+                Health::Draining
+            } else {
+                Health::Up
+            };
+            let query = req.path.split_once('?').map_or("", |(_, q)| q);
+            let migrate = *action == "drain" && param(query, "migrate").as_deref() == Some("true");
+            match state.proxy.upstreams().registry.set_health(*name, health) {
+                Ok(previous) => {
+                    // With migration the backend's sessions move to others at their next
+                    // command boundary (at once when in IDLE); without, they run on.
+                    let migrating = if migrate {
+                        state.proxy.sessions().migrate_backend(name)
+                    } else {
+                        0
+                    };
+                    info!(backend = %name, from = %previous, to = %health, migrating, "backend health set by admin");
+                    Response::json(
+                        "200 OK",
+                        serde_json::json!({
+                            "name": name,
+                            "health": health.to_string(),
+                            "migrating": migrating,
+                        }),
+                    )
+                }
+                Err(_) => Response::error("404 Not Found", "no such backend"),
+            }
+        }
+        ("GET", ["sessions"]) => Response::json("200 OK", sessions_json(state)),
+        ("POST", ["users", user, "kick"]) => {
+            let user = percent_decode(user);
+            let kicked = state.proxy.sessions().kick_user(&user);
+            info!(%user, kicked, "user's sessions ended by admin");
+            Response::json(
+                "200 OK",
+                serde_json::json!({ "user": user.to_lowercase(), "kicked": kicked }),
+            )
+        }
+        ("POST", ["users", user, "move"]) => {
+            let user = percent_decode(user);
+            let query = req.path.split_once('?').map_or("", |(_, q)| q);
+            let kick = param(query, "kick").as_deref() == Some("true");
+            match param(query, "backend").or_else(|| body_param(&req.body, "backend")) {
+                Some(backend) => move_user(state, &user, &backend, kick),
+                None => Response::error("400 Bad Request", "backend=<name> is required"),
+            }
+        }
+        ("DELETE", ["users", user, "move"]) => {
+            let user = percent_decode(user);
+            let removed = state.proxy.overrides().remove(&user);
+            if let Err(e) = save(state) {
+                return Response::error("500 Internal Server Error", &e);
+            }
+            info!(%user, "user override removed by admin");
+            Response::json(
+                "200 OK",
+                serde_json::json!({
+                    "user": user.to_lowercase(),
+                    "removed": removed.map(|b| b.to_string()),
+                }),
+            )
+        }
+        (_, ["" | "metrics" | "backends" | "sessions"])
+        | (_, ["backends", _, "drain" | "undrain"])
+        | (_, ["users", _, "kick" | "move"]) => {
+            Response::error("405 Method Not Allowed", "method not allowed")
+        }
+        _ => Response::error("404 Not Found", "not found"),
+    }
+}

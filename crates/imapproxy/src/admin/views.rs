@@ -1,0 +1,157 @@
+//! What the admin endpoint shows: sessions and backends as JSON, gauges for `/metrics`,
+//! and the status page.
+
+use std::fmt::Write as _;
+
+use imapproxy_route::Health;
+
+use super::AdminState;
+
+pub(super) fn sessions_json(state: &AdminState) -> serde_json::Value {
+    let now = std::time::SystemTime::now();
+    let sessions: Vec<serde_json::Value> = state
+        .proxy
+        .sessions()
+        .list()
+        .into_iter()
+        .map(|s| {
+            let since = s
+                .since
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            serde_json::json!({
+                "id": s.id,
+                "user": s.user,
+                "client": s.client.to_string(),
+                "backend": s.backend,
+                "since": since,
+                "seconds": now.duration_since(s.since).map_or(0, |d| d.as_secs()),
+            })
+        })
+        .collect();
+    let overrides: serde_json::Map<String, serde_json::Value> = state
+        .proxy
+        .overrides()
+        .all()
+        .into_iter()
+        .map(|(u, b)| (u, serde_json::Value::String(b.to_string())))
+        .collect();
+    serde_json::json!({
+        "count": sessions.len(),
+        "sessions": sessions,
+        "overrides": overrides,
+    })
+}
+
+/// Gauges read at scrape time: backend health and sessions, pool occupancy.
+pub(super) fn record_gauges(state: &AdminState) {
+    for (b, s) in state.proxy.upstreams().registry.iter() {
+        let name = b.id.to_string();
+        let health = s.health();
+        for h in [Health::Up, Health::Down, Health::Draining] {
+            metrics::gauge!("imapproxy_backend_health", "backend" => name.clone(), "state" => h.to_string())
+                .set(if h == health { 1.0 } else { 0.0 });
+        }
+        metrics::gauge!("imapproxy_backend_sessions", "backend" => name).set(s.active() as f64);
+    }
+    let pool = state.proxy.pool().status();
+    metrics::gauge!("imapproxy_pool_idle_sessions").set(pool.idle_sessions as f64);
+    metrics::gauge!("imapproxy_pool_slots_in_use").set(pool.slots_in_use as f64);
+    metrics::gauge!("imapproxy_pool_waiting").set(pool.waiting as f64);
+}
+
+pub(super) fn backends_json(state: &AdminState) -> serde_json::Value {
+    let pool = state.proxy.pool().status();
+    let backends: Vec<serde_json::Value> = state
+        .proxy
+        .upstreams()
+        .registry
+        .iter()
+        .map(|(b, s)| {
+            let warm = pool
+                .warm
+                .iter()
+                .find(|(name, _)| name == b.id.as_str())
+                .map_or(0, |(_, n)| *n);
+            serde_json::json!({
+                "name": b.id.as_str(),
+                "addr": b.addr,
+                "health": s.health().to_string(),
+                "sessions": s.active(),
+                "weight": b.weight,
+                "max_connections": b.max_connections,
+                "warm_connections": warm,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "backends": backends,
+        "client_sessions": state.sessions.len(),
+        "pool": {
+            "idle_sessions": pool.idle_sessions,
+            "slots_in_use": pool.slots_in_use,
+            "waiting": pool.waiting,
+            "hits": pool.hits,
+            "misses": pool.misses,
+            "waits": pool.waits,
+            "timeouts": pool.timeouts,
+        },
+    })
+}
+
+/// Escapes text for HTML.
+pub(super) fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A page for people, in the spirit of HAProxy's stats page: no script, refreshes itself.
+pub(super) fn status_page(state: &AdminState) -> String {
+    let pool = state.proxy.pool().status();
+    let mut rows = String::new();
+    for (b, s) in state.proxy.upstreams().registry.iter() {
+        let health = s.health().to_string();
+        let warm = pool
+            .warm
+            .iter()
+            .find(|(name, _)| name == b.id.as_str())
+            .map_or(0, |(_, n)| *n);
+        let _ = write!(
+            rows,
+            "<tr class=\"{h}\"><td>{name}</td><td>{addr}</td><td>{h}</td><td>{sessions}</td>\
+             <td>{warm}</td><td>{weight}</td><td>{max}</td></tr>",
+            h = esc(&health),
+            name = esc(b.id.as_str()),
+            addr = esc(&b.addr),
+            sessions = s.active(),
+            weight = b.weight,
+            max = b.max_connections,
+        );
+    }
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
+         <title>imapproxy status</title><style>\
+         body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #999;padding:.3em .8em;text-align:left}}\
+         tr.up td:nth-child(3){{background:#cfc}}tr.down td:nth-child(3){{background:#fcc}}\
+         tr.draining td:nth-child(3){{background:#ffc}}</style></head><body>\
+         <h1>imapproxy</h1><p>Client sessions: <b id=\"sessions\">{sessions}</b></p>\
+         <h2>Backends</h2><table id=\"backends\"><tr><th>name</th><th>address</th><th>health</th>\
+         <th>sessions</th><th>warm</th><th>weight</th><th>max connections</th></tr>{rows}</table>\
+         <h2>Pool</h2><table id=\"pool\"><tr><th>cached sessions</th><th>slots in use</th>\
+         <th>waiting</th><th>hits</th><th>misses</th><th>waits</th><th>timeouts</th></tr>\
+         <tr><td>{idle}</td><td>{slots}</td><td>{waiting}</td><td>{hits}</td><td>{misses}</td>\
+         <td>{waits}</td><td>{timeouts}</td></tr></table>\
+         <p><a href=\"/backends\">/backends</a> · <a href=\"/metrics\">/metrics</a></p></body></html>\n",
+        sessions = state.sessions.len(),
+        idle = pool.idle_sessions,
+        slots = pool.slots_in_use,
+        waiting = pool.waiting,
+        hits = pool.hits,
+        misses = pool.misses,
+        waits = pool.waits,
+        timeouts = pool.timeouts,
+    )
+}
