@@ -112,7 +112,8 @@ pub fn drive(data: &[u8], cuts: &[usize], limits: ResponseLimits) -> Vec<Event> 
                         Ok(g) => {
                             assert_eq!(g.capabilities, Capabilities::from_line(&greeting));
                             events.push(Event::Greeting(
-                                g.capabilities.map(|c| c.iter().map(str::to_owned).collect()),
+                                g.capabilities
+                                    .map(|c| c.iter().map(str::to_owned).collect()),
                             ));
                         }
                         Err(e) => {
@@ -133,7 +134,10 @@ pub fn drive(data: &[u8], cuts: &[usize], limits: ResponseLimits) -> Vec<Event> 
                         spent += cost(msg);
                         returned.extend_from_slice(msg);
                     }
-                    assert!(spent <= limits.max_untagged, "{spent} bytes of untagged data");
+                    assert!(
+                        spent <= limits.max_untagged,
+                        "{spent} bytes of untagged data"
+                    );
                     returned.extend_from_slice(tagged);
                     events.push(Event::Response(resp));
                 }
@@ -141,7 +145,11 @@ pub fn drive(data: &[u8], cuts: &[usize], limits: ResponseLimits) -> Vec<Event> 
         }
     }
     assert!(returned.len() + reader.buffered() <= data.len());
-    assert_eq!(&data[..returned.len()], returned.as_slice(), "messages out of order");
+    assert_eq!(
+        &data[..returned.len()],
+        returned.as_slice(),
+        "messages out of order"
+    );
     let dbg = format!("{reader:?}");
     assert!(dbg.len() < 200, "Debug grows with the data: {dbg}");
     events
@@ -159,7 +167,11 @@ pub fn check_response(data: &[u8], cuts: &[usize]) {
                 "cut at {cut} changed the events"
             );
         }
-        assert_eq!(drive(data, cuts, limits), whole, "cuts {cuts:?} changed the events");
+        assert_eq!(
+            drive(data, cuts, limits),
+            whole,
+            "cuts {cuts:?} changed the events"
+        );
     }
 }
 
@@ -175,7 +187,10 @@ pub fn check_capabilities(data: &[u8]) {
         return;
     };
     let items: Vec<&str> = caps.iter().collect();
-    let model: Vec<&str> = atoms.iter().flat_map(|a| a.split_ascii_whitespace()).collect();
+    let model: Vec<&str> = atoms
+        .iter()
+        .flat_map(|a| a.split_ascii_whitespace())
+        .collect();
     assert_eq!(items, model);
     assert_eq!(caps.is_empty(), items.is_empty());
     for item in &items {
@@ -195,7 +210,10 @@ pub fn check_capabilities(data: &[u8]) {
     } else {
         format!("* CAPABILITY {}\r\n", items.join(" "))
     };
-    assert_eq!(Capabilities::from_line(line.as_bytes()).as_ref(), Some(&caps));
+    assert_eq!(
+        Capabilities::from_line(line.as_bytes()).as_ref(),
+        Some(&caps)
+    );
     assert_eq!(format!("{caps:?}"), format!("{items:?}"));
     if let Ok(g) = Greeting::parse(data) {
         assert_eq!(g.capabilities.as_ref(), Some(&caps));

@@ -74,7 +74,11 @@ fn response_seeds_mean_what_their_names_say() {
     let Some(Event::Response(resp)) = ok.last() else {
         panic!("{ok:?}")
     };
-    assert_eq!(resp.untagged.len(), 2, "the tagged line inside the literal ended it");
+    assert_eq!(
+        resp.untagged.len(),
+        2,
+        "the tagged line inside the literal ended it"
+    );
     assert!(resp.is_ok());
     let flood = events("untagged-flood.imap", default);
     assert!(matches!(flood.last(), Some(Event::Response(r)) if r.untagged.len() == 400));
