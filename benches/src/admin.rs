@@ -50,7 +50,7 @@ async fn send(
             .await
             .map_err(BenchError::io(format!("{what}: connect to {addr}")))?;
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {token}\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
              Content-Length: 0\r\nConnection: close\r\n\r\n"
         );
         tcp.write_all(head.as_bytes())

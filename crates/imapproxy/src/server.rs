@@ -35,6 +35,7 @@ pub fn init_logging(log: &LogConfig) {
 /// Runs the proxy until SIGTERM or SIGINT.
 pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String> {
     let built = Built::from_config(&cfg)?;
+    let admin_token = built.admin_token.clone();
     raise_fd_limit();
     // Libraries emit `metrics` counters; the binary alone installs the exporter.
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -109,7 +110,8 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
         let state = Arc::new(AdminState {
             proxy: Arc::clone(&proxy),
             metrics,
-            token: cfg.admin.token.clone(),
+            token: admin_token,
+            allowed_hosts: cfg.admin.allowed_hosts.clone(),
             sessions: sessions.clone(),
             overrides_file: cfg.admin.overrides_file.clone(),
         });

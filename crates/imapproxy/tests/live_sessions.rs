@@ -134,7 +134,7 @@ token = "{ADMIN_TOKEN}"
         tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         write!(
             tcp,
-            "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
              Connection: close\r\n\r\n{body}",
             body.len()

@@ -12,6 +12,10 @@ pub(super) struct Request {
     pub(super) method: String,
     pub(super) path: String,
     pub(super) authorization: Option<String>,
+    /// `Host`, as sent.
+    pub(super) host: Option<String>,
+    /// `Origin`, sent by browsers with cross-origin and state-changing requests.
+    pub(super) origin: Option<String>,
     pub(super) body: String,
 }
 
@@ -46,6 +50,8 @@ pub(super) async fn read_request(tcp: &mut TcpStream) -> Option<Request> {
         })
     };
     let authorization = header("authorization");
+    let host = header("host");
+    let origin = header("origin");
     let length: usize = match header("content-length") {
         Some(v) => v.parse().ok()?,
         None => 0,
@@ -65,6 +71,8 @@ pub(super) async fn read_request(tcp: &mut TcpStream) -> Option<Request> {
         method,
         path,
         authorization,
+        host,
+        origin,
         body: String::from_utf8(body).ok()?,
     })
 }

@@ -43,6 +43,8 @@ pub struct AdminState {
     pub proxy: Arc<Proxy>,
     pub metrics: PrometheusHandle,
     pub token: Option<Secret>,
+    /// Host names accepted besides IP literals and `localhost` (`[admin].allowed_hosts`).
+    pub allowed_hosts: Vec<String>,
     pub sessions: TaskTracker,
     /// Where user overrides are saved (`[admin].overrides_file`).
     pub overrides_file: Option<PathBuf>,
@@ -115,10 +117,63 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     imapproxy_codec::constant_time_eq(da.as_ref(), db.as_ref())
 }
 
+/// What a web page in an operator's browser cannot fake: the `Host` it reached us under
+/// (DNS rebinding gives its own name) must be an address, `localhost` or an allowed name,
+/// and a state-changing request's `Origin`, when the browser sends one, must be this
+/// endpoint itself (a cross-site form posting to `/backends/x/drain` carries the site's).
+fn same_origin(req: &Request, allowed_hosts: &[String]) -> Result<(), &'static str> {
+    let host = req.host.as_deref().ok_or("a Host header is required")?;
+    let name = host_name(host).ok_or("malformed Host header")?;
+    let known = name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(name));
+    if !known {
+        return Err("unknown Host (add it to [admin] allowed_hosts)");
+    }
+    if matches!(req.method.as_str(), "GET" | "HEAD") {
+        return Ok(());
+    }
+    match req.origin.as_deref() {
+        None => Ok(()),
+        Some(origin) => {
+            let authority = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                .ok_or("cross-origin request")?;
+            if authority.eq_ignore_ascii_case(host) {
+                Ok(())
+            } else {
+                Err("cross-origin request")
+            }
+        }
+    }
+}
+
+/// The name in a `Host` value: `name`, `name:port`, `[v6]` or `[v6]:port`.
+fn host_name(host: &str) -> Option<&str> {
+    if let Some(rest) = host.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        return (after.is_empty() || after.strip_prefix(':').is_some_and(is_port)).then_some(v6);
+    }
+    match host.split_once(':') {
+        Some((name, port)) if is_port(port) && !name.is_empty() => Some(name),
+        Some(_) => None,
+        None => (!host.is_empty()).then_some(host),
+    }
+}
+
+fn is_port(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
 fn route(req: &Request, state: &AdminState) -> Response {
     let path = req.path.split('?').next().unwrap_or("");
     if path == "/healthz" {
         return Response::new("200 OK", "text/plain; charset=utf-8", "ok\n");
+    }
+    if let Err(why) = same_origin(req, &state.allowed_hosts) {
+        warn!(host = ?req.host, origin = ?req.origin, "admin request refused: {why}");
+        return Response::error("403 Forbidden", why);
     }
     if let Some(token) = &state.token {
         let presented = req

@@ -53,3 +53,55 @@ fn overrides_survive_a_save_and_load() {
     std::fs::write(&path, "{\"users\": {\"bob\": 3}}").unwrap();
     assert!(load_overrides(&path, &loaded).is_err());
 }
+
+fn request(method: &str, host: Option<&str>, origin: Option<&str>) -> super::http::Request {
+    super::http::Request {
+        method: method.into(),
+        path: "/".into(),
+        authorization: None,
+        host: host.map(Into::into),
+        origin: origin.map(Into::into),
+        body: String::new(),
+    }
+}
+
+#[test]
+fn only_this_endpoint_may_change_state_and_only_under_known_names() {
+    use super::same_origin;
+    let allowed = vec!["admin.internal".to_owned()];
+    let ok = |m, h, o| same_origin(&request(m, h, o), &allowed).is_ok();
+    // Addresses, localhost and allowed names, with or without a port.
+    assert!(ok("GET", Some("127.0.0.1:8143"), None));
+    assert!(ok("GET", Some("[::1]:8143"), None));
+    assert!(ok("GET", Some("localhost"), None));
+    assert!(ok("GET", Some("Admin.Internal:80"), None));
+    // Rebinding: any other name; and malformed or missing Host.
+    assert!(!ok("GET", Some("evil.example:8143"), None));
+    assert!(!ok("GET", Some("127.0.0.1:99999999"), None));
+    assert!(!ok("GET", Some("[::1"), None));
+    assert!(!ok("GET", None, None));
+    // State changes: no Origin (curl) or our own origin only.
+    assert!(ok("POST", Some("127.0.0.1:8143"), None));
+    assert!(ok(
+        "POST",
+        Some("127.0.0.1:8143"),
+        Some("http://127.0.0.1:8143")
+    ));
+    assert!(!ok(
+        "POST",
+        Some("127.0.0.1:8143"),
+        Some("http://evil.example")
+    ));
+    assert!(!ok(
+        "POST",
+        Some("127.0.0.1:8143"),
+        Some("http://127.0.0.1:9999")
+    ));
+    assert!(!ok("DELETE", Some("127.0.0.1:8143"), Some("null")));
+    // Reads are not refused for their Origin (the token protects them).
+    assert!(ok(
+        "GET",
+        Some("127.0.0.1:8143"),
+        Some("http://evil.example")
+    ));
+}

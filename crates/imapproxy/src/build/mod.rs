@@ -27,6 +27,8 @@ pub struct Built {
     pub settings: SessionSettings,
     pub pool: PoolSettings,
     pub upstreams: Upstreams,
+    /// `[admin]`'s token, from the file or from `token_file`.
+    pub admin_token: Option<crate::config::Secret>,
 }
 
 impl Built {
@@ -49,6 +51,7 @@ impl Built {
         let trusted = TrustedNetworks::parse(&cfg.limits.trusted_networks)
             .map_err(|e| format!("[limits] trusted_networks: {e}"))?;
         let limits = limit_settings(&cfg.limits, &trusted)?;
+        let admin_token = cfg.admin.resolve_token()?;
         if cfg.health.interval.is_zero() || cfg.health.timeout.is_zero() {
             return Err("[health] interval and timeout must be positive".into());
         }
@@ -220,6 +223,7 @@ impl Built {
             listeners,
             settings,
             pool,
+            admin_token,
             upstreams: Upstreams {
                 registry,
                 selector,

@@ -106,6 +106,42 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+impl AdminConfig {
+    /// The admin token: `token`, or the contents of `token_file`. Refuses both at once, an
+    /// unreadable or empty file, and a non-loopback `addr` without a token (anyone on the
+    /// network could then drain backends and read who is logged in).
+    pub fn resolve_token(&self) -> Result<Option<Secret>, String> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => {
+                return Err("[admin] token and token_file: set one, not both".into());
+            }
+            (Some(token), None) => Some(token.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("[admin] token_file {}: {e}", path.display()))?;
+                let token = Secret::new(text.trim());
+                if token.expose().is_empty() {
+                    return Err(format!("[admin] token_file {} is empty", path.display()));
+                }
+                Some(token)
+            }
+            (None, None) => None,
+        };
+        if token.as_ref().is_some_and(|t| t.expose().is_empty()) {
+            return Err("[admin] token is empty".into());
+        }
+        if let Some(addr) = self.addr
+            && !addr.ip().is_loopback()
+            && token.is_none()
+        {
+            return Err(format!(
+                "[admin] addr {addr} is not a loopback address: set token or token_file"
+            ));
+        }
+        Ok(token)
+    }
+}
+
 /// Reads the configuration: the file (if any, which must exist), then `IMAPPROXY_…`
 /// environment variables (`__` separates levels: `IMAPPROXY_SESSION__GREETING=hi`).
 pub fn load(path: Option<&Path>) -> Result<Config, Box<figment::Error>> {

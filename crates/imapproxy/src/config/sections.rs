@@ -344,8 +344,19 @@ pub struct AdminConfig {
     #[serde(default)]
     pub addr: Option<SocketAddr>,
     /// When set, every admin request but `/healthz` needs `Authorization: Bearer <token>`.
+    /// Required when `addr` is not a loopback address.
     #[serde(default)]
     pub token: Option<Secret>,
+    /// The token read from this file instead (surrounding white space ignored), so that it
+    /// stays out of the main configuration. Not together with `token`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Host names (besides IP literals and `localhost`) under which the endpoint may be
+    /// reached, e.g. the name of a reverse proxy in front of it. Requests naming any other
+    /// `Host` are refused, so that a web page cannot reach the endpoint through DNS
+    /// rebinding.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     /// A JSON file keeping the user → backend overrides set by `POST /users/{user}/move`
     /// across restarts; read at start, rewritten on every change. Absent: overrides live
     /// in memory only.

@@ -190,3 +190,33 @@ fn deadlines_and_login_queue_keys_are_read() {
     assert_eq!(cfg.limits.max_unproven_logins_per_user, 2);
     assert_eq!(cfg.limits.login_queue_timeout, Duration::from_secs(4));
 }
+
+#[test]
+fn admin_token_from_a_file_and_required_beyond_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "  s3cret\n").unwrap();
+    let admin = |text: &str| parse(&format!("[admin]\n{text}")).unwrap().admin;
+    let from_file = admin(&format!("token_file = \"{}\"", file.display()))
+        .resolve_token()
+        .unwrap();
+    assert_eq!(from_file.as_ref().map(Secret::expose), Some("s3cret"));
+    let both = admin(&format!(
+        "token = \"a\"\ntoken_file = \"{}\"",
+        file.display()
+    ));
+    assert!(both.resolve_token().unwrap_err().contains("not both"));
+    let open = admin("addr = \"0.0.0.0:8143\"");
+    assert!(open.resolve_token().unwrap_err().contains("loopback"));
+    let v6 = admin("addr = \"[::]:8143\"");
+    assert!(v6.resolve_token().is_err());
+    assert!(
+        admin("addr = \"[::1]:8143\"")
+            .resolve_token()
+            .unwrap()
+            .is_none()
+    );
+    std::fs::write(&file, "\n").unwrap();
+    let empty = admin(&format!("token_file = \"{}\"", file.display()));
+    assert!(empty.resolve_token().unwrap_err().contains("empty"));
+}
