@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo xtask test                    install Dovecot & co. if missing, run every test
-//! cargo xtask ci                      fmt --check, clippy -D warnings, cargo-deny, test
+//! cargo xtask ci                      fmt --check, clippy -D warnings, package, cargo-deny, test
 //! cargo xtask demo                    Dovecot + the proxy on 127.0.0.1:1143/1993, admin :8143
 //! cargo xtask fuzz [--time SECS] [T]  run each fuzz target (or T) for SECS seconds
 //! cargo xtask bench                   criterion benches, then the load scenarios
