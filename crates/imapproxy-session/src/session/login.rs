@@ -83,6 +83,8 @@ impl Session {
         };
         let id_fields = self.backend_id_fields();
         let client = self.client_addrs();
+        // A backend that failed after the credentials went out may have checked them.
+        let mut exposed = false;
         for backend_id in candidates
             .iter()
             .take(self.proxy.settings.max_backend_attempts)
@@ -107,11 +109,14 @@ impl Session {
                         .login_failed(tag, Some(attempt), Some(creds.password.expose()))
                         .await;
                 }
-                Err(e) => backend_failed(&upstreams, backend_id, &e),
+                Err(e) => {
+                    exposed |= may_have_checked_credentials(&e);
+                    backend_failed(&upstreams, backend_id, &e);
+                }
             }
         }
         warn!("no backend available");
-        self.unavailable(tag).await
+        self.unavailable_after(tag, Some(attempt), exposed).await
     }
 
     /// Relays a SASL exchange the proxy cannot verify (XOAUTH2, OAUTHBEARER, SCRAM-*) to a
@@ -170,6 +175,7 @@ impl Session {
         };
         let id_fields = self.backend_id_fields();
         let client = self.client_addrs();
+        let mut exposed = false;
         for backend_id in candidates
             .iter()
             .take(self.proxy.settings.max_backend_attempts)
@@ -200,6 +206,7 @@ impl Session {
                     return self.login_failed(tag, attempt.take(), None).await;
                 }
                 Err(e) => {
+                    exposed |= may_have_checked_credentials(&e);
                     backend_failed(&upstreams, backend_id, &e);
                     continue;
                 }
@@ -245,13 +252,14 @@ impl Session {
                     }
                     Err(e) => {
                         warn!(backend = %backend_id, error = %e, "backend failed during SASL");
-                        return self.unavailable(tag).await;
+                        let exposed = may_have_checked_credentials(&e);
+                        return self.unavailable_after(tag, attempt.take(), exposed).await;
                     }
                 };
             }
         }
         warn!("no backend available");
-        self.unavailable(tag).await
+        self.unavailable_after(tag, attempt.take(), exposed).await
     }
 
     /// The backend refused the credentials (a password, or a relayed SASL exchange): counted
@@ -298,6 +306,22 @@ impl Session {
             source: self.peer,
             destination,
         })
+    }
+
+    /// No backend could take the login. When one failed after the credentials went out
+    /// (`exposed`), it may have checked them: an unproven attempt then counts as a failure,
+    /// or a guesser could try passwords through a backend that times out or drops the
+    /// connection after checking them.
+    pub(super) async fn unavailable_after(
+        &mut self,
+        tag: &Tag,
+        attempt: Option<Attempt>,
+        exposed: bool,
+    ) -> Result<Next, Error> {
+        if let Some(attempt) = attempt.filter(|a| exposed && !a.proven()) {
+            tokio::time::sleep(attempt.failed(None)).await;
+        }
+        self.unavailable(tag).await
     }
 
     /// No backend could take the login.
@@ -499,6 +523,24 @@ impl Session {
         self.write(b"* BYE [LIMIT] Too many failed logins, try again later.\r\n")
             .await?;
         Err(Error::Protocol("address blocked after failed logins"))
+    }
+}
+
+/// Whether a backend that failed this way may have received and checked the credentials: it
+/// refused them with a retryable code, or the connection broke or timed out once it was
+/// open (the connector does not say at which step). Failures before a connection was ready
+/// (connect, TLS, greeting, a full backend) are not.
+fn may_have_checked_credentials(e: &PoolError) -> bool {
+    match e {
+        PoolError::AuthFailed { .. }
+        | PoolError::Closed
+        | PoolError::Bye { .. }
+        | PoolError::Io(_)
+        | PoolError::UnexpectedData { .. }
+        | PoolError::MessageTooLarge { .. }
+        | PoolError::UntaggedTooLarge { .. } => true,
+        PoolError::Timeout { step, .. } => matches!(*step, "login" | "read" | "write"),
+        _ => false,
     }
 }
 
