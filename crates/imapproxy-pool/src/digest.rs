@@ -56,16 +56,7 @@ impl DigestKey {
 impl Digest {
     /// Constant-time equality: the time taken does not depend on where the digests differ.
     pub(crate) fn matches(&self, other: &Digest) -> bool {
-        let a = self.0.as_ref();
-        let b = other.0.as_ref();
-        if a.len() != b.len() {
-            return false;
-        }
-        let diff = a
-            .iter()
-            .zip(b)
-            .fold(0u8, |acc, (x, y)| acc | std::hint::black_box(x ^ y));
-        diff == 0
+        imapproxy_codec::constant_time_eq(self.0.as_ref(), other.0.as_ref())
     }
 }
 

@@ -179,13 +179,13 @@ fn deadlines_and_login_queue_keys_are_read() {
     let cfg = parse(
         "[[backends]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\ngreeting_timeout = \"1s\"\n\
          login_timeout = \"3s\"\n\
-         [pool]\nnoop_after = \"2s\"\nliveness_timeout = \"500ms\"\n\
+         [pool]\nnoop_after = \"3s\"\nliveness_timeout = \"500ms\"\n\
          [limits]\nmax_unproven_logins_per_user = 2\nlogin_queue_timeout = \"4s\"\n",
     )
     .unwrap();
     assert_eq!(cfg.backends[0].greeting_timeout, Duration::from_secs(1));
     assert_eq!(cfg.backends[0].login_timeout, Duration::from_secs(3));
-    assert_eq!(cfg.pool.noop_after, Duration::from_secs(2));
+    assert_eq!(cfg.pool.noop_after, Duration::from_secs(3));
     assert_eq!(cfg.pool.liveness_timeout, Duration::from_millis(500));
     assert_eq!(cfg.limits.max_unproven_logins_per_user, 2);
     assert_eq!(cfg.limits.login_queue_timeout, Duration::from_secs(4));
