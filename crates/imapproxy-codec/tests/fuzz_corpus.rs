@@ -5,30 +5,13 @@
 
 #[path = "../../../fuzz/checks/mod.rs"]
 mod checks;
+#[path = "../../../fuzz/checks/corpus.rs"]
+mod corpus;
 
 use std::path::PathBuf;
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .map(|p| {
-            let data = std::fs::read(&p).unwrap();
-            (p, data)
-        })
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 12,
-        "{}: expected a dozen seeds, found {}",
-        dir.display(),
-        files.len()
-    );
-    files
+    corpus::seeds(env!("CARGO_MANIFEST_DIR"), target)
 }
 
 #[test]

@@ -6,33 +6,14 @@
 
 #[path = "../../../fuzz/checks/route.rs"]
 mod checks;
-
-use std::path::PathBuf;
+#[path = "../../../fuzz/checks/corpus.rs"]
+mod corpus;
 
 use imapproxy_route::{Error, HttpAuthDirectory, StaticMap};
 
 /// The seeds of one target, sorted; fails when the directory is missing or nearly empty.
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .map(|p| {
-            let data = std::fs::read(&p).unwrap();
-            (p.file_name().unwrap().to_string_lossy().into_owned(), data)
-        })
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 12,
-        "{}: expected a dozen seeds, found {}",
-        dir.display(),
-        files.len()
-    );
-    files
+    corpus::named_seeds(env!("CARGO_MANIFEST_DIR"), target)
 }
 
 #[test]

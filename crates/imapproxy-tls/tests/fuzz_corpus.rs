@@ -6,31 +6,14 @@
 
 #[path = "../../../fuzz/checks/tls.rs"]
 mod checks;
-
-use std::path::PathBuf;
+#[path = "../../../fuzz/checks/corpus.rs"]
+mod corpus;
 
 use checks::PemOutcome;
 
 /// The seeds, sorted; fails when the directory is missing or nearly empty.
 fn corpus() -> Vec<(String, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/tls_pem");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .map(|p| {
-            let data = std::fs::read(&p).unwrap();
-            (p.file_name().unwrap().to_string_lossy().into_owned(), data)
-        })
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 12,
-        "{}: expected a dozen seeds, found {}",
-        dir.display(),
-        files.len()
-    );
-    files
+    corpus::named_seeds(env!("CARGO_MANIFEST_DIR"), "tls_pem")
 }
 
 /// What each hand-written seed must yield: certificates, and the key's PEM label.
