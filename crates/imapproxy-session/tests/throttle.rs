@@ -253,3 +253,57 @@ async fn connection_rate_per_ip_is_limited() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     TestClient::connect(proxy.plain).await.unwrap();
 }
+
+/// A guess that times out in the pool's per-user queue never reached Dovecot, but it is
+/// still a guess: counted like a wrong password, so that guessers cannot keep trying for
+/// free while the user's backend sessions are busy. The owner's proven password is not
+/// counted when it waits too.
+#[tokio::test]
+async fn guesses_timing_out_in_the_users_queue_count_as_failures() {
+    let d = dovecot();
+    let (user, pass) = d.user(32);
+    let (proxy, _pool) = common::start_proxy_pooled(
+        &[d.imap_addr()],
+        settings(3, 50, no_conn_limits()),
+        imapproxy_pool::PoolSettings {
+            reuse: false,
+            warm: 0,
+            max_per_user: 1,
+            wait_timeout: Duration::from_millis(300),
+            ..imapproxy_pool::PoolSettings::default()
+        },
+    )
+    .await;
+    // The owner holds the user's only backend session.
+    let mut owner = RawClient::connect_from("127.0.0.2", proxy.plain).await;
+    assert!(owner.login(&user, &pass).await.starts_with("a OK"));
+
+    let mut guesser = RawClient::connect_from("127.0.0.3", proxy.plain).await;
+    for i in 0..3 {
+        let answer = guesser.login(&user, &format!("guess{i}")).await;
+        assert!(answer.starts_with("a NO [LIMIT]"), "guess {i}: {answer}");
+    }
+    // Three counted failures block the pair: even the right password is now refused at
+    // once, as a wrong one, instead of waiting in the queue again.
+    let started = std::time::Instant::now();
+    let answer = guesser.login(&user, &pass).await;
+    assert!(
+        answer.starts_with("a NO [AUTHENTICATIONFAILED]"),
+        "{answer}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    // The owner, from another address and with the proven password, is not blocked: it
+    // waits for the slot like anyone (NO [LIMIT] while it is held), uncounted.
+    let mut second = RawClient::connect_from("127.0.0.4", proxy.plain).await;
+    for _ in 0..4 {
+        assert!(second.login(&user, &pass).await.starts_with("a NO [LIMIT]"));
+    }
+    drop(owner);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(second.login(&user, &pass).await.starts_with("a OK"));
+    assert_eq!(mismatches(d, &user), 0, "no guess reached Dovecot");
+}
