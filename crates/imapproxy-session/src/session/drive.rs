@@ -13,29 +13,40 @@ const BYE_SHUTDOWN: &[u8] = b"* BYE [UNAVAILABLE] Server shutting down.\r\n";
 const BYE_UNAVAILABLE: &[u8] = b"* BYE [UNAVAILABLE] Server unavailable, please reconnect.\r\n";
 
 impl Session {
-    pub(super) async fn relay(&mut self, logged_in: LoggedIn) -> Result<(), Error> {
-        let LoggedIn {
-            mut session,
-            backend,
-            user_key,
-            creds,
-            pipelined,
-            _guard,
-            registration,
-        } = logged_in;
-        let kick = registration.token().clone();
-        let mut leftover = session.conn().take_buffered();
+    /// Takes the login boxed and moves its parts out in a block: this future's state then
+    /// holds each part once (an argument by value, or a local moved from, keeps its slot in
+    /// every later state of the future), which is what an idle session costs.
+    pub(super) async fn relay(&mut self, logged_in: Box<LoggedIn>) -> Result<(), Error> {
         let proxy = Arc::clone(&self.proxy);
-        let shutdown = self.shutdown.clone();
-        let intercept = proxy.pool.settings().reuse;
-        let mut link = Link::new(pipelined, proxy.settings.auth_timeout, intercept);
-        let mut homed = Homed {
-            session: Some(session),
-            backend,
-            user_key,
-            creds,
-            guard: _guard,
+        let (mut homed, registration, mut link, mut leftover) = {
+            let mut logged_in = logged_in;
+            let leftover = logged_in.session.conn().take_buffered();
+            let intercept = proxy.pool.settings().reuse;
+            let link = Link::new(
+                std::mem::take(&mut logged_in.pipelined),
+                proxy.settings.auth_timeout,
+                intercept,
+            );
+            let LoggedIn {
+                session,
+                backend,
+                user_key,
+                creds,
+                _guard,
+                registration,
+                ..
+            } = *logged_in;
+            let homed = Homed {
+                session: Some(session),
+                backend,
+                user_key,
+                creds,
+                guard: _guard,
+            };
+            (homed, registration, link, leftover)
         };
+        let kick = registration.token().clone();
+        let shutdown = self.shutdown.clone();
         let park_after = proxy.settings.park_after;
         let (end, facts, state_reusable, condition) = loop {
             let Some(session) = homed.session.as_mut() else {

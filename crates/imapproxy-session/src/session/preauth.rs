@@ -43,7 +43,7 @@ impl Session {
     }
 
     /// The pre-auth loop: answers everything itself until a backend login succeeds.
-    pub(super) async fn preauth(&mut self) -> Result<Option<LoggedIn>, Error> {
+    pub(super) async fn preauth(&mut self) -> Result<Option<Box<LoggedIn>>, Error> {
         let mut parser = PreAuthParser::new(self.proxy.settings.preauth_limits);
         let mut buf = vec![0u8; PREAUTH_READ];
         loop {
@@ -83,7 +83,7 @@ impl Session {
                 PreAuthEvent::Command { tag, command } => {
                     match self.command(&mut parser, &mut buf, tag, command).await? {
                         Next::Continue => {}
-                        Next::LoggedIn(done) => return Ok(Some(*done)),
+                        Next::LoggedIn(done) => return Ok(Some(done)),
                         Next::Logout => return Ok(None),
                     }
                 }
