@@ -20,7 +20,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Binary, loopback};
@@ -528,6 +528,7 @@ async fn fetch_loop(
     mut c: TestClient,
     baseline: Vec<Vec<u8>>,
     stop: Arc<AtomicBool>,
+    answered: Arc<AtomicUsize>,
 ) -> (Option<TestClient>, Vec<Iteration>) {
     let mut log = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -535,6 +536,9 @@ async fn fetch_loop(
         let sent = Instant::now();
         let x = exchange(&mut c, &tag, FETCH).await;
         let outcome = judge(&x, &baseline);
+        if matches!(outcome, Outcome::Same) {
+            answered.fetch_add(1, Ordering::Relaxed);
+        }
         let ended = matches!(
             outcome,
             Outcome::Bye(_) | Outcome::Closed { .. } | Outcome::TimedOut
@@ -612,7 +616,9 @@ fn sessions_of_a_killed_backend_continue_on_the_other_without_reconnecting() {
             Group::Quiet => quiet.push((i, c, baseline)),
             Group::Loop => {
                 let stop = Arc::clone(&stop);
-                loops.push((i, rt.spawn(fetch_loop(c, baseline, stop))));
+                let answered = Arc::new(AtomicUsize::new(0));
+                let task = rt.spawn(fetch_loop(c, baseline, stop, Arc::clone(&answered)));
+                loops.push((i, task, answered));
             }
         }
     }
@@ -661,11 +667,22 @@ fn sessions_of_a_killed_backend_continue_on_the_other_without_reconnecting() {
             })
         })
         .collect();
+    let at_kill: Vec<usize> = loops
+        .iter()
+        .map(|(_, _, answered)| answered.load(Ordering::Relaxed))
+        .collect();
     let idle_done = rt.block_on(join_all(idle_handles));
     let quiet_done = rt.block_on(join_all(quiet_handles));
-    // The loops run on a while on the new backend.
-    let keep_on = Duration::from_millis(1500).saturating_sub(t1.elapsed());
-    std::thread::sleep(keep_on);
+    // The loops run on a while on the new backend: at least 1.5 s after the kill, and until
+    // each has had two more answers (the FETCH in flight at the kill, and one sent after it),
+    // however long the moves took on a loaded machine (bounded; the checks below tell).
+    let moved_on = |(_, _, answered): &(usize, _, Arc<AtomicUsize>), before: &usize| {
+        answered.load(Ordering::Relaxed) >= before + 2
+    };
+    wait_until(Duration::from_secs(20), || {
+        loops.iter().zip(&at_kill).all(|(l, b)| moved_on(l, b))
+    });
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(t1.elapsed()));
     stop.store(true, Ordering::Relaxed);
 
     let group_pauses = |done: &[(String, Duration, TestClient)]| -> Vec<Duration> {
@@ -686,7 +703,7 @@ fn sessions_of_a_killed_backend_continue_on_the_other_without_reconnecting() {
     // Fetches sent before the kill and answered after it (by mail2: resent).
     let mut resent = 0;
     let mut problems = Vec::new();
-    for (i, handle) in loops {
+    for (i, handle, _) in loops {
         let u = &users[i].0;
         let (client, log) = rt.block_on(handle).unwrap();
         iterations += log.len();
