@@ -462,7 +462,11 @@ fn unreachable(e: &PoolError) -> bool {
     matches!(
         e,
         PoolError::Connect { .. }
-            | PoolError::Timeout { .. }
+            // Only a connect that timed out: a slow greeting or login is an overloaded server
+            // (a burst of re-homed sessions, say), and marking the survivor of a failover Down
+            // for it would end every session still moving there. Active checks judge
+            // slowness with their own timeout.
+            | PoolError::Timeout { step: "connect", .. }
             | PoolError::Closed
             | PoolError::GreetingBye { .. }
             | PoolError::Bye { .. }

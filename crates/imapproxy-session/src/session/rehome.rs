@@ -171,19 +171,24 @@ impl Session {
         let id_fields = self.backend_id_fields();
         let client = self.client_addrs();
         let mut found = None;
-        for backend_id in candidates.iter().take(proxy.settings.max_backend_attempts) {
-            match proxy
-                .pool
-                .checkout_for(backend_id.as_str(), &creds, &id_fields, client)
-                .await
-            {
-                Ok(session) => {
-                    found = Some((backend_id.clone(), session));
-                    break;
+        // Two rounds: after a failover every moving session logs in on the survivors at once,
+        // and one that times out in that burst (a greeting or login slower than its bound)
+        // tries again rather than ending; `rehome_timeout` bounds both rounds.
+        'rounds: for _ in 0..2 {
+            for backend_id in candidates.iter().take(proxy.settings.max_backend_attempts) {
+                match proxy
+                    .pool
+                    .checkout_for(backend_id.as_str(), &creds, &id_fields, client)
+                    .await
+                {
+                    Ok(session) => {
+                        found = Some((backend_id.clone(), session));
+                        break 'rounds;
+                    }
+                    Err(PoolError::PoolTimeout) => return Err("user_limit"),
+                    Err(e) if !e.is_retryable() => return Err("login_refused"),
+                    Err(e) => login::backend_failed(&upstreams, backend_id, &e),
                 }
-                Err(PoolError::PoolTimeout) => return Err("user_limit"),
-                Err(e) if !e.is_retryable() => return Err("login_refused"),
-                Err(e) => login::backend_failed(&upstreams, backend_id, &e),
             }
         }
         let Some((backend_id, mut session)) = found else {
