@@ -15,28 +15,8 @@ use imapproxy_testkit::Dovecot;
 const TOKEN: &str = "t0ken-from-a-file";
 
 fn curl(admin: SocketAddr, method: &str, path: &str, headers: &[String]) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "10",
-        "-X",
-        method,
-        "-w",
-        "\n%{http_code}",
-    ]);
-    cmd.args(["-H", &format!("Authorization: Bearer {TOKEN}")]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    let out = cmd
-        .arg(format!("http://{admin}{path}"))
-        .output()
-        .expect("curl is installed");
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.trim().parse().unwrap(), body.to_owned())
+    let extra: Vec<&str> = headers.iter().flat_map(|h| ["-H", h.as_str()]).collect();
+    common::admin_request(admin, method, path, Some(TOKEN), &extra)
 }
 
 #[test]

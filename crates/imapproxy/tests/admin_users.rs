@@ -7,7 +7,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -92,30 +91,14 @@ token = "{ADMIN_TOKEN}"
 
     /// An admin request with curl: (status, body). `form` is sent as the request body.
     fn admin(&self, method: &str, path: &str, form: Option<&str>, token: bool) -> (u16, String) {
-        let mut cmd = Command::new("curl");
-        cmd.args([
-            "-sS",
-            "--max-time",
-            "10",
-            "-X",
+        let form: Vec<&str> = form.map(|f| vec!["-d", f]).unwrap_or_default();
+        common::admin_request(
+            self.admin,
             method,
-            "-w",
-            "\n%{http_code}",
-        ]);
-        if token {
-            cmd.args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")]);
-        }
-        if let Some(form) = form {
-            cmd.args(["-d", form]);
-        }
-        let out = cmd
-            .arg(format!("http://{}{path}", self.admin))
-            .output()
-            .expect("curl is installed");
-        assert!(out.status.success(), "{out:?}");
-        let text = String::from_utf8(out.stdout).unwrap();
-        let (body, code) = text.rsplit_once('\n').unwrap();
-        (code.trim().parse().unwrap(), body.to_owned())
+            path,
+            token.then_some(ADMIN_TOKEN),
+            &form,
+        )
     }
 
     fn sessions(&self) -> serde_json::Value {

@@ -314,27 +314,7 @@ fn sigterm_drains_then_says_bye_and_exits_cleanly() {
 
 /// `curl` against the admin endpoint: (HTTP status, body).
 fn admin(proxy: &ProxyProcess, method: &str, path: &str, token: bool) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args([
-        "-sS",
-        "--max-time",
-        "10",
-        "-X",
-        method,
-        "-w",
-        "\n%{http_code}",
-    ]);
-    if token {
-        cmd.args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")]);
-    }
-    let out = cmd
-        .arg(format!("http://{}{path}", proxy.admin))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.trim().parse().unwrap(), body.to_owned())
+    common::admin_request(proxy.admin, method, path, token.then_some(ADMIN_TOKEN), &[])
 }
 
 #[test]

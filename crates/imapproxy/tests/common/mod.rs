@@ -112,3 +112,36 @@ pub fn wait_for_port(addr: SocketAddr) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// An admin request with curl: (HTTP status, body). `token` goes in `Authorization: Bearer`;
+/// `extra` are more curl arguments (`-H ...`, `-d ...`).
+pub fn admin_request(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    extra: &[&str],
+) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+    ]);
+    if let Some(token) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    cmd.args(extra);
+    let out = cmd
+        .arg(format!("http://{admin}{path}"))
+        .output()
+        .expect("curl is installed");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_owned())
+}
