@@ -238,7 +238,7 @@ async fn run_once(
 }
 
 /// One `UID FETCH 1:* BODY.PEEK[]`, checked for completeness; returns the response bytes.
-async fn fetch_all(
+pub(crate) async fn fetch_all(
     conn: &mut ImapConn,
     name: &str,
     messages: usize,

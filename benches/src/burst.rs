@@ -41,7 +41,7 @@ use crate::webmail::{count_logins, pool_section, tail};
 
 /// Bound on one loop. Longer than the proxy's queue `wait_timeout` (10 s), so that the
 /// proxy's own answer is what a worker sees.
-const LOOP_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const LOOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The messages in `user1`'s INBOX.
 const MESSAGES: usize = 3;
 
@@ -346,7 +346,7 @@ async fn measure(
 }
 
 /// One worker loop; returns its duration in ms.
-async fn one_loop(
+pub(crate) async fn one_loop(
     addr: SocketAddr,
     tls: &TlsConnector,
     label: &str,

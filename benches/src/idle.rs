@@ -244,7 +244,7 @@ async fn measure(
 
 /// Opens sessions `range` (session `i` logs in as account `i % accounts`), `batch` at a
 /// time, each left in IDLE.
-async fn open_sessions(
+pub(crate) async fn open_sessions(
     range: std::ops::Range<usize>,
     addr: SocketAddr,
     security: Security,
@@ -296,7 +296,7 @@ async fn idle_session(
 /// Raises the soft open-file limit to the hard one (the `rlimit` crate does the
 /// `setrlimit`), and fails clearly when that is still too low for `sessions` client
 /// sockets plus Dovecot's processes, which inherit the limit.
-fn ensure_fd_limit(sessions: u64) -> Result<(), BenchError> {
+pub(crate) fn ensure_fd_limit(sessions: u64) -> Result<(), BenchError> {
     let need = sessions * 4 + 1024;
     let have = rlimit::increase_nofile_limit(u64::MAX).map_err(BenchError::io("RLIMIT_NOFILE"))?;
     if have < need {

@@ -29,6 +29,10 @@
 //! - `failover`: 200 logged-in sessions (half in IDLE) through the proxy in front of two
 //!   Dovecots over one mail store; the backend most are on is drained with migration, or
 //!   killed: share of sessions that survive with the same data, and the pause they see.
+//! - `peers`: direct Dovecot, imapproxy and whichever of HAProxy, nginx's mail proxy and
+//!   up-imapproxy are installed, interleaved: one-client latency, sessions/s of 20
+//!   clients, bulk MB/s, memory per idle session, a one-user burst; one markdown table of
+//!   ratios to direct Dovecot in `target/loadbench/peers.md`.
 #![deny(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
@@ -41,6 +45,7 @@ mod failover;
 mod held;
 mod idle;
 mod imap;
+mod peers;
 mod proxy;
 mod report;
 mod webmail;
@@ -86,6 +91,10 @@ enum Scenario {
     /// Logged-in sessions (half in IDLE) while their backend is drained with migration or
     /// killed (share that survives with the same data, pause), two Dovecots, one store.
     Failover(failover::FailoverArgs),
+    /// imapproxy, HAProxy, nginx's mail proxy and up-imapproxy (those installed) against
+    /// direct Dovecot: latency, sessions/s, bulk MB/s, memory per idle session and a
+    /// one-user burst, as one markdown table of ratios (target/loadbench/peers.md).
+    Peers(peers::PeersArgs),
 }
 
 fn main() -> ExitCode {
@@ -114,6 +123,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
             Scenario::Burst(a) => burst::run(&binary, cli.runs, a).await,
             Scenario::BurstHeld(a) => held::run(&binary, cli.runs, a).await,
             Scenario::Failover(a) => failover::run(&binary, cli.runs, a).await,
+            Scenario::Peers(a) => peers::run(&binary, cli.runs, a).await,
         }
     })
 }

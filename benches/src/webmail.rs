@@ -47,9 +47,9 @@ pub const LOGIN_LINE: &str = "imap-login: Info: Login:";
 /// The page view: flags and two header fields of the first five messages.
 const FETCH: &str = "UID FETCH 1:5 (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)])";
 /// Messages per mailbox (UIDs 1..=5).
-const MESSAGES: usize = 5;
+pub(crate) const MESSAGES: usize = 5;
 /// Bound on one whole session; a session that takes longer counts as failed.
-const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Aim: proxy sessions/s at least this multiple of direct (DESIGN.md "Performance").
 const AIM_RATIO: f64 = 3.0;
 /// Aim: Dovecot logins below this share of client sessions through the proxy.
@@ -99,10 +99,13 @@ impl Config {
 }
 
 /// One successful session.
-struct Sample {
-    login_ms: f64,
-    session_ms: f64,
-    reused: bool,
+pub(crate) struct Sample {
+    /// Sending `LOGIN` to its tagged `OK`.
+    pub login_ms: f64,
+    /// Connect to the `LOGOUT` reply.
+    pub session_ms: f64,
+    /// The login was answered with `* OK [XPROXYREUSE]`.
+    pub reused: bool,
 }
 
 /// One configuration in one run.
@@ -427,7 +430,7 @@ async fn measure(
             .cloned()
             .unwrap_or_default();
         let tls = tls.clone();
-        async move { session(addr, &tls, name, &user, &pass).await }
+        async move { session(addr, Security::Tls, &tls, name, &user, &pass).await }
     });
     tokio::time::sleep_until(window.from.into()).await;
     let before = count_logins(&setup.dovecot).await?;
@@ -463,16 +466,17 @@ async fn measure(
     })
 }
 
-/// One webmail session, timed.
-async fn session(
+/// One webmail session over `security` (the scenario's own is implicit TLS), timed.
+pub(crate) async fn session(
     addr: SocketAddr,
+    security: Security,
     tls: &TlsConnector,
     label: &str,
     user: &str,
     pass: &str,
 ) -> Result<Sample, BenchError> {
     let start = Instant::now();
-    let mut conn = ImapConn::connect(addr, Security::Tls, tls, label, SMALL_READ_BUF).await?;
+    let mut conn = ImapConn::connect(addr, security, tls, label, SMALL_READ_BUF).await?;
     let sent = Instant::now();
     let login = conn.command(&format!("LOGIN {user} {pass}")).await?;
     let login_ms = ms(sent.elapsed());

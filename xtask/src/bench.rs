@@ -17,7 +17,7 @@ pub struct LoadScenario {
 }
 
 /// The load scenarios, run in order after the criterion benches (each one well under
-/// two minutes, the last two about one; see benches/README.md).
+/// two minutes, `peers` about eleven; see benches/README.md).
 pub const LOAD_SCENARIOS: &[LoadScenario] = &[
     // Relay throughput of one big FETCH, plain and TLS.
     LoadScenario {
@@ -66,15 +66,31 @@ pub const LOAD_SCENARIOS: &[LoadScenario] = &[
         bin: "loadbench",
         args: &["failover"],
     },
+    // Direct Dovecot, imapproxy and the installed peers (HAProxy, nginx mail, up-imapproxy;
+    // missing ones are skipped and named), interleaved: latency, sessions/s, bulk, idle
+    // memory, burst; one markdown table in target/loadbench/peers.md. About 11 minutes
+    // with all three peers (5 without).
+    LoadScenario {
+        package: "imapproxy-bench",
+        bin: "loadbench",
+        args: &["peers"],
+    },
 ];
+
+/// Set (to anything) to have `cargo xtask bench` install the peers of the `peers`
+/// scenario first (Debian, as root; their services are not started).
+pub const INSTALL_PEERS_ENV: &str = "IMAPPROXY_BENCH_INSTALL_PEERS";
 
 /// Soft open-file limit the load scenarios run under: `idle-memory` holds 1,000 client
 /// sockets and its Dovecot a process per session (loadbench checks what it needs).
 const NOFILE: u32 = 65536;
 
-/// `cargo xtask bench`.
+/// `cargo xtask bench` (with [`INSTALL_PEERS_ENV`] set, installs the peers first).
 pub fn bench() -> Result<(), XtaskError> {
     crate::install::ensure_test_tools()?;
+    if std::env::var_os(INSTALL_PEERS_ENV).is_some() {
+        crate::install::ensure_bench_peers()?;
+    }
     run(cargo().args(["bench", "--workspace"]))?;
     run_load_scenarios()
 }
@@ -91,15 +107,18 @@ pub fn run_load_scenarios() -> Result<(), XtaskError> {
         let mut inner = cargo();
         inner
             .args(["run", "--release", "-p", s.package, "--bin", s.bin, "--"])
-            .args(s.args);
+            .args(s.args)
+            // What the peers table names as its command.
+            .env("LOADBENCH_COMMAND", "cargo xtask bench");
         run(&mut with_nofile(&inner))?;
     }
     Ok(())
 }
 
 /// `inner` run through `sh`, which first raises the open-file limit to [`NOFILE`] when
-/// it is lower (to the hard limit when [`NOFILE`] is not allowed), then `exec`s it. The
-/// limit is inherited by cargo, loadbench, the proxy and Dovecot.
+/// it is lower (to the hard limit when [`NOFILE`] is not allowed), then `exec`s it with
+/// `inner`'s environment changes. The limit is inherited by cargo, loadbench, the proxy
+/// and Dovecot.
 fn with_nofile(inner: &Command) -> Command {
     let script = format!(
         "cur=$(ulimit -n); \
@@ -115,6 +134,12 @@ fn with_nofile(inner: &Command) -> Command {
         .arg("sh")
         .arg(inner.get_program())
         .args(inner.get_args());
+    for (key, value) in inner.get_envs() {
+        match value {
+            Some(v) => c.env(key, v),
+            None => c.env_remove(key),
+        };
+    }
     c
 }
 
@@ -131,6 +156,7 @@ mod tests {
             "burst",
             "burst-held",
             "failover",
+            "peers",
         ];
         for s in LOAD_SCENARIOS {
             assert_eq!((s.package, s.bin), ("imapproxy-bench", "loadbench"));
@@ -145,6 +171,11 @@ mod tests {
         let out = with_nofile(&inner).output().unwrap();
         assert!(out.status.success());
         assert_eq!(String::from_utf8_lossy(&out.stdout), "a b c\n");
+        let mut env = Command::new("sh");
+        env.args(["-c", "echo \"$LOADBENCH_COMMAND\""])
+            .env("LOADBENCH_COMMAND", "cargo xtask bench");
+        let out = with_nofile(&env).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "cargo xtask bench\n");
         let mut limit = Command::new("sh");
         limit.args(["-c", "ulimit -n"]);
         let out = with_nofile(&limit).output().unwrap();

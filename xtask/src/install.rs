@@ -1,5 +1,6 @@
 //! Installing the system packages the tests need (Dovecot, Redis, curl, Python) on
-//! Debian, as root, without letting the packages start system services.
+//! Debian, as root, without letting the packages start system services; and, apart from
+//! those, the peer proxies the `peers` load scenario compares with.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -63,7 +64,95 @@ pub fn ensure_dovecot() -> Result<(), XtaskError> {
     apt_install(&["dovecot-imapd"])
 }
 
+/// The peers `loadbench peers` compares imapproxy with, and the Debian packages that
+/// provide them: optional, for the bench only (`cargo xtask test` never installs them).
+const BENCH_PEERS: [Requirement; 3] = [
+    Requirement {
+        present: || sbin("haproxy"),
+        package: "haproxy",
+    },
+    Requirement {
+        present: || sbin("nginx"),
+        package: "nginx",
+    },
+    Requirement {
+        present: || sbin("imapproxyd"),
+        package: "imapproxy",
+    },
+];
+
+/// nginx's mail module, a package of its own in Debian (`nginx -V`:
+/// `--with-mail=dynamic`).
+const NGINX_MAIL_MODULE: (&str, &str) = (
+    "/usr/lib/nginx/modules/ngx_mail_module.so",
+    "libnginx-mod-mail",
+);
+
+/// Where the packages' init scripts would keep the PID of a service they started, and
+/// the process name to expect there.
+const PEER_PIDFILES: [(&str, &str); 3] = [
+    ("/run/haproxy.pid", "haproxy"),
+    ("/run/nginx.pid", "nginx"),
+    ("/run/imapproxy.pid", "imapproxyd"),
+];
+
+/// Installs whatever of HAProxy, nginx with its mail module and up-imapproxy is missing
+/// (`--no-install-recommends`, services kept stopped), stops any of their system services
+/// that runs anyway, by the PID in its pidfile, and disables the units of those it
+/// installed (each package's service has the package's name).
+pub fn ensure_bench_peers() -> Result<(), XtaskError> {
+    let mut missing: Vec<&str> = BENCH_PEERS
+        .iter()
+        .filter(|r| !(r.present)())
+        .map(|r| r.package)
+        .collect();
+    if !Path::new(NGINX_MAIL_MODULE.0).exists() {
+        missing.push(NGINX_MAIL_MODULE.1);
+    }
+    apt_install_with(&missing, &["--no-install-recommends"])?;
+    for (pidfile, name) in PEER_PIDFILES {
+        stop_service(pidfile, name);
+    }
+    // Nor at the next boot: the packages enable their units. Only those installed just
+    // now; a peer that was already there is the machine owner's to decide about.
+    if on_path("systemctl").is_some() {
+        for service in missing.iter().filter(|p| **p != NGINX_MAIL_MODULE.1) {
+            let _ = Command::new("systemctl")
+                .args(["disable", "--quiet", service])
+                .status();
+        }
+    }
+    Ok(())
+}
+
+/// `name` in `/usr/sbin` or on `PATH`.
+fn sbin(name: &str) -> bool {
+    Path::new("/usr/sbin").join(name).is_file() || on_path(name).is_some()
+}
+
+/// SIGTERM to the PID in `pidfile` when that process is `name` (a pidfile left behind
+/// may name a PID reused by something else).
+fn stop_service(pidfile: &str, name: &str) {
+    let Some(pid) = fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() == name {
+        eprintln!("xtask: stopping the {name} service the package started (PID {pid})");
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+}
+
 fn apt_install(packages: &[&str]) -> Result<(), XtaskError> {
+    apt_install_with(packages, &[])
+}
+
+fn apt_install_with(packages: &[&str], options: &[&str]) -> Result<(), XtaskError> {
     if packages.is_empty() {
         return Ok(());
     }
@@ -82,6 +171,7 @@ fn apt_install(packages: &[&str]) -> Result<(), XtaskError> {
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     run(Command::new("apt-get")
         .args(["install", "-y"])
+        .args(options)
         .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     // `_policy` is dropped here, and also on every early return above.
