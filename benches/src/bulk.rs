@@ -62,15 +62,7 @@ pub async fn run(proxy_bin: &Path, runs: u32, args: &BulkArgs) -> Result<(), Ben
         (messages * size) as f64 / 1e6,
         args.fetches
     );
-    let seed: Seed = vec![(
-        "user1".to_owned(),
-        (1..=messages).map(|n| bulk_message(n, size)).collect(),
-    )];
-    let dovecot = Dovecot::builder()
-        .users(1)
-        .seed_messages(seed)
-        .start()
-        .map_err(BenchError::Dovecot)?;
+    let dovecot = bulk_dovecot(messages, size)?;
     let (cert, key) = dovecot.server_cert_paths();
     let proxy = ProxyProcess::start(proxy_bin, dovecot.imap_addr(), &cert, &key).await?;
     let tls = insecure_connector()?;
@@ -262,6 +254,19 @@ pub(crate) async fn fetch_all(
         ));
     }
     Ok(reply.bytes)
+}
+
+/// A Dovecot whose `user1` holds `messages` messages of `size` bytes.
+pub fn bulk_dovecot(messages: usize, size: usize) -> Result<Dovecot, BenchError> {
+    let seed: Seed = vec![(
+        "user1".to_owned(),
+        (1..=messages).map(|n| bulk_message(n, size)).collect(),
+    )];
+    Dovecot::builder()
+        .users(1)
+        .seed_messages(seed)
+        .start()
+        .map_err(BenchError::Dovecot)
 }
 
 /// Message `n` of the bulk mailbox: exactly `size` bytes of CRLF lines of printable ASCII,

@@ -200,13 +200,7 @@ pub async fn run(proxy_bin: &Path, runs: u32, args: &WebmailArgs) -> Result<(), 
         args.secs,
         args.warmup_secs,
     );
-    let seed: Seed = (1..=users)
-        .map(|i| {
-            let u = format!("user{i}");
-            let msgs = (1..=MESSAGES).map(|n| small_message(&u, n)).collect();
-            (u, msgs)
-        })
-        .collect();
+    let seed = mailboxes(users);
     // Dovecot runs an imap-login and an imap process per direct session (and an imap
     // process per session the proxy caches): raise the process and client limits well
     // above what 20 clients and 100 users' cached sessions need, and the per-user-and-IP
@@ -521,4 +515,16 @@ pub fn tail(text: &str, n: usize) -> String {
         .get(lines.len().saturating_sub(n)..)
         .unwrap_or(&[])
         .join("\n")
+}
+
+/// `user1..userN`, each with `MESSAGES` small messages: the mail store of the session
+/// scenarios.
+pub fn mailboxes(users: usize) -> Seed {
+    (1..=users)
+        .map(|i| {
+            let u = format!("user{i}");
+            let msgs = (1..=MESSAGES).map(|n| small_message(&u, n)).collect();
+            (u, msgs)
+        })
+        .collect()
 }

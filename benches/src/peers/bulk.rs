@@ -5,13 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use imapproxy_testkit::{Dovecot, Seed};
-
 use super::disturbance::Probe;
 use super::table::{Better, LoadRecord, Row};
 use super::target::{Column, Running, Server, Stack, rotated};
 use super::{Ctx, Outcome, note_failure};
-use crate::bulk::{bulk_message, fetch_all};
+use crate::bulk::fetch_all;
 use crate::error::BenchError;
 use crate::imap::{BULK_READ_BUF, ImapConn, Security, insecure_connector, login_select};
 
@@ -22,15 +20,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Outcome, BenchError> {
     let args = ctx.args;
     let messages = args.messages as usize;
     let size = args.size_kib as usize * 1024;
-    let seed: Seed = vec![(
-        "user1".to_owned(),
-        (1..=messages).map(|n| bulk_message(n, size)).collect(),
-    )];
-    let dovecot = Dovecot::builder()
-        .users(1)
-        .seed_messages(seed)
-        .start()
-        .map_err(BenchError::Dovecot)?;
+    let dovecot = crate::bulk::bulk_dovecot(messages, size)?;
     let (user, pass) = dovecot.user(1);
     // imapproxy with its defaults, as in `bulk`.
     let stack = Stack::new(&dovecot, ctx.proxy_bin, "", ctx.installed)?;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imapproxy_testkit::{Dovecot, Seed, small_message};
+use imapproxy_testkit::Dovecot;
 
 use super::disturbance::Probe;
 use super::table::{Better, LoadRecord, Row};
@@ -18,7 +18,7 @@ use crate::clients::{self, Window, pick_user};
 use crate::error::BenchError;
 use crate::imap::{Security, insecure_connector_no_resumption};
 use crate::report::percentile;
-use crate::webmail::{self, MESSAGES, SESSION_TIMEOUT, count_logins, pool_section};
+use crate::webmail::{self, SESSION_TIMEOUT, count_logins, pool_section};
 
 /// Process and client limits well above 20 clients' sessions and what the pooling
 /// proxies cache for 100 users (as in `webmail`).
@@ -54,13 +54,7 @@ struct Figures {
 /// Runs `spec` over every plain and TLS column; returns its rows.
 pub async fn run(ctx: &Ctx<'_>, spec: Spec) -> Result<Outcome, BenchError> {
     let users = spec.users as usize;
-    let seed: Seed = (1..=users)
-        .map(|i| {
-            let u = format!("user{i}");
-            let msgs = (1..=MESSAGES).map(|n| small_message(&u, n)).collect();
-            (u, msgs)
-        })
-        .collect();
+    let seed = crate::webmail::mailboxes(users);
     let dovecot = Arc::new(
         Dovecot::builder()
             .users(users)

@@ -261,13 +261,14 @@ impl Attempt {
     pub fn succeeded(mut self, password: Option<&[u8]>) {
         let now = Instant::now();
         let shared = self.shared.clone();
+        let tag = password.map(|p| shared.digest(&self.user, p));
         let mut table = shared.table();
         self.release(&mut table, now);
         if let Some(ip) = self.counted {
             shared.forgive(&mut table, &self.user, ip);
         }
-        if let Some(password) = password {
-            shared.prove(&mut table, &self.user, password, now);
+        if let Some(tag) = tag {
+            shared.prove(&mut table, &self.user, tag, now);
         }
         drop(table);
         shared.settled.notify_waiters();
@@ -279,10 +280,11 @@ impl Attempt {
     pub fn failed(mut self, password: Option<&[u8]>) -> Duration {
         let now = Instant::now();
         let shared = self.shared.clone();
+        let presented = password.map(|p| shared.digest(&self.user, p));
         let mut table = shared.table();
         self.release(&mut table, now);
-        if let Some(password) = password {
-            shared.disprove(&mut table, &self.user, password);
+        if let Some(presented) = &presented {
+            shared.disprove(&mut table, &self.user, presented);
         }
         let delay = match self.counted {
             Some(ip) => shared.fail(&mut table, ip, &self.user, now),
@@ -422,6 +424,8 @@ impl Throttle {
         let exempt = settings.trusted.contains(ip);
         let counted = counted_addr(ip);
         let deadline = Instant::now() + settings.queue_timeout;
+        // Hashed once, outside the lock.
+        let presented = password.map(|p| self.shared.digest(&attempt.user, p));
         loop {
             let settled = self.shared.settled.notified();
             tokio::pin!(settled);
@@ -435,8 +439,9 @@ impl Throttle {
                     attempt.released = true;
                     return Err(verdict);
                 }
-                attempt.proven =
-                    password.is_some_and(|p| self.shared.is_proven(&table, &attempt.user, p, now));
+                attempt.proven = presented
+                    .as_ref()
+                    .is_some_and(|tag| self.shared.is_proven(&table, &attempt.user, tag, now));
                 let budget = exempt
                     || attempt.proven
                     || (self
@@ -623,29 +628,30 @@ impl Shared {
         ctx.sign()
     }
 
-    fn is_proven(&self, table: &Table, user: &str, password: &[u8], now: Instant) -> bool {
+    /// Whether `presented` (the [`Shared::digest`] of the password offered) is the user's
+    /// proven password.
+    fn is_proven(&self, table: &Table, user: &str, presented: &hmac::Tag, now: Instant) -> bool {
         let proven_for = self.settings.load().proven_for;
         table.proven.get(user).is_some_and(|proof| {
             now.duration_since(proof.at) <= proven_for
-                && constant_time_eq(self.digest(user, password).as_ref(), proof.tag.as_ref())
+                && constant_time_eq(presented.as_ref(), proof.tag.as_ref())
         })
     }
 
-    fn prove(&self, table: &mut Table, user: &str, password: &[u8], now: Instant) {
+    fn prove(&self, table: &mut Table, user: &str, tag: hmac::Tag, now: Instant) {
         if !table.proven.contains_key(user) {
             self.make_room(table, now);
             if table.entries.len() + table.proven.len() >= self.settings.load().max_tracked {
                 return;
             }
         }
-        let tag = self.digest(user, password);
         table.proven.insert(user.to_owned(), Proof { tag, at: now });
     }
 
     /// A refused password is no longer proven (it changed on the backend).
-    fn disprove(&self, table: &mut Table, user: &str, password: &[u8]) {
+    fn disprove(&self, table: &mut Table, user: &str, presented: &hmac::Tag) {
         let now = Instant::now();
-        if self.is_proven(table, user, password, now) {
+        if self.is_proven(table, user, presented, now) {
             table.proven.remove(user);
         }
     }

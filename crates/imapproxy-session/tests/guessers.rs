@@ -107,6 +107,19 @@ async fn login_from(source: &str, to: SocketAddr, user: &str, pass: &str) -> Opt
         .flatten()
 }
 
+/// Every login was refused, as a failure (`NO`) or by a hang-up (`* BYE`).
+async fn all_refused(tasks: Vec<tokio::task::JoinHandle<Option<String>>>) {
+    for t in tasks {
+        let answer = t.await.unwrap();
+        assert!(
+            answer
+                .as_deref()
+                .is_some_and(|a| a.starts_with("a NO") || a.starts_with("* BYE")),
+            "{answer:?}"
+        );
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -195,15 +208,7 @@ async fn parallel_connections_put_no_more_guesses_to_dovecot_than_the_limit() {
             )
         })
         .collect();
-    for t in tasks {
-        let answer = t.await.unwrap();
-        assert!(
-            answer
-                .as_deref()
-                .is_some_and(|a| a.starts_with("a NO") || a.starts_with("* BYE")),
-            "{answer:?}"
-        );
-    }
+    all_refused(tasks).await;
     d.wait_for_log("Password mismatch", 1, Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(300));
     let seen = mismatches(d, &user);
@@ -231,15 +236,7 @@ async fn a_parallel_spray_puts_no_more_than_the_per_address_limit_to_dovecot() {
             }));
         }
     }
-    for t in tasks {
-        let answer = t.await.unwrap();
-        assert!(
-            answer
-                .as_deref()
-                .is_some_and(|a| a.starts_with("a NO") || a.starts_with("* BYE")),
-            "{answer:?}"
-        );
-    }
+    all_refused(tasks).await;
     std::thread::sleep(Duration::from_millis(300));
     let seen: usize = users.iter().map(|u| mismatches(d, u)).sum();
     println!(
