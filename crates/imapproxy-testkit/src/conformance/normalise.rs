@@ -12,6 +12,8 @@
 //!   `* CAPABILITY` and `[CAPABILITY …]` on both sides; every other capability must match.
 //! - The `* ID` reply (the proxy answers with its own).
 //! - `* OK [XPROXYREUSE] …` (the proxy's announcement of a reused session) is dropped.
+//! - `* OK Still here` (Dovecot's IDLE keep-alive) is dropped: its first one comes at a moment
+//!   fixed by a hash of user and address, so one run may see it and the other not.
 //!
 //! Literal contents are never touched: only the text around them is.
 
@@ -39,9 +41,11 @@ impl Normaliser {
     }
 
     /// The normalised form of one complete response (literals inlined, CRLF included), or
-    /// `None` when the response is dropped altogether (`* OK [XPROXYREUSE]`).
+    /// `None` when the response is dropped altogether (`* OK [XPROXYREUSE]`, `* OK Still here`).
     pub fn response(&mut self, response: &[u8]) -> Option<Vec<u8>> {
-        if starts_with_ci(response, b"* OK [XPROXYREUSE]") {
+        if starts_with_ci(response, b"* OK [XPROXYREUSE]")
+            || response.eq_ignore_ascii_case(b"* OK Still here\r\n")
+        {
             return None;
         }
         if starts_with_ci(response, b"* ID ") {
@@ -347,6 +351,16 @@ mod tests {
         assert_eq!(
             n.response(b"* OK [XPROXYREUSE] Reusing a cached session.\r\n"),
             None
+        );
+    }
+
+    #[test]
+    fn idle_keepalive_is_dropped_and_other_ok_text_is_kept() {
+        let mut n = Normaliser::new();
+        assert_eq!(n.response(b"* OK Still here\r\n"), None);
+        assert_eq!(
+            n.response(b"* OK Still here, and more\r\n").as_deref(),
+            Some(&b"* OK Still here, and more\r\n"[..])
         );
     }
 
