@@ -86,7 +86,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
 
 async fn handle(mut tcp: TcpStream, peer: SocketAddr, state: &AdminState) {
     let response = match read_request(&mut tcp).await {
-        Some(req) => route(&req, state),
+        Some(req) => route(&req, state).await,
         None => Response::error("400 Bad Request", "malformed request"),
     };
     let head = format!(
@@ -166,7 +166,7 @@ fn is_port(s: &str) -> bool {
     !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-fn route(req: &Request, state: &AdminState) -> Response {
+async fn route(req: &Request, state: &AdminState) -> Response {
     let path = req.path.split('?').next().unwrap_or("");
     if path == "/healthz" {
         return Response::new("200 OK", "text/plain; charset=utf-8", "ok\n");
