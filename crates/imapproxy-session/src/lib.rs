@@ -103,4 +103,4 @@ pub use registry::{MigrationCause, Overrides, Registration, SessionInfo, Session
 pub use session::{Proxy, serve};
 pub use settings::{ListenerSettings, SessionSettings, Upstreams};
 pub use stream::ClientStream;
-pub use throttle::{Attempt, Throttle, ThrottleSettings, Verdict};
+pub use throttle::{Attempt, SharedCounts, SharedFailures, Throttle, ThrottleSettings, Verdict};

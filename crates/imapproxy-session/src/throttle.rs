@@ -43,6 +43,13 @@
 //! balancer speaking for many users). Memory is bounded: at most
 //! [`ThrottleSettings::max_tracked`] entries, expired ones dropped first, then the oldest.
 //!
+//! **Several proxies** (fleet mode) share their counts through a [`SharedFailures`] store set
+//! with [`Throttle::set_shared`]: every failure and forgiveness is also sent there, and an
+//! admitted attempt first takes in what the store knows (failures counted and blocks set by
+//! the other proxies), so limits hold for the fleet as a whole. Attempts in flight, delays and
+//! proven passwords stay per proxy. The store must answer quickly or not at all: when it
+//! does not know, local counts alone apply.
+//!
 //! `governor` was considered: it limits rates, not failures within a window followed by a
 //! block, and its keyed store grows until `retain_recent` is called. A small table fits.
 
@@ -127,6 +134,54 @@ pub enum Verdict {
     Busy,
 }
 
+/// What a [`SharedFailures`] store knows of one (user, address) pair and its address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SharedCounts {
+    /// Failures of the user from the address in the current window, fleet-wide.
+    pub user_failures: u32,
+    /// Failures from the address (any user) in the current window, fleet-wide.
+    pub ip_failures: u32,
+    /// Time left on a block of the (user, address) pair.
+    pub user_blocked_for: Option<Duration>,
+    /// Time left on a block of the address.
+    pub ip_blocked_for: Option<Duration>,
+}
+
+impl SharedCounts {
+    /// Counts with these values.
+    #[must_use]
+    pub fn new(
+        user_failures: u32,
+        ip_failures: u32,
+        user_blocked_for: Option<Duration>,
+        ip_blocked_for: Option<Duration>,
+    ) -> Self {
+        Self {
+            user_failures,
+            ip_failures,
+            user_blocked_for,
+            ip_blocked_for,
+        }
+    }
+}
+
+/// Failure counters kept outside the process and shared by several proxies, such as Redis
+/// (the `imapproxy` binary's fleet mode). Users arrive lower-cased and addresses as counted
+/// (IPv6 by its /64); exempt addresses never reach the store.
+#[async_trait::async_trait]
+pub trait SharedFailures: Send + Sync + std::fmt::Debug + 'static {
+    /// What the store knows of `user` from `ip`; `None` when it cannot tell quickly (it is
+    /// down or slow): the attempt then goes on local counts. Must be bounded in time.
+    async fn lookup(&self, user: &str, ip: IpAddr) -> Option<SharedCounts>;
+    /// Counts one failure, blocking the pair or the address when it reaches its limit
+    /// under `settings`. Must not wait: send it in the background.
+    fn failed(&self, user: &str, ip: IpAddr, settings: &ThrottleSettings);
+    /// The user logged in from `ip`: clear the pair and take its failures off the address.
+    /// Must not wait.
+    fn succeeded(&self, user: &str, ip: IpAddr);
+}
+
 /// The address a client is counted under: IPv4 as is, IPv6 by its /64, since anyone with a
 /// home connection has a /64 to pick fresh source addresses from.
 pub(crate) fn counted_addr(ip: IpAddr) -> IpAddr {
@@ -207,6 +262,8 @@ struct Shared {
     settled: Notify,
     /// Key of the password digests, drawn at start; the digests mean nothing elsewhere.
     key: hmac::Key,
+    /// Counts shared with other proxies, if any.
+    store: arc_swap::ArcSwapOption<Box<dyn SharedFailures>>,
 }
 
 /// The failure counters of one proxy. Clones share the counters.
@@ -272,6 +329,9 @@ impl Attempt {
         }
         drop(table);
         shared.settled.notify_waiters();
+        if let Some(ip) = self.counted {
+            shared.share_success(&self.user, ip);
+        }
     }
 
     /// The credentials were refused: counts the failure and returns how long to wait before
@@ -292,6 +352,9 @@ impl Attempt {
         };
         drop(table);
         shared.settled.notify_waiters();
+        if let Some(ip) = self.counted {
+            shared.share_failure(&self.user, ip);
+        }
         delay
     }
 
@@ -355,6 +418,7 @@ impl Throttle {
                 table: Mutex::new(Table::default()),
                 settled: Notify::new(),
                 key: hmac::Key::new(hmac::HMAC_SHA256, &bytes),
+                store: arc_swap::ArcSwapOption::empty(),
             }),
         }
     }
@@ -362,6 +426,11 @@ impl Throttle {
     /// The settings.
     pub fn settings(&self) -> Arc<ThrottleSettings> {
         self.shared.settings.load_full()
+    }
+
+    /// Shares the counts with other proxies through `store` (see the module docs).
+    pub fn set_shared(&self, store: Box<dyn SharedFailures>) {
+        self.shared.store.store(Some(Arc::new(store)));
     }
 
     /// Replaces the settings (SIGHUP); counters, blocks and open connections are kept.
@@ -426,13 +495,27 @@ impl Throttle {
         let deadline = Instant::now() + settings.queue_timeout;
         // Hashed once, outside the lock.
         let presented = password.map(|p| self.shared.digest(&attempt.user, p));
+        let store = if exempt {
+            None
+        } else {
+            self.shared.store.load_full()
+        };
         loop {
             let settled = self.shared.settled.notified();
             tokio::pin!(settled);
             settled.as_mut().enable();
+            // What the other proxies counted, taken in before judging (outside the lock).
+            let fleet = match &store {
+                Some(store) => store.lookup(&attempt.user, counted).await,
+                None => None,
+            };
             {
                 let now = Instant::now();
                 let mut table = self.shared.table();
+                if let Some(fleet) = fleet {
+                    self.shared
+                        .take_in(&mut table, &attempt.user, counted, fleet, now);
+                }
                 if !exempt
                     && let Some(verdict) = self.shared.blocked(&table, counted, &attempt.user, now)
                 {
@@ -482,13 +565,12 @@ impl Throttle {
         if self.shared.exempt(ip) {
             return Duration::ZERO;
         }
+        let (ip, user) = (counted_addr(ip), user.to_lowercase());
         let mut table = self.shared.table();
-        self.shared.fail(
-            &mut table,
-            counted_addr(ip),
-            &user.to_lowercase(),
-            Instant::now(),
-        )
+        let delay = self.shared.fail(&mut table, ip, &user, Instant::now());
+        drop(table);
+        self.shared.share_failure(&user, ip);
+        delay
     }
 
     /// Records a successful login that was not admitted through [`Throttle::admit`]: see
@@ -498,9 +580,11 @@ impl Throttle {
         if self.shared.exempt(ip) {
             return;
         }
+        let (ip, user) = (counted_addr(ip), user.to_lowercase());
         let mut table = self.shared.table();
-        self.shared
-            .forgive(&mut table, &user.to_lowercase(), counted_addr(ip));
+        self.shared.forgive(&mut table, &user, ip);
+        drop(table);
+        self.shared.share_success(&user, ip);
     }
 
     /// Number of tracked entries (for metrics and tests).
@@ -518,6 +602,60 @@ impl Shared {
     fn exempt(&self, ip: IpAddr) -> bool {
         let s = self.settings.load();
         s.max_failures == 0 || s.trusted.contains(ip)
+    }
+
+    fn share_failure(&self, user: &str, ip: IpAddr) {
+        if let Some(store) = self.store.load().as_deref() {
+            store.failed(user, ip, &self.settings.load());
+        }
+    }
+
+    fn share_success(&self, user: &str, ip: IpAddr) {
+        if let Some(store) = self.store.load().as_deref() {
+            store.succeeded(user, ip);
+        }
+    }
+
+    /// Raises the local counts of `user` from `ip` to what the fleet counted, and takes in
+    /// the fleet's blocks. Never lowers anything: the store may lag behind this proxy.
+    fn take_in(
+        &self,
+        table: &mut Table,
+        user: &str,
+        ip: IpAddr,
+        fleet: SharedCounts,
+        now: Instant,
+    ) {
+        let window = self.settings.load().failure_window;
+        for (key, failures, blocked_for) in [
+            (
+                Key::User(user.to_owned(), ip),
+                fleet.user_failures,
+                fleet.user_blocked_for,
+            ),
+            (Key::Ip(ip), fleet.ip_failures, fleet.ip_blocked_for),
+        ] {
+            if failures == 0 && blocked_for.is_none() {
+                continue;
+            }
+            if !table.entries.contains_key(&key) {
+                self.make_room(table, now);
+            }
+            let e = table.entries.entry(key).or_insert_with(|| Entry::new(now));
+            if e.failures_in(window, now) < failures {
+                if e.failures_in(window, now) == 0 {
+                    e.window_start = now;
+                }
+                e.failures = failures;
+            }
+            if let Some(left) = blocked_for {
+                let until = now + left;
+                if e.blocked_until.is_none_or(|b| b < until) {
+                    e.blocked_until = Some(until);
+                }
+            }
+            e.last_seen = now;
+        }
     }
 
     fn blocked(&self, table: &Table, ip: IpAddr, user: &str, now: Instant) -> Option<Verdict> {
@@ -963,5 +1101,103 @@ mod tests {
             .succeeded(Some(b"new"));
         tokio::time::advance(Duration::from_secs(3601)).await;
         assert!(!t.admit(A, "bob", Some(b"new")).await.unwrap().proven());
+    }
+
+    /// A store shared by two throttles, as Redis is by two proxies: counts per key, a block
+    /// when a count reaches its limit.
+    #[derive(Debug, Default, Clone)]
+    struct MemoryStore(Arc<Mutex<HashMap<String, (u32, bool)>>>);
+
+    impl MemoryStore {
+        fn bump(&self, key: String, limit: u32) {
+            let mut m = self.0.lock().unwrap();
+            let e = m.entry(key).or_default();
+            e.0 += 1;
+            if e.0 >= limit {
+                *e = (0, true);
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl SharedFailures for MemoryStore {
+        async fn lookup(&self, user: &str, ip: IpAddr) -> Option<SharedCounts> {
+            let m = self.0.lock().unwrap();
+            let get = |k: String| m.get(&k).copied().unwrap_or_default();
+            let (u, ub) = get(format!("{user}|{ip}"));
+            let (i, ib) = get(ip.to_string());
+            let block = |b: bool| b.then_some(Duration::from_secs(10));
+            Some(SharedCounts::new(u, i, block(ub), block(ib)))
+        }
+
+        fn failed(&self, user: &str, ip: IpAddr, settings: &ThrottleSettings) {
+            self.bump(format!("{user}|{ip}"), settings.max_failures);
+            self.bump(ip.to_string(), settings.max_failures_per_ip);
+        }
+
+        fn succeeded(&self, user: &str, ip: IpAddr) {
+            self.0.lock().unwrap().remove(&format!("{user}|{ip}"));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_throttles_sharing_a_store_hold_the_limits_together() {
+        let store = MemoryStore::default();
+        let (one, two) = (Throttle::new(settings()), Throttle::new(settings()));
+        one.set_shared(Box::new(store.clone()));
+        two.set_shared(Box::new(store.clone()));
+        // A spray over five users from one address, alternating between the two: the address
+        // limit (5) is reached as if on one throttle, and both refuse the sixth.
+        for i in 0..5 {
+            let t = if i % 2 == 0 { &one } else { &two };
+            let attempt = t.admit(A, &format!("user{i}"), Some(b"x")).await.unwrap();
+            let _ = attempt.failed(Some(b"x"));
+        }
+        for t in [&one, &two] {
+            assert_eq!(
+                t.admit(A, "user9", Some(b"x")).await.err(),
+                Some(Verdict::IpBlocked)
+            );
+        }
+        // Another address is unaffected; three failures of one user over both block the pair.
+        for t in [&one, &two, &one] {
+            let _ = t
+                .admit(B, "bob", Some(b"x"))
+                .await
+                .unwrap()
+                .failed(Some(b"x"));
+        }
+        assert_eq!(
+            two.admit(B, "bob", Some(b"x")).await.err(),
+            Some(Verdict::UserBlocked)
+        );
+        assert!(two.admit(B, "alice", Some(b"x")).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_that_does_not_know_leaves_local_counts_alone() {
+        #[derive(Debug)]
+        struct Down;
+        #[async_trait::async_trait]
+        impl SharedFailures for Down {
+            async fn lookup(&self, _: &str, _: IpAddr) -> Option<SharedCounts> {
+                None
+            }
+            fn failed(&self, _: &str, _: IpAddr, _: &ThrottleSettings) {}
+            fn succeeded(&self, _: &str, _: IpAddr) {}
+        }
+        let t = Throttle::new(settings());
+        t.set_shared(Box::new(Down));
+        for _ in 0..3 {
+            let _ = t
+                .admit(A, "bob", Some(b"x"))
+                .await
+                .unwrap()
+                .failed(Some(b"x"));
+        }
+        assert_eq!(
+            t.admit(A, "bob", Some(b"x")).await.err(),
+            Some(Verdict::UserBlocked)
+        );
     }
 }
