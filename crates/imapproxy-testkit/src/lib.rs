@@ -41,6 +41,7 @@ mod error;
 mod fake;
 mod framing;
 mod net;
+mod redis;
 mod signal;
 
 pub use client::{Response, TestClient, insecure_client_config};
@@ -49,3 +50,4 @@ pub use dovecot::{Dovecot, DovecotBuilder, MAIL_USER, find_dovecot, shared_mail_
 pub use error::TestkitError;
 pub use fake::{FakeBackend, Reply, Step};
 pub use net::free_port;
+pub use redis::RedisServer;

@@ -6,6 +6,7 @@
 mod admin;
 mod build;
 mod config;
+mod fleet;
 mod server;
 
 use std::path::PathBuf;

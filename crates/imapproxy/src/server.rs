@@ -13,6 +13,8 @@ use tracing::{error, info, warn};
 use crate::admin::{self, AdminState};
 use crate::build::Built;
 use crate::config::{Config, LogConfig};
+use crate::fleet::Fleet;
+use crate::fleet::throttle::RedisFailures;
 
 /// Installs the tracing subscriber: `RUST_LOG` if set, else `[log].level`; text or JSON.
 pub fn init_logging(log: &LogConfig) {
@@ -48,6 +50,20 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
     if let Some(path) = &cfg.admin.overrides_file {
         let n = admin::load_overrides(path, proxy.overrides())?;
         info!(path = %path.display(), overrides = n, "user overrides loaded");
+    }
+    // Fleet mode: state shared with the other proxies through Redis.
+    let stop_fleet = CancellationToken::new();
+    let fleet = Fleet::start(
+        &cfg.fleet,
+        Arc::clone(&proxy),
+        cfg.admin.overrides_file.clone(),
+        stop_fleet.clone(),
+    )
+    .await?;
+    if let Some(fleet) = &fleet {
+        proxy
+            .throttle()
+            .set_shared(Box::new(RedisFailures::new(fleet.clone())));
     }
     let maintenance = tokio::spawn(proxy.pool().clone().maintain());
     // Active checks of every backend; stopped (dropped) at shutdown.
@@ -114,6 +130,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
             allowed_hosts: cfg.admin.allowed_hosts.clone(),
             sessions: sessions.clone(),
             overrides_file: cfg.admin.overrides_file.clone(),
+            fleet: fleet.clone(),
         });
         tokio::spawn(admin::serve(listener, state, stop_admin.clone()));
     }
@@ -166,6 +183,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
     drop(health);
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop_admin.cancel();
+    stop_fleet.cancel();
     info!("stopped");
     Ok(())
 }

@@ -27,7 +27,7 @@ mod overrides;
 mod tests;
 mod views;
 
-pub use overrides::load_overrides;
+pub use overrides::{load_overrides, save_overrides};
 
 use http::{Request, Response, body_param, param, percent_decode, read_request};
 use overrides::{move_user, save};
@@ -48,6 +48,8 @@ pub struct AdminState {
     pub sessions: TaskTracker,
     /// Where user overrides are saved (`[admin].overrides_file`).
     pub overrides_file: Option<PathBuf>,
+    /// Fleet mode: moves, drains and kicks reach every proxy; `/sessions` lists them all.
+    pub fleet: Option<crate::fleet::Fleet>,
 }
 
 /// Serves until `stop` is cancelled.
@@ -215,34 +217,48 @@ async fn route(req: &Request, state: &AdminState) -> Response {
                         0
                     };
                     info!(backend = %name, from = %previous, to = %health, migrating, "backend health set by admin");
-                    Response::json(
-                        "200 OK",
-                        serde_json::json!({
-                            "name": name,
-                            "health": health.to_string(),
-                            "migrating": migrating,
-                        }),
-                    )
+                    let mut answer = serde_json::json!({
+                        "name": name,
+                        "health": health.to_string(),
+                        "migrating": migrating,
+                    });
+                    if let Some(fleet) = &state.fleet {
+                        let change = crate::fleet::Change::Health {
+                            backend: (*name).to_owned(),
+                            draining: health == Health::Draining,
+                            migrate,
+                        };
+                        answer["fleet"] = fleet.change(change).await.json();
+                    }
+                    Response::json("200 OK", answer)
                 }
                 Err(_) => Response::error("404 Not Found", "no such backend"),
             }
         }
-        ("GET", ["sessions"]) => Response::json("200 OK", sessions_json(state)),
+        ("GET", ["sessions"]) => {
+            let mut view = sessions_json(state);
+            if let Some(fleet) = &state.fleet {
+                fleet.annotate_sessions(&mut view).await;
+            }
+            Response::json("200 OK", view)
+        }
         ("POST", ["users", user, "kick"]) => {
             let user = percent_decode(user);
             let kicked = state.proxy.sessions().kick_user(&user);
             info!(%user, kicked, "user's sessions ended by admin");
-            Response::json(
-                "200 OK",
-                serde_json::json!({ "user": user.to_lowercase(), "kicked": kicked }),
-            )
+            let mut answer = serde_json::json!({ "user": user.to_lowercase(), "kicked": kicked });
+            if let Some(fleet) = &state.fleet {
+                let change = crate::fleet::Change::Kick { user: user.clone() };
+                answer["fleet"] = fleet.change(change).await.json();
+            }
+            Response::json("200 OK", answer)
         }
         ("POST", ["users", user, "move"]) => {
             let user = percent_decode(user);
             let query = req.path.split_once('?').map_or("", |(_, q)| q);
             let kick = param(query, "kick").as_deref() == Some("true");
             match param(query, "backend").or_else(|| body_param(&req.body, "backend")) {
-                Some(backend) => move_user(state, &user, &backend, kick),
+                Some(backend) => move_user(state, &user, &backend, kick).await,
                 None => Response::error("400 Bad Request", "backend=<name> is required"),
             }
         }
@@ -253,13 +269,15 @@ async fn route(req: &Request, state: &AdminState) -> Response {
                 return Response::error("500 Internal Server Error", &e);
             }
             info!(%user, "user override removed by admin");
-            Response::json(
-                "200 OK",
-                serde_json::json!({
-                    "user": user.to_lowercase(),
-                    "removed": removed.map(|b| b.to_string()),
-                }),
-            )
+            let mut answer = serde_json::json!({
+                "user": user.to_lowercase(),
+                "removed": removed.map(|b| b.to_string()),
+            });
+            if let Some(fleet) = &state.fleet {
+                let change = crate::fleet::Change::Unmove { user: user.clone() };
+                answer["fleet"] = fleet.change(change).await.json();
+            }
+            Response::json("200 OK", answer)
         }
         (_, ["" | "metrics" | "backends" | "sessions"])
         | (_, ["backends", _, "drain" | "undrain"])

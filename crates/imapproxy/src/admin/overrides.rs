@@ -13,7 +13,12 @@ use super::http::Response;
 /// the user's cached backend sessions so that no login is handed the old backend, and moves
 /// the user's live sessions there under their clients (with `kick`, ends them instead, so
 /// that the clients reconnect).
-pub(super) fn move_user(state: &AdminState, user: &str, backend: &str, kick: bool) -> Response {
+pub(super) async fn move_user(
+    state: &AdminState,
+    user: &str,
+    backend: &str,
+    kick: bool,
+) -> Response {
     let registry = &state.proxy.upstreams().registry;
     let Some((b, _)) = registry.get(backend) else {
         return Response::error("404 Not Found", "no such backend");
@@ -37,17 +42,24 @@ pub(super) fn move_user(state: &AdminState, user: &str, backend: &str, kick: boo
         (0, state.proxy.sessions().migrate_user(user))
     };
     info!(%user, backend = %id, kicked, migrating, forgotten, "user moved by admin");
-    Response::json(
-        "200 OK",
-        serde_json::json!({
-            "user": user.to_lowercase(),
-            "backend": id.as_str(),
-            "previous": previous.map(|p| p.to_string()),
-            "kicked": kicked,
-            "migrating": migrating,
-            "cached_sessions_closed": forgotten,
-        }),
-    )
+    let mut answer = serde_json::json!({
+        "user": user.to_lowercase(),
+        "backend": id.as_str(),
+        "previous": previous.map(|p| p.to_string()),
+        "kicked": kicked,
+        "migrating": migrating,
+        "cached_sessions_closed": forgotten,
+    });
+    // Every other proxy does the same with its own sessions.
+    if let Some(fleet) = &state.fleet {
+        let change = crate::fleet::Change::Move {
+            user: user.to_lowercase(),
+            backend: id.to_string(),
+            kick,
+        };
+        answer["fleet"] = fleet.change(change).await.json();
+    }
+    Response::json("200 OK", answer)
 }
 
 /// Writes the overrides to `[admin].overrides_file`, if configured: a temporary file renamed
@@ -59,7 +71,8 @@ pub(super) fn save(state: &AdminState) -> Result<(), String> {
     }
 }
 
-pub(super) fn save_overrides(path: &Path, overrides: &Overrides) -> Result<(), String> {
+/// Writes `overrides` to `path` (a temporary file renamed over the old one).
+pub fn save_overrides(path: &Path, overrides: &Overrides) -> Result<(), String> {
     let users: serde_json::Map<String, serde_json::Value> = overrides
         .all()
         .into_iter()

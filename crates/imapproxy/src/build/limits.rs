@@ -22,6 +22,9 @@ pub(super) fn limit_settings(
             trusted: trusted.clone(),
             max_unproven_per_user: cfg.max_unproven_logins_per_user,
             queue_timeout: cfg.login_queue_timeout,
+            free_failures: cfg.free_failures,
+            base_delay: cfg.failure_delay,
+            max_delay: cfg.max_failure_delay.max(cfg.failure_delay),
             ..ThrottleSettings::default()
         },
         connections: ConnectionLimitSettings {

@@ -52,6 +52,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Fleet mode: state shared with other proxies through Redis.
+    #[serde(default)]
+    pub fleet: FleetConfig,
 }
 /// `none | starttls | implicit`, as written in the file.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]

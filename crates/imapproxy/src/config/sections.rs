@@ -267,6 +267,28 @@ pub struct LimitsConfig {
     /// unproven password that times out in `[pool]`'s per-user queue counts as failed.)
     #[serde(default = "default_login_queue_timeout", with = "humantime_serde")]
     pub login_queue_timeout: Duration,
+    /// Failed logins (of a user from an address, or from an address) answered at once;
+    /// later ones wait `failure_delay`, doubling each time up to `max_failure_delay`.
+    #[serde(default = "default_free_failures")]
+    pub free_failures: u32,
+    /// The first delay before answering a failed login past `free_failures`.
+    #[serde(default = "default_failure_delay", with = "humantime_serde")]
+    pub failure_delay: Duration,
+    /// The longest delay before answering a failed (or blocked) login.
+    #[serde(default = "default_max_failure_delay", with = "humantime_serde")]
+    pub max_failure_delay: Duration,
+}
+
+fn default_free_failures() -> u32 {
+    imapproxy_session::ThrottleSettings::default().free_failures
+}
+
+fn default_failure_delay() -> Duration {
+    imapproxy_session::ThrottleSettings::default().base_delay
+}
+
+fn default_max_failure_delay() -> Duration {
+    imapproxy_session::ThrottleSettings::default().max_delay
 }
 
 impl Default for LimitsConfig {
@@ -282,6 +304,9 @@ impl Default for LimitsConfig {
             max_connections: default_max_client_connections(),
             max_unproven_logins_per_user: default_max_unproven_logins_per_user(),
             login_queue_timeout: default_login_queue_timeout(),
+            free_failures: default_free_failures(),
+            failure_delay: default_failure_delay(),
+            max_failure_delay: default_max_failure_delay(),
         }
     }
 }
@@ -362,6 +387,68 @@ pub struct AdminConfig {
     /// in memory only.
     #[serde(default)]
     pub overrides_file: Option<PathBuf>,
+}
+
+/// `[fleet]`: several proxies sharing user moves, throttling, commands to sessions and a
+/// session registry through Redis (or Valkey). Absent `redis_url`: a single proxy on local
+/// state.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// `redis://[user:password@]host:port/db` (or `rediss://`). With `sentinels`, the
+    /// credentials and database used on the master the sentinels name.
+    #[serde(default)]
+    pub redis_url: Option<Secret>,
+    /// Redis Sentinel addresses (`redis://host:26379`); with them the master of
+    /// `sentinel_master` is found through the sentinels, again after every failover.
+    #[serde(default)]
+    pub sentinels: Vec<String>,
+    /// The master's name in Sentinel's configuration.
+    #[serde(default = "default_sentinel_master")]
+    pub sentinel_master: String,
+    /// This proxy's name in the fleet (session listings, logs). Default: host name and
+    /// process id.
+    #[serde(default)]
+    pub proxy_id: Option<String>,
+    /// Prefix of every key and channel, so that several fleets can share one Redis.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// The longest a login waits for Redis (throttling counts); past it, local state rules.
+    #[serde(default = "default_fleet_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How often the proxy publishes its session summary (kept for three times as long).
+    #[serde(default = "default_publish_interval", with = "humantime_serde")]
+    pub publish_interval: Duration,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: None,
+            sentinels: Vec::new(),
+            sentinel_master: default_sentinel_master(),
+            proxy_id: None,
+            key_prefix: default_key_prefix(),
+            timeout: default_fleet_timeout(),
+            publish_interval: default_publish_interval(),
+        }
+    }
+}
+
+fn default_sentinel_master() -> String {
+    "mymaster".into()
+}
+
+fn default_key_prefix() -> String {
+    "imapproxy:".into()
+}
+
+fn default_fleet_timeout() -> Duration {
+    Duration::from_millis(250)
+}
+
+fn default_publish_interval() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// `[log]`.
