@@ -11,6 +11,23 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// Its working directory: a replica writes the master's snapshot there.
+    dir: tempfile::TempDir,
+    /// Extra arguments (replication), or a Sentinel configuration file.
+    role: Role,
+}
+
+#[derive(Debug)]
+enum Role {
+    Master,
+    Replica {
+        of: u16,
+    },
+    /// Sentinel rewrites its configuration file, so it lives in a directory of its own.
+    Sentinel {
+        dir: tempfile::TempDir,
+        master: u16,
+    },
 }
 
 impl RedisServer {
@@ -20,10 +37,72 @@ impl RedisServer {
     /// When `redis-server` is not installed (`cargo xtask test` installs it) or does not
     /// come up within 10 s.
     pub fn start() -> Self {
+        Self::start_as(Role::Master)
+    }
+
+    /// A replica of `master`, which Sentinel can promote.
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`].
+    pub fn start_replica_of(master: &RedisServer) -> Self {
+        Self::start_as(Role::Replica { of: master.port })
+    }
+
+    /// A Sentinel watching `master` as `mymaster`, quorum 1, declaring it down after 500 ms
+    /// of silence (tests want failovers in seconds, not the default 30 s).
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`], or when the temporary directory cannot be made.
+    pub fn start_sentinel(master: &RedisServer) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("sentinel directory: {e}"));
+        Self::start_as(Role::Sentinel {
+            dir,
+            master: master.port,
+        })
+    }
+
+    fn start_as(role: Role) -> Self {
         let port = crate::free_port();
-        let mut server = Self { child: None, port };
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("redis directory: {e}"));
+        let mut server = Self {
+            child: None,
+            port,
+            dir,
+            role,
+        };
         server.restart();
         server
+    }
+
+    fn command_line(&self) -> Command {
+        let mut cmd = Command::new("redis-server");
+        cmd.current_dir(self.dir.path());
+        match &self.role {
+            Role::Sentinel { dir, master } => {
+                let path = dir.path().join("sentinel.conf");
+                let conf = format!(
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                     sentinel monitor mymaster 127.0.0.1 {master} 1\n\
+                     sentinel down-after-milliseconds mymaster 500\n\
+                     sentinel failover-timeout mymaster 5000\n",
+                    port = self.port,
+                    dir = dir.path().display(),
+                );
+                std::fs::write(&path, conf)
+                    .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+                cmd.arg(path).arg("--sentinel");
+            }
+            Role::Master | Role::Replica { .. } => {
+                cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .arg("--dir")
+                    .arg(self.dir.path());
+                if let Role::Replica { of } = self.role {
+                    cmd.args(["--replicaof", "127.0.0.1", &of.to_string()]);
+                }
+            }
+        }
+        cmd
     }
 
     /// Starts it again on the same port after [`RedisServer::kill`] (empty: nothing is
@@ -33,9 +112,8 @@ impl RedisServer {
     /// As [`RedisServer::start`].
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "redis-server is already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+        let child = self
+            .command_line()
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -56,8 +134,25 @@ impl RedisServer {
     /// `SIGKILL`, as `kill -9` would: no goodbye to its clients.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A paused server would not die of SIGKILL any sooner, but make sure.
+            crate::signal::process(child.id(), libc::SIGCONT);
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// `SIGSTOP`: the server keeps its connections open but answers nothing, the way an
+    /// overloaded or partitioned Redis looks to its clients. [`RedisServer::resume`] ends it.
+    pub fn pause(&self) {
+        if let Some(child) = &self.child {
+            crate::signal::process(child.id(), libc::SIGSTOP);
+        }
+    }
+
+    /// `SIGCONT` after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        if let Some(child) = &self.child {
+            crate::signal::process(child.id(), libc::SIGCONT);
         }
     }
 

@@ -55,8 +55,6 @@ struct Node {
 /// Starts proxy `name` on the fleet of `redis` (`None`: a proxy on its own). `limits` is the
 /// body of its `[limits]` section.
 fn node(name: &'static str, redis: Option<&RedisServer>, limits: &str) -> Node {
-    let b = backends();
-    let [plain, admin] = [(); 2].map(|()| loopback());
     let fleet = redis
         .map(|r| {
             format!(
@@ -65,6 +63,13 @@ fn node(name: &'static str, redis: Option<&RedisServer>, limits: &str) -> Node {
             )
         })
         .unwrap_or_default();
+    node_with(name, &fleet, limits)
+}
+
+/// Starts proxy `name` with this `[fleet]` section (and `[limits]` body).
+fn node_with(name: &'static str, fleet: &str, limits: &str) -> Node {
+    let b = backends();
+    let [plain, admin] = [(); 2].map(|()| loopback());
     let config = format!(
         r#"
 [[listeners]]
@@ -446,4 +451,151 @@ fn with_redis_killed_logins_go_on_and_the_state_converges_after_its_restart() {
         "A does not list B's session"
     );
     rt.block_on(async { assert!(d.logout().await.unwrap().tagged_ok()) });
+}
+
+#[test]
+fn with_redis_hanging_no_login_waits_longer_than_the_fleet_timeout() {
+    let redis = RedisServer::start();
+    // Loopback counted, so that every login asks Redis for the fleet's failure counts.
+    let limits = "trusted_networks = []";
+    let a = node("hang-a", Some(&redis), limits);
+    let b = node("hang-b", Some(&redis), limits);
+    let rt = runtime();
+    let (user, pass) = backends().mail1.user(5);
+    let (moved, _) = backends().mail1.user(6);
+
+    // Stopped, not gone: connections stay open and nothing answers.
+    redis.pause();
+    let mut slowest = Duration::ZERO;
+    rt.block_on(async {
+        for node in [&a, &b, &a, &b, &a, &b, &a, &b] {
+            let started = Instant::now();
+            let mut c = logged_in(node, &user, &pass).await;
+            slowest = slowest.max(started.elapsed());
+            assert!(c.logout().await.unwrap().tagged_ok());
+        }
+        // A wrong password is answered too (the failure is counted locally).
+        let mut c = TestClient::connect(a.plain).await.unwrap();
+        let r = c.login(&user, "wrong").await.unwrap();
+        assert!(r.status_line().contains(" NO "), "{}", r.text());
+    });
+    println!("slowest login with Redis hanging: {slowest:?}");
+    // [fleet] timeout is 250 ms: a login waits for it once at most, then the link is known
+    // to be down and nothing waits.
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || !a.fleet_connected()
+            && !b.fleet_connected()),
+        "the hanging link is not reported"
+    );
+    // The admin API does not hang either; the move is kept for later.
+    let started = Instant::now();
+    let (code, v) = a.admin(
+        "POST",
+        &format!("/users/{moved}/move"),
+        Some("backend=mail2"),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["fleet"]["pending"], true, "{v}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    redis.resume();
+    assert!(
+        eventually(Duration::from_secs(10), || b.get("/sessions")["overrides"]
+            [&moved]
+            == "mail2"),
+        "B never learnt the move made while Redis hung"
+    );
+    assert!(a.fleet_connected() && b.fleet_connected());
+}
+
+/// Waits until `server` answers `command` with a reply containing `needle`.
+fn redis_says(server: &RedisServer, command: &str, needle: &str, within: Duration) -> bool {
+    eventually(within, || server.command(command).contains(needle))
+}
+
+#[test]
+fn through_sentinel_the_fleet_follows_a_failover() {
+    let mut master = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&master);
+    assert!(
+        redis_says(
+            &replica,
+            "INFO replication",
+            "master_link_status:up",
+            Duration::from_secs(10)
+        ),
+        "the replica never synchronised"
+    );
+    let sentinel = RedisServer::start_sentinel(&master);
+    assert!(
+        redis_says(
+            &sentinel,
+            "SENTINEL replicas mymaster",
+            &replica.port().to_string(),
+            Duration::from_secs(15)
+        ),
+        "the sentinel never saw the replica"
+    );
+    let fleet = |name: &str| {
+        format!(
+            "[fleet]\nsentinels = [\"redis://127.0.0.1:{}/\"]\nsentinel_master = \"mymaster\"\n\
+             proxy_id = \"{name}\"\n",
+            sentinel.port()
+        )
+    };
+    let a = node_with("sentinel-a", &fleet("sentinel-a"), "");
+    let b = node_with("sentinel-b", &fleet("sentinel-b"), "");
+    assert!(a.fleet_connected() && b.fleet_connected());
+    let (user, _) = backends().mail1.user(7);
+    let (code, v) = a.admin(
+        "POST",
+        &format!("/users/{user}/move"),
+        Some("backend=mail1"),
+    );
+    assert_eq!((code, &v["fleet"]["shared"]), (200, &true.into()), "{v}");
+    assert!(eventually(
+        Duration::from_secs(3),
+        || b.get("/sessions")["overrides"][&user] == "mail1"
+    ));
+
+    // The master dies; the sentinel promotes the replica; both proxies find it.
+    master.kill();
+    assert!(
+        redis_says(
+            &sentinel,
+            "SENTINEL get-master-addr-by-name mymaster",
+            &replica.port().to_string(),
+            Duration::from_secs(20)
+        ),
+        "no failover"
+    );
+    assert!(
+        eventually(Duration::from_secs(15), || a.fleet_connected()
+            && b.fleet_connected()),
+        "the proxies did not follow the failover"
+    );
+    // The replica had the override; a change made now reaches the other proxy.
+    assert!(
+        replica
+            .command(&format!("HGET imapproxy:overrides {user}"))
+            .contains("mail1")
+    );
+    let (code, v) = a.admin(
+        "POST",
+        &format!("/users/{user}/move"),
+        Some("backend=mail2"),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert!(
+        eventually(Duration::from_secs(5), || b.get("/sessions")["overrides"]
+            [&user]
+            == "mail2"),
+        "B: {}",
+        b.get("/sessions")["overrides"]
+    );
 }

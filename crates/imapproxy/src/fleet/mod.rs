@@ -232,8 +232,10 @@ impl Fleet {
                 None
             }
             Err(_) => {
+                // Treated as down: the next logins go on local state without waiting, and
+                // the keeper reconnects (a Redis that is merely slow is back within moments).
                 metrics::counter!("imapproxy_fleet_errors_total").increment(1);
-                debug!("fleet: Redis did not answer in time");
+                self.broken("no answer within [fleet] timeout");
                 None
             }
         }
