@@ -117,5 +117,8 @@ pub use connector::{
 pub use error::Error;
 pub use health::ImapCheck;
 pub use imapproxy_codec::Secret;
-pub use pool::{PoolSettings, PoolStatus, PooledSession, SaslLogin, SessionPool};
+pub use pool::{
+    Acquire, PoolSettings, PoolStatus, PooledSession, SaslLogin, SessionPool, SharedPlace,
+    SharedUserCap,
+};
 pub use stream::BackendStream;

@@ -14,6 +14,7 @@ use crate::admin::{self, AdminState};
 use crate::build::Built;
 use crate::config::{Config, LogConfig};
 use crate::fleet::Fleet;
+use crate::fleet::caps::RedisUserCap;
 use crate::fleet::throttle::RedisFailures;
 
 /// Installs the tracing subscriber: `RUST_LOG` if set, else `[log].level`; text or JSON.
@@ -64,6 +65,16 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
         proxy
             .throttle()
             .set_shared(Box::new(RedisFailures::new(fleet.clone())));
+        if cfg.pool.max_per_user_fleet > 0 {
+            let cap = RedisUserCap::start(
+                fleet.clone(),
+                cfg.pool.max_per_user_fleet,
+                stop_fleet.clone(),
+            );
+            proxy.pool().set_shared_cap(Arc::new(cap));
+        }
+    } else if cfg.pool.max_per_user_fleet > 0 {
+        warn!("[pool] max_per_user_fleet has no effect without [fleet]");
     }
     let maintenance = tokio::spawn(proxy.pool().clone().maintain());
     // Active checks of every backend; stopped (dropped) at shutdown.

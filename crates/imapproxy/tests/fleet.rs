@@ -63,11 +63,11 @@ fn node(name: &'static str, redis: Option<&RedisServer>, limits: &str) -> Node {
             )
         })
         .unwrap_or_default();
-    node_with(name, &fleet, limits)
+    node_with(name, &fleet, limits, "")
 }
 
-/// Starts proxy `name` with this `[fleet]` section (and `[limits]` body).
-fn node_with(name: &'static str, fleet: &str, limits: &str) -> Node {
+/// Starts proxy `name` with this `[fleet]` section (and `[limits]` and `[pool]` bodies).
+fn node_with(name: &'static str, fleet: &str, limits: &str, pool: &str) -> Node {
     let b = backends();
     let [plain, admin] = [(); 2].map(|()| loopback());
     let config = format!(
@@ -87,6 +87,7 @@ addr = "{b}"
 
 [pool]
 reuse = false
+{pool}
 
 [limits]
 {limits}
@@ -548,8 +549,8 @@ fn through_sentinel_the_fleet_follows_a_failover() {
             sentinel.port()
         )
     };
-    let a = node_with("sentinel-a", &fleet("sentinel-a"), "");
-    let b = node_with("sentinel-b", &fleet("sentinel-b"), "");
+    let a = node_with("sentinel-a", &fleet("sentinel-a"), "", "");
+    let b = node_with("sentinel-b", &fleet("sentinel-b"), "", "");
     assert!(a.fleet_connected() && b.fleet_connected());
     let (user, _) = backends().mail1.user(7);
     let (code, v) = a.admin(
@@ -598,4 +599,61 @@ fn through_sentinel_the_fleet_follows_a_failover() {
         "B: {}",
         b.get("/sessions")["overrides"]
     );
+}
+
+#[test]
+fn a_users_backend_sessions_are_capped_across_the_fleet() {
+    let redis = RedisServer::start();
+    let fleet = |name: &str| {
+        format!(
+            "[fleet]\nredis_url = \"{}\"\nproxy_id = \"{name}\"\n",
+            redis.url()
+        )
+    };
+    let pool = "max_per_user_fleet = 2\nwait_timeout = \"1s\"";
+    let a = node_with("cap-a", &fleet("cap-a"), "", pool);
+    let b = node_with("cap-b", &fleet("cap-b"), "", pool);
+    let rt = runtime();
+    let (user, pass) = backends().mail1.user(8);
+    let places = format!("ZCARD imapproxy:places:{user}");
+
+    let (mut first, mut second) = rt.block_on(async {
+        (
+            logged_in(&a, &user, &pass).await,
+            logged_in(&a, &user, &pass).await,
+        )
+    });
+    assert_eq!(redis.command(&places), ":2\r\n");
+    // The fleet's two places are taken: a third login, on B, waits and is refused.
+    rt.block_on(async {
+        let mut c = TestClient::connect(b.plain).await.unwrap();
+        let r = c.login(&user, &pass).await.unwrap();
+        assert!(!r.tagged_ok(), "{}", r.text());
+        assert!(r.status_line().contains(" NO "), "{}", r.text());
+    });
+    // One of A's sessions ends: B's login gets its place, even while waiting.
+    let third = rt.block_on(async {
+        let waiting = async {
+            let mut c = TestClient::connect(b.plain).await.unwrap();
+            let r = c.login(&user, &pass).await.unwrap();
+            (c, r)
+        };
+        let ending = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(first.logout().await.unwrap().tagged_ok());
+        };
+        let ((c, r), ()) = tokio::join!(waiting, ending);
+        assert!(r.tagged_ok(), "{}", r.text());
+        c
+    });
+    assert_eq!(b.sessions_of(&user).len(), 1);
+    assert_eq!(redis.command(&places), ":2\r\n");
+    rt.block_on(async {
+        assert!(second.logout().await.unwrap().tagged_ok());
+        let mut third = third;
+        assert!(third.logout().await.unwrap().tagged_ok());
+    });
+    assert!(eventually(Duration::from_secs(3), || redis
+        .command(&places)
+        == ":0\r\n"));
 }

@@ -25,6 +25,8 @@ struct LoginFor<'a> {
     client: Option<ClientAddrs>,
     /// Leave the connection unauthenticated: the caller relays a SASL exchange.
     sasl: bool,
+    /// Its place under the shared per-user cap.
+    shared: Option<super::SharedPlace>,
 }
 
 enum Plan {
@@ -128,11 +130,14 @@ impl SessionPool {
                     Counters::bump(&counters.misses);
                     metrics::counter!("imapproxy_pool_checkouts_total", "result" => "miss")
                         .increment(1);
+                    // Outside every lock, and before the backend is touched.
+                    let shared = self.shared_place(&user).await?;
                     let who = LoginFor {
                         creds,
                         id_fields,
                         client,
                         sasl,
+                        shared,
                     };
                     return self.login(backend, &be, slot, digest, who).await;
                 }
@@ -209,6 +214,7 @@ impl SessionPool {
             id_fields,
             client,
             sasl,
+            shared,
         } = who;
         let (conn_count, count) = ConnCount::open(&be.conns);
         if count > be.max_connections {
@@ -248,6 +254,7 @@ impl SessionPool {
                 digest,
                 born: Instant::now(),
                 conn_count,
+                _shared: shared,
             },
             slot,
             reused: false,

@@ -12,6 +12,7 @@ mod checkout;
 mod sasl;
 mod session;
 mod settings;
+mod shared;
 mod slots;
 mod status;
 
@@ -23,6 +24,7 @@ use std::time::Duration;
 pub use sasl::SaslLogin;
 pub use session::PooledSession;
 pub use settings::PoolSettings;
+pub use shared::{Acquire, SharedPlace, SharedUserCap};
 pub use status::PoolStatus;
 
 use crate::capabilities::Capabilities;
@@ -51,6 +53,8 @@ struct Inner {
     backends: Mutex<HashMap<Arc<str>, Arc<Backend>>>,
     next_waiter: AtomicU64,
     counters: Counters,
+    /// Places per user shared with other proxies, if any.
+    shared_cap: Mutex<Option<Arc<dyn SharedUserCap>>>,
 }
 
 /// Backend sessions shared by many clients: see the crate docs.
@@ -82,6 +86,7 @@ impl SessionPool {
                 backends: Mutex::new(HashMap::new()),
                 next_waiter: AtomicU64::new(1),
                 counters: Counters::default(),
+                shared_cap: Mutex::new(None),
             }),
         })
     }

@@ -20,6 +20,8 @@ pub(super) struct Lease {
     /// [`PoolSettings::max_age`](crate::PoolSettings::max_age).
     pub(super) born: Instant,
     pub(super) conn_count: ConnCount,
+    /// Its place under a shared per-user cap, given back with the connection.
+    pub(super) _shared: Option<super::SharedPlace>,
 }
 
 impl Lease {

@@ -170,6 +170,11 @@ pub struct PoolConfig {
     /// server) loses the session and the client gets a fresh login instead.
     #[serde(default = "default_liveness_timeout", with = "humantime_serde")]
     pub liveness_timeout: Duration,
+    /// Fleet mode: backend sessions per user across every proxy of the fleet (0: no
+    /// fleet-wide cap, only `max_per_user` per proxy). Set it at or below the backend's own
+    /// per-user limit (Dovecot: `mail_max_userip_connections`).
+    #[serde(default)]
+    pub max_per_user_fleet: u32,
 }
 
 impl Default for PoolConfig {
@@ -184,6 +189,7 @@ impl Default for PoolConfig {
             park_after: default_park_after(),
             noop_after: default_noop_after(),
             liveness_timeout: default_liveness_timeout(),
+            max_per_user_fleet: 0,
         }
     }
 }

@@ -12,6 +12,9 @@
 //! - **Throttling** ([`throttle::RedisFailures`]): failure counters and blocks per (user,
 //!   address) and per address, expiring in Redis, so a spray spread over the fleet meets one
 //!   limit.
+//! - **Per-user backend caps** (`[pool] max_per_user_fleet`, [`caps::RedisUserCap`]): a
+//!   user's backend sessions counted over every proxy, so that the fleet as a whole stays
+//!   under a backend's per-user connection limit.
 //! - **Session registry**: each proxy writes a summary of its sessions to
 //!   `{prefix}sessions:{proxy_id}` every `publish_interval`, kept for three intervals;
 //!   `GET /sessions` lists the whole fleet.
@@ -38,6 +41,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::FleetConfig;
 
+pub mod caps;
 mod link;
 mod registry;
 pub mod throttle;
