@@ -415,6 +415,14 @@ fn with_redis_killed_logins_go_on_and_the_state_converges_after_its_restart() {
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["fleet"]["pending"], true, "{v}");
     assert_eq!(a.get("/sessions")["overrides"][&moved], to);
+    // A kick is of the moment: not kept for later.
+    let (code, v) = a.admin("POST", &format!("/users/{user}/kick"), None);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        (&v["fleet"]["shared"], &v["fleet"]["pending"]),
+        (&false.into(), &false.into()),
+        "{v}"
+    );
     assert!(b.get("/sessions")["overrides"].get(&moved).is_none());
 
     // Redis returns, empty: A writes its move again, B reads it, both report the link.

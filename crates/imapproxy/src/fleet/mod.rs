@@ -21,10 +21,12 @@
 //!
 //! **Redis down or slow.** Nothing waits on Redis for longer than `[fleet] timeout`, and a
 //! login does not wait at all while the link is known to be down: each proxy serves on its
-//! local state and says so (`imapproxy_fleet_connected 0`, a warning in the log). Moves,
-//! drains and kicks made meanwhile apply locally at once and are kept; when the link
-//! returns they are written and announced again, then the shared overrides and drains are
-//! read back, so every proxy converges. Throttle counts made during the outage stay local.
+//! local state and says so (`imapproxy_fleet_connected 0`, a warning in the log). Moves and
+//! drains made meanwhile apply locally at once and are kept; when the link returns they are
+//! written and announced again, then the shared overrides and drains are read back, so every
+//! proxy converges. Kicks reach only the proxy asked (replayed later they would end sessions
+//! opened since). Throttle counts made during the outage stay local; places under the
+//! fleet-wide per-user cap are re-added by their holders within a renewal period.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -89,6 +91,9 @@ pub enum Reach {
     Shared { proxies: usize },
     /// Redis is unreachable: applied here, kept, and shared when it returns.
     Pending,
+    /// Redis is unreachable: applied here only (a kick is of the moment: replayed later it
+    /// would end sessions opened since).
+    Local,
 }
 
 impl Reach {
@@ -97,6 +102,7 @@ impl Reach {
         match self {
             Self::Shared { proxies } => serde_json::json!({ "shared": true, "proxies": proxies }),
             Self::Pending => serde_json::json!({ "shared": false, "pending": true }),
+            Self::Local => serde_json::json!({ "shared": false, "pending": false }),
         }
     }
 }
@@ -282,6 +288,7 @@ impl Fleet {
     pub async fn change(&self, change: Change) -> Reach {
         match self.share(&change).await {
             Some(proxies) => Reach::Shared { proxies },
+            None if matches!(change, Change::Kick { .. }) => Reach::Local,
             None => {
                 lock(&self.inner.pending).push(change);
                 Reach::Pending
