@@ -7,6 +7,8 @@ use tokio::net::TcpStream;
 const MAX_HEAD: usize = 8 * 1024;
 /// Largest request body accepted (`backend=<name>` and the like).
 const MAX_BODY: usize = 4 * 1024;
+/// The header that carries the console's anti-CSRF value (see `auth`).
+pub(super) const CSRF_HEADER: &str = "x-imapproxy-csrf";
 
 pub(super) struct Request {
     pub(super) method: String,
@@ -16,6 +18,10 @@ pub(super) struct Request {
     pub(super) host: Option<String>,
     /// `Origin`, sent by browsers with cross-origin and state-changing requests.
     pub(super) origin: Option<String>,
+    /// `Cookie`, as sent: the console's login session travels in it.
+    pub(super) cookie: Option<String>,
+    /// `X-Imapproxy-Csrf`: what the console's script sends with every state change.
+    pub(super) csrf: Option<String>,
     pub(super) body: String,
 }
 
@@ -52,6 +58,8 @@ pub(super) async fn read_request(tcp: &mut TcpStream) -> Option<Request> {
     let authorization = header("authorization");
     let host = header("host");
     let origin = header("origin");
+    let cookie = header("cookie");
+    let csrf = header(CSRF_HEADER);
     let length: usize = match header("content-length") {
         Some(v) => v.parse().ok()?,
         None => 0,
@@ -73,6 +81,8 @@ pub(super) async fn read_request(tcp: &mut TcpStream) -> Option<Request> {
         authorization,
         host,
         origin,
+        cookie,
+        csrf,
         body: String::from_utf8(body).ok()?,
     })
 }
@@ -80,6 +90,9 @@ pub(super) async fn read_request(tcp: &mut TcpStream) -> Option<Request> {
 pub(super) struct Response {
     pub(super) status: &'static str,
     pub(super) content_type: &'static str,
+    /// Headers besides the ones every answer has; names and values are ours, never a
+    /// client's, so they cannot smuggle a line break into the head.
+    pub(super) headers: Vec<(&'static str, String)>,
     pub(super) body: String,
 }
 
@@ -92,8 +105,21 @@ impl Response {
         Self {
             status,
             content_type,
+            headers: Vec::new(),
             body: body.into(),
         }
+    }
+
+    /// The same answer with one more header.
+    pub(super) fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// `303 See Other` to `location`: where a browser goes after posting a form.
+    pub(super) fn see_other(location: &'static str) -> Self {
+        Self::new("303 See Other", "text/plain; charset=utf-8", "")
+            .with_header("Location", location)
     }
 
     pub(super) fn json(status: &'static str, value: serde_json::Value) -> Self {

@@ -1,10 +1,13 @@
 //! The admin HTTP endpoint on `[admin].addr`: health, Prometheus metrics, backends (JSON),
-//! drain/undrain, live sessions (list, kick), user moves, and a status page for people.
+//! drain/undrain, live sessions (list, kick), user moves, the last five minutes of metrics
+//! (`/stats`), and the operator console for people at `/` (see `console`).
 //!
 //! A deliberately small HTTP/1.1 server: one request per connection, bounded sizes and
 //! time, no keep-alive. It listens on loopback by default; `[admin].token` requires
-//! `Authorization: Bearer <token>` everywhere but `/healthz`.
+//! `Authorization: Bearer <token>`, or a console login (a cookie, see `auth`), everywhere but
+//! `/healthz` and `/login`.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,21 +20,28 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Secret;
 
+mod auth;
+mod console;
+mod history;
 mod http;
 mod overrides;
+mod scrape;
 #[cfg(test)]
 mod tests;
 mod views;
 
 pub use overrides::{load_overrides, save_overrides};
 
+use auth::{Auth, Caller};
+use console::{Page, console_page, login_page};
+use history::History;
 use http::{Request, Response, body_param, param, percent_decode, read_request};
 use overrides::{move_user, save};
-use views::{backends_json, record_gauges, sessions_json, status_page};
+use views::{backends_json, record_gauges, sessions_json};
 
 /// Admin connections served at once; more are closed at accept.
 const MAX_CONNECTIONS: usize = 32;
@@ -52,8 +62,35 @@ pub struct AdminState {
     pub fleet: Option<crate::fleet::Fleet>,
 }
 
-/// Serves until `stop` is cancelled.
+/// What the endpoint keeps for itself: the metrics history and the keys of console logins.
+/// Made by [`serve`], so each process has its own keys.
+struct Console {
+    history: Arc<History>,
+    auth: Auth,
+}
+
+/// Serves until `stop` is cancelled; samples the metrics for `/stats` meanwhile.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+    let Some(auth) = Auth::generate() else {
+        // Practically unreachable on Linux (getrandom); refusing beats forgeable logins.
+        error!("admin endpoint not started: no system randomness for its session keys");
+        return;
+    };
+    let console = Arc::new(Console {
+        history: Arc::new(History::new(history::CAPACITY)),
+        auth,
+    });
+    tokio::spawn({
+        let (state, history, stop) = (
+            Arc::clone(&state),
+            Arc::clone(&console.history),
+            stop.clone(),
+        );
+        async move {
+            let read = || (state.metrics.render(), state.sessions.len());
+            history::run(history::INTERVAL, read, &history, stop).await;
+        }
+    });
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, peer) = tokio::select! {
@@ -73,10 +110,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
             drop(tcp);
             continue;
         };
-        let state = Arc::clone(&state);
+        let (state, console) = (Arc::clone(&state), Arc::clone(&console));
         tokio::spawn(async move {
             let _permit = permit;
-            if tokio::time::timeout(IO_TIMEOUT, handle(tcp, peer, &state))
+            if tokio::time::timeout(IO_TIMEOUT, handle(tcp, peer, &state, &console))
                 .await
                 .is_err()
             {
@@ -86,17 +123,21 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
     }
 }
 
-async fn handle(mut tcp: TcpStream, peer: SocketAddr, state: &AdminState) {
+async fn handle(mut tcp: TcpStream, peer: SocketAddr, state: &AdminState, console: &Console) {
     let response = match read_request(&mut tcp).await {
-        Some(req) => route(&req, state).await,
+        Some(req) => route(&req, state, console).await,
         None => Response::error("400 Bad Request", "malformed request"),
     };
-    let head = format!(
-        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+    let mut head = format!(
+        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
         response.status,
         response.content_type,
         response.body.len()
     );
+    for (name, value) in &response.headers {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    head.push_str("\r\n");
     let mut out = head.into_bytes();
     out.extend_from_slice(response.body.as_bytes());
     if tcp.write_all(&out).await.is_err() {
@@ -168,7 +209,36 @@ fn is_port(s: &str) -> bool {
     !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-async fn route(req: &Request, state: &AdminState) -> Response {
+/// `GET /sessions`: this proxy's sessions and, in fleet mode, every proxy's.
+async fn sessions_view(state: &AdminState) -> serde_json::Value {
+    let mut view = sessions_json(state);
+    if let Some(fleet) = &state.fleet {
+        fleet.annotate_sessions(&mut view).await;
+    }
+    view
+}
+
+/// Who sent `req`, or the answer for a request that proved nothing (the login form, for a
+/// browser opening the console) or that changes state without the anti-CSRF value it needs.
+fn admit(req: &Request, path: &str, token: Option<&str>, auth: &Auth) -> Result<Caller, Response> {
+    let Some(caller) = auth.authenticate(req, token, auth::unix_now()) else {
+        return Err(if (req.method.as_str(), path) == ("GET", "/") {
+            login_page(auth, None)
+        } else {
+            Response::error("401 Unauthorized", "a bearer token is required")
+        });
+    };
+    if !matches!(req.method.as_str(), "GET" | "HEAD") && !auth.csrf_ok(&caller, req) {
+        warn!(host = ?req.host, "admin request refused: no valid X-Imapproxy-Csrf header");
+        return Err(Response::error(
+            "403 Forbidden",
+            "this request needs the console's X-Imapproxy-Csrf header",
+        ));
+    }
+    Ok(caller)
+}
+
+async fn route(req: &Request, state: &AdminState, console: &Console) -> Response {
     let path = req.path.split('?').next().unwrap_or("");
     if path == "/healthz" {
         return Response::new("200 OK", "text/plain; charset=utf-8", "ok\n");
@@ -177,19 +247,28 @@ async fn route(req: &Request, state: &AdminState) -> Response {
         warn!(host = ?req.host, origin = ?req.origin, "admin request refused: {why}");
         return Response::error("403 Forbidden", why);
     }
-    if let Some(token) = &state.token {
-        let presented = req
-            .authorization
-            .as_deref()
-            .and_then(|a| a.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !same(presented.as_bytes(), token.expose().as_bytes()) {
-            return Response::error("401 Unauthorized", "a bearer token is required");
-        }
+    let token = state.token.as_ref().map(Secret::expose);
+    match (req.method.as_str(), path) {
+        ("POST", "/login") => return auth::login(req, token, &console.auth),
+        ("POST", "/logout") => return auth::logout(),
+        _ => {}
     }
+    let caller = match admit(req, path, token, &console.auth) {
+        Ok(caller) => caller,
+        Err(refusal) => return refusal,
+    };
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method.as_str(), segments.as_slice()) {
-        ("GET", [""]) => Response::new("200 OK", "text/html; charset=utf-8", status_page(state)),
+        ("GET", [""]) => {
+            let query = req.path.split_once('?').map_or("", |(_, q)| q);
+            let page = Page {
+                csrf: &console.auth.csrf_token(&caller),
+                logged_in: matches!(caller, Caller::Browser(_)),
+                user: &param(query, "user").unwrap_or_default(),
+            };
+            console_page(state, &sessions_view(state).await, &page, &console.auth)
+        }
+        ("GET", ["stats"]) => Response::json("200 OK", console.history.to_json()),
         ("GET", ["metrics"]) => {
             record_gauges(state);
             Response::new(
@@ -235,13 +314,7 @@ async fn route(req: &Request, state: &AdminState) -> Response {
                 Err(_) => Response::error("404 Not Found", "no such backend"),
             }
         }
-        ("GET", ["sessions"]) => {
-            let mut view = sessions_json(state);
-            if let Some(fleet) = &state.fleet {
-                fleet.annotate_sessions(&mut view).await;
-            }
-            Response::json("200 OK", view)
-        }
+        ("GET", ["sessions"]) => Response::json("200 OK", sessions_view(state).await),
         ("POST", ["users", user, "kick"]) => {
             let user = percent_decode(user);
             let kicked = state.proxy.sessions().kick_user(&user);
@@ -279,7 +352,7 @@ async fn route(req: &Request, state: &AdminState) -> Response {
             }
             Response::json("200 OK", answer)
         }
-        (_, ["" | "metrics" | "backends" | "sessions"])
+        (_, ["" | "metrics" | "backends" | "sessions" | "stats"])
         | (_, ["backends", _, "drain" | "undrain"])
         | (_, ["users", _, "kick" | "move"]) => {
             Response::error("405 Method Not Allowed", "method not allowed")

@@ -61,6 +61,8 @@ fn request(method: &str, host: Option<&str>, origin: Option<&str>) -> super::htt
         authorization: None,
         host: host.map(Into::into),
         origin: origin.map(Into::into),
+        cookie: None,
+        csrf: None,
         body: String::new(),
     }
 }

@@ -1,7 +1,5 @@
 //! What the admin endpoint shows: sessions and backends as JSON, gauges for `/metrics`,
-//! and the status page.
-
-use std::fmt::Write as _;
+//! and the escaping every page uses.
 
 use imapproxy_route::Health;
 
@@ -99,59 +97,11 @@ pub(super) fn backends_json(state: &AdminState) -> serde_json::Value {
     })
 }
 
-/// Escapes text for HTML.
+/// Escapes text for HTML, in element content and in quoted attribute values alike.
 pub(super) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
-}
-
-/// A page for people, in the spirit of HAProxy's stats page: no script, refreshes itself.
-pub(super) fn status_page(state: &AdminState) -> String {
-    let pool = state.proxy.pool().status();
-    let mut rows = String::new();
-    for (b, s) in state.proxy.upstreams().registry.iter() {
-        let health = s.health().to_string();
-        let warm = pool
-            .warm
-            .iter()
-            .find(|(name, _)| name == b.id.as_str())
-            .map_or(0, |(_, n)| *n);
-        let _ = write!(
-            rows,
-            "<tr class=\"{h}\"><td>{name}</td><td>{addr}</td><td>{h}</td><td>{sessions}</td>\
-             <td>{warm}</td><td>{weight}</td><td>{max}</td></tr>",
-            h = esc(&health),
-            name = esc(b.id.as_str()),
-            addr = esc(&b.addr),
-            sessions = s.active(),
-            weight = b.weight,
-            max = b.max_connections,
-        );
-    }
-    format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
-         <title>imapproxy status</title><style>\
-         body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
-         td,th{{border:1px solid #999;padding:.3em .8em;text-align:left}}\
-         tr.up td:nth-child(3){{background:#cfc}}tr.down td:nth-child(3){{background:#fcc}}\
-         tr.draining td:nth-child(3){{background:#ffc}}</style></head><body>\
-         <h1>imapproxy</h1><p>Client sessions: <b id=\"sessions\">{sessions}</b></p>\
-         <h2>Backends</h2><table id=\"backends\"><tr><th>name</th><th>address</th><th>health</th>\
-         <th>sessions</th><th>warm</th><th>weight</th><th>max connections</th></tr>{rows}</table>\
-         <h2>Pool</h2><table id=\"pool\"><tr><th>cached sessions</th><th>slots in use</th>\
-         <th>waiting</th><th>hits</th><th>misses</th><th>waits</th><th>timeouts</th></tr>\
-         <tr><td>{idle}</td><td>{slots}</td><td>{waiting}</td><td>{hits}</td><td>{misses}</td>\
-         <td>{waits}</td><td>{timeouts}</td></tr></table>\
-         <p><a href=\"/backends\">/backends</a> · <a href=\"/metrics\">/metrics</a></p></body></html>\n",
-        sessions = state.sessions.len(),
-        idle = pool.idle_sessions,
-        slots = pool.slots_in_use,
-        waiting = pool.waiting,
-        hits = pool.hits,
-        misses = pool.misses,
-        waits = pool.waits,
-        timeouts = pool.timeouts,
-    )
+        .replace('\'', "&#39;")
 }
