@@ -21,8 +21,8 @@ struct Requirement {
 }
 
 /// Everything `cargo xtask test` needs: Dovecot for every integration test,
-/// redis-server for the Redis directory, curl and python3 for real-client tests, Chromium for
-/// the status page's browser test.
+/// redis-server for the Redis directory and fleet mode, curl and python3 for real-client tests, Chromium for
+/// the console's browser tests.
 const TEST_REQUIREMENTS: [Requirement; 5] = [
     Requirement {
         present: || imapproxy_testkit::find_dovecot().is_some(),
