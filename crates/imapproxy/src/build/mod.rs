@@ -52,6 +52,7 @@ impl Built {
             .map_err(|e| format!("[limits] trusted_networks: {e}"))?;
         let limits = limit_settings(&cfg.limits, &trusted)?;
         let admin_token = cfg.admin.resolve_token()?;
+        crate::fleet::validate(&cfg.fleet)?;
         if cfg.health.interval.is_zero() || cfg.health.timeout.is_zero() {
             return Err("[health] interval and timeout must be positive".into());
         }

@@ -285,6 +285,41 @@ max_connections = 100
     }
 
     #[test]
+    fn failure_delays_are_read() {
+        let t = build("free_failures = 1\nfailure_delay = \"20ms\"\nmax_failure_delay = \"1s\"")
+            .unwrap()
+            .settings
+            .limits
+            .throttle;
+        assert_eq!(
+            (t.free_failures, t.base_delay, t.max_delay),
+            (1, Duration::from_millis(20), Duration::from_secs(1))
+        );
+    }
+
+    /// `[fleet]` is checked by `imapproxy check` too, without connecting.
+    #[test]
+    fn fleet_settings_are_checked() {
+        let with = |fleet: &str| {
+            let cfg: Config = Figment::new()
+                .merge(Toml::string(&format!("{BASE}\n[fleet]\n{fleet}")))
+                .extract()
+                .map_err(|e| e.to_string())?;
+            Built::from_config(&cfg).map(drop)
+        };
+        assert!(with("").is_ok());
+        assert!(with("redis_url = \"redis://127.0.0.1:1/\"").is_ok());
+        let e = with("redis_url = \"nonsense://:hunter2@x/\"").unwrap_err();
+        assert!(
+            e.contains("[fleet] redis_url") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let e = with("redis_url = \"redis://127.0.0.1:1/\"\ntimeout = \"0s\"").unwrap_err();
+        assert!(e.contains("timeout"), "{e}");
+        assert!(with("sentinels = [\"redis://127.0.0.1:1/\"]").is_ok());
+    }
+
+    #[test]
     fn zero_block_duration_is_refused() {
         let e = build("block_duration = \"0s\"").err().unwrap();
         assert!(e.contains("block_duration"), "{e}");

@@ -149,12 +149,10 @@ impl Fleet {
         overrides_file: Option<PathBuf>,
         stop: CancellationToken,
     ) -> Result<Option<Self>, String> {
+        validate(cfg)?;
         let Some(source) = Source::from_config(cfg)? else {
             return Ok(None);
         };
-        if cfg.timeout.is_zero() || cfg.publish_interval.is_zero() {
-            return Err("[fleet] timeout and publish_interval must be positive".into());
-        }
         let id = cfg.proxy_id.clone().unwrap_or_else(default_proxy_id);
         let fleet = Self {
             inner: Arc::new(Inner {
@@ -393,6 +391,21 @@ impl Request for redis::Pipeline {
     async fn run(self, conn: &mut MultiplexedConnection) -> redis::RedisResult<redis::Value> {
         self.query_async(conn).await
     }
+}
+
+/// Checks `[fleet]` without connecting (`imapproxy check` and start-up).
+pub fn validate(cfg: &FleetConfig) -> Result<(), String> {
+    if cfg.timeout.is_zero() || cfg.publish_interval.is_zero() {
+        return Err("[fleet] timeout and publish_interval must be positive".into());
+    }
+    if cfg
+        .key_prefix
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err("[fleet] key_prefix may not contain white space".into());
+    }
+    Source::from_config(cfg).map(drop)
 }
 
 /// `host-pid`: unique enough among the proxies of one fleet, and readable.
