@@ -7,44 +7,12 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{Binary, loopback};
-use imapproxy_testkit::{Dovecot, TestClient, shared_mail_dir};
+use common::{Binary, loopback, shared_backends};
+use imapproxy_testkit::TestClient;
 
 const ADMIN_TOKEN: &str = "t0ken-for-user-tests";
-
-struct Backends {
-    mail1: Dovecot,
-    mail2: Dovecot,
-    _store: tempfile::TempDir,
-}
-
-impl Backends {
-    fn get(&self, name: &str) -> &Dovecot {
-        match name {
-            "mail1" => &self.mail1,
-            "mail2" => &self.mail2,
-            other => panic!("no backend {other}"),
-        }
-    }
-}
-
-/// Two Dovecots over one mail store, shared by this file's tests (each uses its own users).
-fn backends() -> &'static Backends {
-    static B: OnceLock<Backends> = OnceLock::new();
-    B.get_or_init(|| {
-        let store = shared_mail_dir().unwrap();
-        let mail1 = Dovecot::builder().mail_dir(store.path()).start().unwrap();
-        let mail2 = Dovecot::builder().mail_dir(store.path()).start().unwrap();
-        Backends {
-            mail1,
-            mail2,
-            _store: store,
-        }
-    })
-}
 
 /// The proxy under test: its plain listener and admin endpoint.
 struct ProxyProcess {
@@ -55,7 +23,7 @@ struct ProxyProcess {
 
 impl ProxyProcess {
     fn start(overrides_file: Option<&Path>) -> Self {
-        let b = backends();
+        let b = shared_backends();
         let [plain, admin] = [(); 2].map(|()| loopback());
         let overrides = overrides_file
             .map(|p| format!("overrides_file = \"{}\"\n", p.display()))
@@ -153,18 +121,21 @@ async fn expect_kicked(c: &mut TestClient) {
 fn sessions_are_listed_and_kicked() {
     let proxy = ProxyProcess::start(None);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (user, pass) = backends().mail1.user(3);
+    let (user, pass) = shared_backends().mail1.user(3);
     assert_eq!(proxy.admin("GET", "/sessions", None, false).0, 401);
     assert!(proxy.backends_of(&user).is_empty());
 
     let mut a = rt.block_on(logged_in(&proxy, &user.to_uppercase(), &pass));
     let mut b = rt.block_on(logged_in(&proxy, &user, &pass));
-    let (other, other_pass) = backends().mail1.user(4);
+    let (other, other_pass) = shared_backends().mail1.user(4);
     let mut c = rt.block_on(logged_in(&proxy, &other, &other_pass));
     // Listed lower-cased, each with the backend it runs on (whose log shows the login).
     let on = proxy.wait_sessions(&user, 2);
     for backend in &on {
-        assert!(backends().get(backend).logins(&user) >= 1, "{backend}");
+        assert!(
+            shared_backends().get(backend).logins(&user) >= 1,
+            "{backend}"
+        );
     }
     let listed = proxy.sessions();
     let entry = listed["sessions"]
@@ -208,12 +179,12 @@ fn a_moved_user_is_ended_and_lands_on_the_new_backend_even_after_a_restart() {
     let file = state.path().join("overrides.json");
     let proxy = ProxyProcess::start(Some(&file));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (user, pass) = backends().mail1.user(6);
+    let (user, pass) = shared_backends().mail1.user(6);
 
     let mut old = rt.block_on(logged_in(&proxy, &user, &pass));
     let from = proxy.wait_sessions(&user, 1).remove(0);
     let to = if from == "mail1" { "mail2" } else { "mail1" };
-    let target = backends().get(to);
+    let target = shared_backends().get(to);
     let before = target.logins(&user);
 
     // Refused: unknown backend, no backend at all.

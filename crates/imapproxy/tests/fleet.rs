@@ -7,42 +7,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{Binary, loopback};
-use imapproxy_testkit::{Dovecot, RedisServer, TestClient, shared_mail_dir};
-
-struct Backends {
-    mail1: Dovecot,
-    mail2: Dovecot,
-    _store: tempfile::TempDir,
-}
-
-impl Backends {
-    fn get(&self, name: &str) -> &Dovecot {
-        match name {
-            "mail1" => &self.mail1,
-            "mail2" => &self.mail2,
-            other => panic!("no backend {other}"),
-        }
-    }
-}
-
-/// Two Dovecots over one mail store, shared by this file's tests (each uses its own users).
-fn backends() -> &'static Backends {
-    static B: OnceLock<Backends> = OnceLock::new();
-    B.get_or_init(|| {
-        let store = shared_mail_dir().unwrap();
-        let mail1 = Dovecot::builder().mail_dir(store.path()).start().unwrap();
-        let mail2 = Dovecot::builder().mail_dir(store.path()).start().unwrap();
-        Backends {
-            mail1,
-            mail2,
-            _store: store,
-        }
-    })
-}
+use common::{Binary, loopback, runtime, shared_backends, wait_until};
+use imapproxy_testkit::{RedisServer, TestClient};
 
 /// One proxy of the fleet: its plain listener and admin endpoint.
 struct Node {
@@ -68,7 +36,7 @@ fn node(name: &'static str, redis: Option<&RedisServer>, limits: &str) -> Node {
 
 /// Starts proxy `name` with this `[fleet]` section (and `[limits]` and `[pool]` bodies).
 fn node_with(name: &'static str, fleet: &str, limits: &str, pool: &str) -> Node {
-    let b = backends();
+    let b = shared_backends();
     let [plain, admin] = [(); 2].map(|()| loopback());
     let config = format!(
         r#"
@@ -160,28 +128,6 @@ impl Node {
     }
 }
 
-/// Polls `check` for up to `within`; whether it became true.
-fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 async fn logged_in(node: &Node, user: &str, pass: &str) -> TestClient {
     let mut c = TestClient::connect(node.plain).await.unwrap();
     let r = c.login(user, pass).await.unwrap();
@@ -200,14 +146,14 @@ fn moves_drains_kicks_and_sessions_reach_every_proxy() {
     let b = node("proxy-b", Some(&redis), "");
     assert!(a.fleet_connected() && b.fleet_connected());
     let rt = runtime();
-    let (user, pass) = backends().mail1.user(2);
+    let (user, pass) = shared_backends().mail1.user(2);
 
     // A session on B, listed by A with B's name on it.
     let mut on_b = rt.block_on(logged_in(&b, &user, &pass));
     let from = b.sessions_of(&user)[0].1.clone();
     let to = other(&from);
     assert!(
-        eventually(Duration::from_secs(3), || a.sessions_of(&user)
+        wait_until(Duration::from_secs(3), || a.sessions_of(&user)
             == vec![("proxy-b".into(), from.clone())]),
         "A lists {:?}",
         a.sessions_of(&user)
@@ -215,7 +161,7 @@ fn moves_drains_kicks_and_sessions_reach_every_proxy() {
 
     // A move made through A: B moves its live session under the client, and B's next
     // login of the user lands on the new backend.
-    let target = backends().get(to);
+    let target = shared_backends().get(to);
     let before = target.logins(&user);
     let (code, v) = a.admin(
         "POST",
@@ -226,7 +172,7 @@ fn moves_drains_kicks_and_sessions_reach_every_proxy() {
     assert_eq!(v["fleet"]["shared"], true, "{v}");
     assert_eq!(v["fleet"]["proxies"], 2, "{v}");
     assert!(
-        eventually(Duration::from_secs(5), || b.sessions_of(&user)
+        wait_until(Duration::from_secs(5), || b.sessions_of(&user)
             == vec![("proxy-b".into(), to.to_owned())]),
         "B still has {:?}",
         b.sessions_of(&user)
@@ -265,7 +211,7 @@ fn moves_drains_kicks_and_sessions_reach_every_proxy() {
     // Removing the override through B reaches A.
     let (code, v) = b.admin("DELETE", &format!("/users/{user}/move"), None);
     assert_eq!(code, 200, "{v}");
-    assert!(eventually(Duration::from_secs(3), || {
+    assert!(wait_until(Duration::from_secs(3), || {
         a.get("/sessions")["overrides"].get(&user).is_none()
     }));
 
@@ -273,7 +219,7 @@ fn moves_drains_kicks_and_sessions_reach_every_proxy() {
     let (code, v) = a.admin("POST", "/backends/mail2/drain", None);
     assert_eq!(code, 200, "{v}");
     assert!(
-        eventually(Duration::from_secs(3), || b.health_of("mail2")
+        wait_until(Duration::from_secs(3), || b.health_of("mail2")
             == "draining"),
         "B: mail2 is {}",
         b.health_of("mail2")
@@ -281,7 +227,7 @@ fn moves_drains_kicks_and_sessions_reach_every_proxy() {
     // A proxy that joins later finds the drain in Redis.
     let c = node("proxy-c", Some(&redis), "");
     assert!(
-        eventually(Duration::from_secs(3), || c.health_of("mail2")
+        wait_until(Duration::from_secs(3), || c.health_of("mail2")
             == "draining"),
         "C: mail2 is {}",
         c.health_of("mail2")
@@ -290,7 +236,7 @@ fn moves_drains_kicks_and_sessions_reach_every_proxy() {
     assert_eq!(code, 200, "{v}");
     for n in [&b, &c] {
         assert!(
-            eventually(Duration::from_secs(3), || n.health_of("mail2") == "up"),
+            wait_until(Duration::from_secs(3), || n.health_of("mail2") == "up"),
             "{}: mail2 is {}",
             n.name,
             n.health_of("mail2")
@@ -314,7 +260,7 @@ async fn guess(node: &Node, user: &str) -> &'static str {
 
 /// The guesses of this spray that reached a Dovecot (its log names every unknown user).
 fn reached(prefix: &str) -> usize {
-    let b = backends();
+    let b = shared_backends();
     [&b.mail1, &b.mail2]
         .iter()
         .map(|d| {
@@ -351,7 +297,7 @@ fn a_password_spray_over_both_proxies_meets_one_limit() {
         answers
     });
     let refused = answers.iter().filter(|a| **a == "refused").count();
-    let seen = eventually(Duration::from_secs(3), || reached("sprayuser") >= refused);
+    let seen = wait_until(Duration::from_secs(3), || reached("sprayuser") >= refused);
     let reached = reached("sprayuser");
     println!(
         "spray of 200 users over two proxies: {refused} answered as failures, {reached} reached \
@@ -377,12 +323,12 @@ fn with_redis_killed_logins_go_on_and_the_state_converges_after_its_restart() {
     let a = node("outage-a", Some(&redis), "");
     let b = node("outage-b", Some(&redis), "");
     let rt = runtime();
-    let (user, pass) = backends().mail1.user(3);
-    let (moved, moved_pass) = backends().mail1.user(4);
+    let (user, pass) = shared_backends().mail1.user(3);
+    let (moved, moved_pass) = shared_backends().mail1.user(4);
 
     redis.kill();
     assert!(
-        eventually(Duration::from_secs(5), || !a.fleet_connected()
+        wait_until(Duration::from_secs(5), || !a.fleet_connected()
             && !b.fleet_connected()),
         "imapproxy_fleet_connected stays 1 with Redis gone"
     );
@@ -428,12 +374,12 @@ fn with_redis_killed_logins_go_on_and_the_state_converges_after_its_restart() {
     // Redis returns, empty: A writes its move again, B reads it, both report the link.
     redis.restart();
     assert!(
-        eventually(Duration::from_secs(10), || a.fleet_connected()
+        wait_until(Duration::from_secs(10), || a.fleet_connected()
             && b.fleet_connected()),
         "not reconnected"
     );
     assert!(
-        eventually(Duration::from_secs(5), || b.get("/sessions")["overrides"]
+        wait_until(Duration::from_secs(5), || b.get("/sessions")["overrides"]
             [&moved]
             == to),
         "B never learnt the move: {}",
@@ -453,7 +399,7 @@ fn with_redis_killed_logins_go_on_and_the_state_converges_after_its_restart() {
     // The registry is back too: A lists B's sessions again.
     let mut d = rt.block_on(logged_in(&b, &user, &pass));
     assert!(
-        eventually(Duration::from_secs(3), || a
+        wait_until(Duration::from_secs(3), || a
             .sessions_of(&user)
             .iter()
             .any(|(p, _)| p == "outage-b")),
@@ -470,8 +416,8 @@ fn with_redis_hanging_no_login_waits_longer_than_the_fleet_timeout() {
     let a = node("hang-a", Some(&redis), limits);
     let b = node("hang-b", Some(&redis), limits);
     let rt = runtime();
-    let (user, pass) = backends().mail1.user(5);
-    let (moved, _) = backends().mail1.user(6);
+    let (user, pass) = shared_backends().mail1.user(5);
+    let (moved, _) = shared_backends().mail1.user(6);
 
     // Stopped, not gone: connections stay open and nothing answers.
     redis.pause();
@@ -493,7 +439,7 @@ fn with_redis_hanging_no_login_waits_longer_than_the_fleet_timeout() {
     // to be down and nothing waits.
     assert!(slowest < Duration::from_secs(1), "{slowest:?}");
     assert!(
-        eventually(Duration::from_secs(5), || !a.fleet_connected()
+        wait_until(Duration::from_secs(5), || !a.fleet_connected()
             && !b.fleet_connected()),
         "the hanging link is not reported"
     );
@@ -514,7 +460,7 @@ fn with_redis_hanging_no_login_waits_longer_than_the_fleet_timeout() {
 
     redis.resume();
     assert!(
-        eventually(Duration::from_secs(10), || b.get("/sessions")["overrides"]
+        wait_until(Duration::from_secs(10), || b.get("/sessions")["overrides"]
             [&moved]
             == "mail2"),
         "B never learnt the move made while Redis hung"
@@ -524,7 +470,7 @@ fn with_redis_hanging_no_login_waits_longer_than_the_fleet_timeout() {
 
 /// Waits until `server` answers `command` with a reply containing `needle`.
 fn redis_says(server: &RedisServer, command: &str, needle: &str, within: Duration) -> bool {
-    eventually(within, || server.command(command).contains(needle))
+    wait_until(within, || server.command(command).contains(needle))
 }
 
 #[test]
@@ -560,14 +506,14 @@ fn through_sentinel_the_fleet_follows_a_failover() {
     let a = node_with("sentinel-a", &fleet("sentinel-a"), "", "");
     let b = node_with("sentinel-b", &fleet("sentinel-b"), "", "");
     assert!(a.fleet_connected() && b.fleet_connected());
-    let (user, _) = backends().mail1.user(7);
+    let (user, _) = shared_backends().mail1.user(7);
     let (code, v) = a.admin(
         "POST",
         &format!("/users/{user}/move"),
         Some("backend=mail1"),
     );
     assert_eq!((code, &v["fleet"]["shared"]), (200, &true.into()), "{v}");
-    assert!(eventually(
+    assert!(wait_until(
         Duration::from_secs(3),
         || b.get("/sessions")["overrides"][&user] == "mail1"
     ));
@@ -584,7 +530,7 @@ fn through_sentinel_the_fleet_follows_a_failover() {
         "no failover"
     );
     assert!(
-        eventually(Duration::from_secs(15), || a.fleet_connected()
+        wait_until(Duration::from_secs(15), || a.fleet_connected()
             && b.fleet_connected()),
         "the proxies did not follow the failover"
     );
@@ -601,7 +547,7 @@ fn through_sentinel_the_fleet_follows_a_failover() {
     );
     assert_eq!(code, 200, "{v}");
     assert!(
-        eventually(Duration::from_secs(5), || b.get("/sessions")["overrides"]
+        wait_until(Duration::from_secs(5), || b.get("/sessions")["overrides"]
             [&user]
             == "mail2"),
         "B: {}",
@@ -622,7 +568,7 @@ fn a_users_backend_sessions_are_capped_across_the_fleet() {
     let a = node_with("cap-a", &fleet("cap-a"), "", pool);
     let b = node_with("cap-b", &fleet("cap-b"), "", pool);
     let rt = runtime();
-    let (user, pass) = backends().mail1.user(8);
+    let (user, pass) = shared_backends().mail1.user(8);
     let places = format!("ZCARD imapproxy:places:{user}");
 
     let (mut first, mut second) = rt.block_on(async {
@@ -661,7 +607,7 @@ fn a_users_backend_sessions_are_capped_across_the_fleet() {
         let mut third = third;
         assert!(third.logout().await.unwrap().tagged_ok());
     });
-    assert!(eventually(Duration::from_secs(3), || redis
+    assert!(wait_until(Duration::from_secs(3), || redis
         .command(&places)
         == ":0\r\n"));
 }

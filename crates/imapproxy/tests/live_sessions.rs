@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Binary, loopback};
+use common::{Binary, loopback, runtime, wait_until};
 use imapproxy_testkit::{Dovecot, TestClient, shared_mail_dir};
 use tokio::task::JoinHandle;
 
@@ -186,28 +186,6 @@ token = "{ADMIN_TOKEN}"
     fn on(&self, backend: &str) -> usize {
         self.sessions().iter().filter(|(_, b)| b == backend).count()
     }
-}
-
-/// Polls `f` every 50 ms for at most `within`; returns its last answer.
-fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 async fn join_all<T>(handles: Vec<JoinHandle<T>>) -> Vec<T> {

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use imapproxy_testkit::free_port;
+use std::sync::OnceLock;
+
+use imapproxy_testkit::{Dovecot, free_port, shared_mail_dir};
 
 /// A running `imapproxy`, killed on drop.
 pub struct Binary {
@@ -144,4 +146,61 @@ pub fn admin_request(
     let text = String::from_utf8(out.stdout).unwrap();
     let (body, code) = text.rsplit_once('\n').unwrap();
     (code.trim().parse().unwrap(), body.to_owned())
+}
+
+/// Two Dovecots over one mail store, so that a user can be served by either.
+pub struct Backends {
+    pub mail1: Dovecot,
+    pub mail2: Dovecot,
+    _store: tempfile::TempDir,
+}
+
+impl Backends {
+    /// `mail1` or `mail2`.
+    pub fn get(&self, name: &str) -> &Dovecot {
+        match name {
+            "mail1" => &self.mail1,
+            "mail2" => &self.mail2,
+            other => panic!("no backend {other}"),
+        }
+    }
+}
+
+/// The pair of this test binary, started by the first test that asks (its tests use distinct
+/// users).
+pub fn shared_backends() -> &'static Backends {
+    static B: OnceLock<Backends> = OnceLock::new();
+    B.get_or_init(|| {
+        let store = shared_mail_dir().unwrap();
+        let mail1 = Dovecot::builder().mail_dir(store.path()).start().unwrap();
+        let mail2 = Dovecot::builder().mail_dir(store.path()).start().unwrap();
+        Backends {
+            mail1,
+            mail2,
+            _store: store,
+        }
+    })
+}
+
+/// Polls `check` every 50 ms for at most `within`; whether it became true.
+pub fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A two-thread runtime for driving clients from a synchronous test.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
