@@ -41,9 +41,7 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
     let admin_token = built.admin_token.clone();
     raise_fd_limit();
     // Libraries emit `metrics` counters; the binary alone installs the exporter.
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    let metrics = metrics_recorder()?;
     let proxy = Arc::new(
         Proxy::new(built.settings, built.upstreams, built.pool)
             .map_err(|e| format!("cannot set up the session pool: {e}"))?,
@@ -197,6 +195,21 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
     stop_fleet.cancel();
     info!("stopped");
     Ok(())
+}
+
+/// Latencies as histograms with fixed buckets rather than the exporter's default summaries:
+/// buckets add up across the proxies of a fleet and over any interval (the console draws
+/// per-second percentiles from them), where summary quantiles do neither.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn metrics_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .and_then(|b| b.install_recorder())
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))
 }
 
 async fn wait_for_signal() {

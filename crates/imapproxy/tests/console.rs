@@ -228,17 +228,16 @@ fn the_charts_draw_the_proxys_own_logins_latency_and_bytes() {
     assert!(plotted(&logins, "ok"), "{logins:?}");
     assert!(plotted(&logins, "failed"), "{logins:?}");
     let latency = chart(&dom, "latency");
+    // p50 of logins served from the pool may be a fraction of a millisecond, less than a
+    // pixel under a p99 of a fresh login: its values must be there, p99 must show.
     assert!(
-        plotted(&latency, "p50") && plotted(&latency, "p99"),
+        latency.iter().any(|l| l.series == "p50" && l.max > 0.0) && plotted(&latency, "p99"),
         "{latency:?}"
     );
     let bytes = chart(&dom, "bytes");
     assert!(plotted(&bytes, "to clients"), "{bytes:?}");
     // What the latency covers is said, not implied.
-    assert!(
-        dom.contains("(over a sliding window of the last 40-60 s)"),
-        "{dom}"
-    );
+    assert!(dom.contains("(per 1 s interval)"), "{dom}");
     // /stats itself: bounded, one sample a second.
     let (code, body) = admin_request(proxy.admin, "GET", "/stats", None, &[]);
     assert_eq!(code, 200);
