@@ -325,6 +325,19 @@ fn with_redis_killed_logins_go_on_and_the_state_converges_after_its_restart() {
     let rt = runtime();
     let (user, pass) = shared_backends().mail1.user(3);
     let (moved, moved_pass) = shared_backends().mail1.user(4);
+    // A move shared before the outage: Redis, restarted without persistence, comes back
+    // empty, and the proxies write it back.
+    let (earlier, _) = shared_backends().mail1.user(9);
+    let (code, v) = b.admin(
+        "POST",
+        &format!("/users/{earlier}/move"),
+        Some("backend=mail2"),
+    );
+    assert_eq!((code, &v["fleet"]["shared"]), (200, &true.into()), "{v}");
+    assert!(wait_until(
+        Duration::from_secs(3),
+        || a.get("/sessions")["overrides"][&earlier] == "mail2"
+    ));
 
     redis.kill();
     assert!(
@@ -396,6 +409,20 @@ fn with_redis_killed_logins_go_on_and_the_state_converges_after_its_restart() {
         vec![("outage-b".into(), to.to_owned())]
     );
     rt.block_on(async { assert!(c.logout().await.unwrap().tagged_ok()) });
+    // The move made before the outage survived Redis's loss of its data.
+    assert!(
+        redis
+            .command(&format!("HGET imapproxy:overrides {earlier}"))
+            .contains("mail2")
+    );
+    for n in [&a, &b] {
+        assert_eq!(
+            n.get("/sessions")["overrides"][&earlier],
+            "mail2",
+            "{}",
+            n.name
+        );
+    }
     // The registry is back too: A lists B's sessions again.
     let mut d = rt.block_on(logged_in(&b, &user, &pass));
     assert!(

@@ -126,6 +126,8 @@ struct Inner {
     connected: AtomicBool,
     /// Counts new links, so that the subscriber notices one made behind its back.
     generation: AtomicU64,
+    /// The shared state's epoch this proxy follows (see `registry::reseed_if_lost`).
+    epoch: Mutex<Option<String>>,
     /// Changes made while the link was down, oldest first.
     pending: Mutex<Vec<Change>>,
     /// Wakes the keeper at once when an operation finds the link broken.
@@ -165,6 +167,7 @@ impl Fleet {
                 client: Mutex::new(None),
                 connected: AtomicBool::new(false),
                 generation: AtomicU64::new(0),
+                epoch: Mutex::new(None),
                 pending: Mutex::new(Vec::new()),
                 broken: Notify::new(),
                 relinked: Notify::new(),

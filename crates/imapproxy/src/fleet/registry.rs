@@ -103,8 +103,82 @@ fn handle(fleet: &Fleet, message: &redis::Msg) {
     );
 }
 
-/// Makes this proxy's overrides and drains what Redis holds.
+/// Redis's state is trusted only if it is the one this proxy last followed: the key `epoch`
+/// holds a random value set by whoever first wrote the shared state. Missing (Redis lost its
+/// data: restarted without persistence, or a new instance) or different from the one seen
+/// before, the proxy first writes its own overrides and drains back, without overwriting what
+/// others wrote meanwhile, so nothing is lost; a proxy that has followed no epoch yet (just
+/// started) adopts Redis's state as it is.
+async fn reseed_if_lost(fleet: &Fleet) -> bool {
+    let Some(current): Option<Option<String>> = fleet
+        .query(redis::cmd("GET").arg(fleet.key("epoch")).clone())
+        .await
+    else {
+        return false;
+    };
+    let followed = lock(&fleet.inner.epoch).clone();
+    let lost = match (&current, &followed) {
+        (Some(now), Some(before)) => now != before,
+        (None, _) => true,
+        (Some(_), None) => false,
+    };
+    if lost {
+        let proxy = &fleet.inner.proxy;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (user, backend) in proxy.overrides().all() {
+            pipe.cmd("HSETNX")
+                .arg(fleet.key("overrides"))
+                .arg(user)
+                .arg(backend.to_string())
+                .ignore();
+        }
+        let upstreams = proxy.upstreams();
+        for (b, s) in upstreams.registry.iter() {
+            if s.health() == Health::Draining {
+                pipe.cmd("HSETNX")
+                    .arg(fleet.key("health"))
+                    .arg(b.id.to_string())
+                    .arg("draining")
+                    .ignore();
+            }
+        }
+        pipe.cmd("SET")
+            .arg(fleet.key("epoch"))
+            .arg(new_epoch())
+            .arg("NX")
+            .ignore();
+        if fleet.query::<()>(pipe).await.is_none() {
+            return false;
+        }
+        info!("fleet: Redis had lost the shared state; wrote this proxy's back");
+    }
+    let Some(Some(epoch)): Option<Option<String>> = fleet
+        .query(redis::cmd("GET").arg(fleet.key("epoch")).clone())
+        .await
+    else {
+        return false;
+    };
+    *lock(&fleet.inner.epoch) = Some(epoch);
+    true
+}
+
+fn new_epoch() -> String {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 16];
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        // Unique enough without randomness: the time and this process.
+        return format!("{:?}-{}", SystemTime::now(), std::process::id());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Makes this proxy's overrides and drains what Redis holds (after writing them back if Redis
+/// lost them: see [`reseed_if_lost`]).
 async fn resync(fleet: &Fleet) {
+    if !reseed_if_lost(fleet).await {
+        return;
+    }
     let proxy = &fleet.inner.proxy;
     let file = fleet.inner.overrides_file.as_deref();
     let shared: Option<HashMap<String, String>> = fleet
