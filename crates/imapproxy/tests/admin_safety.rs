@@ -119,3 +119,43 @@ fn an_admin_endpoint_beyond_loopback_needs_a_token() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("token_file"));
 }
+
+#[test]
+fn an_address_guessing_the_token_is_refused_even_with_the_right_one() {
+    let [imap, admin] = [(); 2].map(|()| loopback());
+    let config = format!(
+        r#"
+[[listeners]]
+addr = "{imap}"
+tls = "none"
+
+[[backends]]
+name = "mail1"
+addr = "{backend}"
+
+[admin]
+addr = "{admin}"
+token = "{TOKEN}"
+"#,
+        backend = Dovecot::shared().imap_addr(),
+    );
+    let _proxy = Binary::start(&config, &[imap, admin]);
+    let wrong = |i: usize| {
+        common::admin_request(admin, "GET", "/sessions", Some(&format!("guess-{i}")), &[])
+    };
+    for i in 0..5 {
+        assert_eq!(wrong(i).0, 401);
+    }
+    // The console's login form counts too.
+    for i in 0..5 {
+        let form = format!("token=guess-form-{i}");
+        let (code, body) = common::admin_request(admin, "POST", "/login", None, &["-d", &form]);
+        assert_eq!(code, 401, "{body}");
+        assert!(body.contains("not the admin token"), "{body}");
+    }
+    let (code, body) = curl(admin, "GET", "/sessions", &[]);
+    assert_eq!(code, 429, "{body}");
+    // /healthz stays open (balancers poll it).
+    let (code, _) = common::admin_request(admin, "GET", "/healthz", None, &[]);
+    assert_eq!(code, 200);
+}

@@ -152,7 +152,12 @@ impl Auth {
 }
 
 /// `POST /login`: the form's `token` for a session cookie, then back to the console.
-pub(super) fn login(req: &Request, token: Option<&str>, auth: &Auth) -> Response {
+pub(super) fn login(
+    req: &Request,
+    token: Option<&str>,
+    auth: &Auth,
+    refused: impl FnOnce(),
+) -> Response {
     let Some(token) = token else {
         // Nothing to log in to: the console is open.
         return Response::see_other("/");
@@ -160,6 +165,7 @@ pub(super) fn login(req: &Request, token: Option<&str>, auth: &Auth) -> Response
     let presented = body_param(&req.body, "token").unwrap_or_default();
     if !same(presented.as_bytes(), token.as_bytes()) {
         warn!(host = ?req.host, "console login refused: wrong token");
+        refused();
         return login_page(auth, Some("That is not the admin token."));
     }
     let cookie = format!(

@@ -8,13 +8,13 @@
 //! `/healthz` and `/login`.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use imapproxy_route::Health;
-use imapproxy_session::Proxy;
+use imapproxy_session::{Proxy, Throttle, ThrottleSettings, Verdict};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -67,6 +67,29 @@ pub struct AdminState {
 struct Console {
     history: Arc<History>,
     auth: Auth,
+    /// Counts wrong tokens (bearer or login form) per client address: a guesser is refused
+    /// with 429 after [`GUESSES`] within [`GUESS_WINDOW`], for [`GUESS_BLOCK`].
+    guard: Throttle,
+}
+
+/// Wrong tokens from one address before it is refused (an operator's typos fit well below).
+const GUESSES: u32 = 10;
+const GUESS_WINDOW: Duration = Duration::from_secs(5 * 60);
+const GUESS_BLOCK: Duration = Duration::from_secs(15 * 60);
+/// The throttle's user name for the admin token.
+const GUARD_USER: &str = "admin-token";
+
+fn token_guard() -> Throttle {
+    Throttle::new(ThrottleSettings {
+        max_failures: GUESSES,
+        max_failures_per_ip: GUESSES,
+        failure_window: GUESS_WINDOW,
+        block_duration: GUESS_BLOCK,
+        // Answered at once: the block, not a delay, is the defence here.
+        free_failures: GUESSES,
+        trusted: imapproxy_session::TrustedNetworks::default(),
+        ..ThrottleSettings::default()
+    })
 }
 
 /// Serves until `stop` is cancelled; samples the metrics for `/stats` meanwhile.
@@ -79,6 +102,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
     let console = Arc::new(Console {
         history: Arc::new(History::new(history::CAPACITY)),
         auth,
+        guard: token_guard(),
     });
     tokio::spawn({
         let (state, history, stop) = (
@@ -125,7 +149,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
 
 async fn handle(mut tcp: TcpStream, peer: SocketAddr, state: &AdminState, console: &Console) {
     let response = match read_request(&mut tcp).await {
-        Some(req) => route(&req, state, console).await,
+        Some(req) => route(&req, state, console, peer.ip()).await,
         None => Response::error("400 Bad Request", "malformed request"),
     };
     let mut head = format!(
@@ -220,8 +244,18 @@ async fn sessions_view(state: &AdminState) -> serde_json::Value {
 
 /// Who sent `req`, or the answer for a request that proved nothing (the login form, for a
 /// browser opening the console) or that changes state without the anti-CSRF value it needs.
-fn admit(req: &Request, path: &str, token: Option<&str>, auth: &Auth) -> Result<Caller, Response> {
+fn admit(
+    req: &Request,
+    path: &str,
+    token: Option<&str>,
+    console: &Console,
+    peer: IpAddr,
+) -> Result<Caller, Response> {
+    let auth = &console.auth;
     let Some(caller) = auth.authenticate(req, token, auth::unix_now()) else {
+        if req.authorization.is_some() {
+            console.guard.record_failure(peer, GUARD_USER);
+        }
         return Err(if (req.method.as_str(), path) == ("GET", "/") {
             login_page(auth, None)
         } else {
@@ -238,7 +272,7 @@ fn admit(req: &Request, path: &str, token: Option<&str>, auth: &Auth) -> Result<
     Ok(caller)
 }
 
-async fn route(req: &Request, state: &AdminState, console: &Console) -> Response {
+async fn route(req: &Request, state: &AdminState, console: &Console, peer: IpAddr) -> Response {
     let path = req.path.split('?').next().unwrap_or("");
     if path == "/healthz" {
         return Response::new("200 OK", "text/plain; charset=utf-8", "ok\n");
@@ -247,13 +281,24 @@ async fn route(req: &Request, state: &AdminState, console: &Console) -> Response
         warn!(host = ?req.host, origin = ?req.origin, "admin request refused: {why}");
         return Response::error("403 Forbidden", why);
     }
+    if console.guard.check(peer, GUARD_USER) != Verdict::Allow {
+        warn!(%peer, "admin request refused: too many wrong tokens from this address");
+        return Response::error(
+            "429 Too Many Requests",
+            "too many wrong tokens from this address; try again later",
+        );
+    }
     let token = state.token.as_ref().map(Secret::expose);
     match (req.method.as_str(), path) {
-        ("POST", "/login") => return auth::login(req, token, &console.auth),
+        ("POST", "/login") => {
+            return auth::login(req, token, &console.auth, || {
+                console.guard.record_failure(peer, GUARD_USER);
+            });
+        }
         ("POST", "/logout") => return auth::logout(),
         _ => {}
     }
-    let caller = match admit(req, path, token, &console.auth) {
+    let caller = match admit(req, path, token, console, peer) {
         Ok(caller) => caller,
         Err(refusal) => return refusal,
     };

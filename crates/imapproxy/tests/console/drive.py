@@ -191,13 +191,16 @@ def drain(browser, url, token, backend):
         }})()""",
         "the console's answer to the click",
     )
+    # The message comes first; the table is redrawn once the page has fetched /backends
+    # again: wait for the row to leave the state it was in before the click.
     row = browser.wait_for(
         f"""(() => {{
             for (const tr of document.querySelectorAll('#backends tbody tr'))
-                if (tr.cells[0].textContent === {json.dumps(backend)}) return tr.className;
+                if (tr.cells[0].textContent === {json.dumps(backend)} && tr.className !== 'up')
+                    return tr.className;
             return null;
         }})()""",
-        "the backend's row",
+        "the backend's row to change",
     )
     return {"message": message, "row": row, "logged_in": page == "login"}
 
