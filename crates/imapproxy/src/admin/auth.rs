@@ -330,8 +330,12 @@ mod tests {
         let auth = auth();
         let mut req = request(None, None);
         req.body = "token=s3cr%65t".into();
-        let ok = login(&req, Some("s3cret"), &auth);
+        let refusals = std::cell::Cell::new(0);
+        let ok = login(&req, Some("s3cret"), &auth, || {
+            refusals.set(refusals.get() + 1)
+        });
         assert_eq!(ok.status, "303 See Other");
+        assert_eq!(refusals.get(), 0);
         let (_, cookie) = ok.headers.iter().find(|(k, _)| *k == "Set-Cookie").unwrap();
         assert!(cookie.starts_with("imapproxy_console="), "{cookie}");
         for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
@@ -339,8 +343,11 @@ mod tests {
         }
         assert!(!cookie.contains("s3cret"));
         req.body = "token=guess".into();
-        let refused = login(&req, Some("s3cret"), &auth);
+        let refused = login(&req, Some("s3cret"), &auth, || {
+            refusals.set(refusals.get() + 1)
+        });
         assert_eq!(refused.status, "401 Unauthorized");
+        assert_eq!(refusals.get(), 1, "a wrong token is counted");
         assert!(!refused.headers.iter().any(|(k, _)| *k == "Set-Cookie"));
     }
 
