@@ -62,7 +62,10 @@ fn main() -> ExitCode {
                      backend 127.0.0.1:143, self-signed certificate)"
                 );
             }
+            let threads = cfg.server.threads.resolve();
+            tracing::info!(threads, "starting the runtime");
             let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads.get())
                 .enable_all()
                 .build()
             {

@@ -11,10 +11,12 @@ use serde::Deserialize;
 
 mod defaults;
 mod sections;
+mod server;
 #[cfg(test)]
 mod tests;
 
 pub use sections::*;
+pub use server::ServerConfig;
 
 use defaults::{default_backends, default_listeners};
 
@@ -55,6 +57,9 @@ pub struct Config {
     /// Fleet mode: state shared with other proxies through Redis.
     #[serde(default)]
     pub fleet: FleetConfig,
+    /// The process: runtime worker threads.
+    #[serde(default)]
+    pub server: ServerConfig,
 }
 /// `none | starttls | implicit`, as written in the file.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]

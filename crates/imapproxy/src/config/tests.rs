@@ -220,3 +220,30 @@ fn admin_token_from_a_file_and_required_beyond_loopback() {
     let empty = admin(&format!("token_file = \"{}\"", file.display()));
     assert!(empty.resolve_token().unwrap_err().contains("empty"));
 }
+
+#[test]
+fn server_threads_default_to_all_cores_and_are_bounded() {
+    use super::server::WorkerThreads;
+    let cores = std::thread::available_parallelism().unwrap();
+    assert_eq!(parse("").unwrap().server.threads, WorkerThreads::default());
+    assert_eq!(parse("").unwrap().server.threads.resolve(), cores);
+    let zero = parse("[server]\nthreads = 0\n").unwrap().server.threads;
+    assert_eq!(zero.resolve(), cores);
+    let two = parse("[server]\nthreads = 2\n").unwrap().server.threads;
+    assert_eq!(two.resolve().get(), 2);
+    let max = format!("[server]\nthreads = {}\n", WorkerThreads::MAX);
+    assert_eq!(
+        parse(&max).unwrap().server.threads.resolve().get(),
+        WorkerThreads::MAX
+    );
+    for bad in ["threads = 1025", "threads = 100000000000", "threads = -1"] {
+        let err = parse(&format!("[server]\n{bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("threads"), "{bad}: {err}");
+    }
+    let err = parse("[server]\nthreads = 1025\n").unwrap_err().to_string();
+    assert!(err.contains("at most 1024"), "{err}");
+    let err = parse("[server]\nworkers = 2\n").unwrap_err().to_string();
+    assert!(err.contains("workers"), "{err}");
+}
