@@ -6,9 +6,11 @@
 //! does one untimed warm-up fetch (page cache, Dovecot's index), then the timed fetches.
 //! A fetch is timed from sending the command to its tagged `OK`; the figure is response
 //! bytes (everything the server sent for it) per second, in MB/s (10^6 bytes).
-//! Configurations are interleaved within each run so that drift hits them alike.
+//! Configurations are interleaved within each run so that drift hits them alike. With
+//! `--baseline`, a second proxy binary (e.g. built from the commit before a change) is
+//! measured alongside on its plain listener: the per-run ratio is what the change costs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -41,6 +43,10 @@ pub struct BulkArgs {
     /// their total bytes over their total time.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub fetches: u32,
+    /// A second proxy binary measured in the same runs on its plain listener ("baseline
+    /// plain").
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
 }
 
 /// One way of reaching the mailbox.
@@ -65,10 +71,14 @@ pub async fn run(proxy_bin: &Path, runs: u32, args: &BulkArgs) -> Result<(), Ben
     let dovecot = bulk_dovecot(messages, size)?;
     let (cert, key) = dovecot.server_cert_paths();
     let proxy = ProxyProcess::start(proxy_bin, dovecot.imap_addr(), &cert, &key).await?;
+    let baseline = match &args.baseline {
+        Some(bin) => Some(ProxyProcess::start(bin, dovecot.imap_addr(), &cert, &key).await?),
+        None => None,
+    };
     let tls = insecure_connector()?;
     let (user, pass) = dovecot.user(1);
 
-    let targets = [
+    let mut targets = vec![
         Target {
             name: "direct plain",
             addr: dovecot.imap_addr(),
@@ -90,6 +100,13 @@ pub async fn run(proxy_bin: &Path, runs: u32, args: &BulkArgs) -> Result<(), Ben
             security: Security::Tls,
         },
     ];
+    if let Some(b) = &baseline {
+        targets.push(Target {
+            name: "baseline plain",
+            addr: b.plain,
+            security: Security::Plain,
+        });
+    }
     let mut series: Vec<Series> = targets
         .iter()
         .map(|t| Series::new(t.name, "MB/s"))
@@ -104,6 +121,7 @@ pub async fn run(proxy_bin: &Path, runs: u32, args: &BulkArgs) -> Result<(), Ben
             s.push(mbps);
         }
     }
+    drop(baseline);
     drop(proxy);
     drop(dovecot);
 
@@ -138,6 +156,17 @@ pub async fn run(proxy_bin: &Path, runs: u32, args: &BulkArgs) -> Result<(), Ben
     );
     println!("ratio proxy TLS / direct TLS     = {tls_ratio:.3}  (HAProxy 521/196 = 2.66)");
     println!("ratio proxy TLS / direct plain   = {tls_vs_plain:.3}");
+    let vs_baseline = per_run("proxy plain", "baseline plain");
+    if !vs_baseline.is_empty() {
+        println!(
+            "ratio proxy plain / baseline plain = {:.3} (median of per-run ratios {:?})",
+            crate::report::median(&vs_baseline),
+            vs_baseline
+                .iter()
+                .map(|x| (x * 1000.0).round() / 1000.0)
+                .collect::<Vec<_>>()
+        );
+    }
 
     let summary = json!({
         "scenario": "bulk",
@@ -155,6 +184,7 @@ pub async fn run(proxy_bin: &Path, runs: u32, args: &BulkArgs) -> Result<(), Ben
             "proxy_tls/direct_plain": tls_vs_plain,
             "per_run_proxy_plain/direct_plain": per_run("proxy plain", "direct plain"),
             "per_run_proxy_tls/direct_tls": per_run("proxy TLS", "direct TLS"),
+            "per_run_proxy_plain/baseline_plain": vs_baseline,
         },
         "aims": {
             "proxy_plain/direct_plain": 1.0,
@@ -179,8 +209,9 @@ struct Measured {
 }
 
 /// One run: a fresh session per configuration (login, SELECT, untimed warm-up fetch),
-/// then `fetches` rounds in which every configuration does one timed fetch in turn, so
-/// that load from elsewhere on the machine hits all configurations alike.
+/// then `fetches` rounds in which every configuration does one timed fetch in turn (each
+/// round starting one further along), so that load from elsewhere on the machine hits all
+/// configurations alike.
 async fn run_once(
     targets: &[Target],
     tls: &TlsConnector,
@@ -213,8 +244,15 @@ async fn run_once(
             bytes_per_fetch: 0,
         })
         .collect();
-    for _ in 0..fetches {
-        for ((t, conn), m) in targets.iter().zip(conns.iter_mut()).zip(out.iter_mut()) {
+    for round in 0..fetches as usize {
+        // Each round starts with the next configuration: none always follows the same one
+        // (the one after direct Dovecot, say, measured consistently faster).
+        for k in 0..targets.len() {
+            let i = (round + k) % targets.len();
+            let (Some(t), Some(conn), Some(m)) = (targets.get(i), conns.get_mut(i), out.get_mut(i))
+            else {
+                continue;
+            };
             let start = Instant::now();
             let n = fetch_all(conn, t.name, messages, size).await?;
             m.secs += start.elapsed().as_secs_f64();

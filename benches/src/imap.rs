@@ -198,6 +198,42 @@ impl ImapConn {
         }
     }
 
+    /// Reads the answers to `commands` pipelined commands, the last of which is tagged
+    /// `last`: every tagged response must be `OK`, and `last`'s must be the `commands`-th.
+    pub async fn read_pipelined(
+        &mut self,
+        commands: usize,
+        last: &str,
+        what: &str,
+    ) -> Result<Reply, BenchError> {
+        let mut reply = Reply::default();
+        let mut answered = 0;
+        loop {
+            let frame = self.next_frame().await?;
+            reply.bytes += frame.len;
+            match frame.kind {
+                FrameKind::Tagged(Status::Ok) => {
+                    answered += 1;
+                    if frame.tag.is_some_and(|t| t.as_bytes() == last.as_bytes()) {
+                        if answered != commands {
+                            return Err(BenchError::protocol(
+                                format!("{}: {what}", self.label),
+                                format!("{answered} answers, {commands} commands"),
+                            ));
+                        }
+                        reply.last = self.head_text();
+                        return Ok(reply);
+                    }
+                }
+                FrameKind::Untagged(UntaggedKind::Fetch) => reply.fetches += 1,
+                FrameKind::Untagged(UntaggedKind::Status(Status::Bye)) | FrameKind::Tagged(_) => {
+                    return Err(self.unexpected(what));
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Sends `LOGOUT` and reads up to its tagged `OK`, past the untagged `BYE` that
     /// RFC 9051 §6.1.3 puts before it.
     pub async fn logout(&mut self) -> Result<(), BenchError> {

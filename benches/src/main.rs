@@ -29,6 +29,9 @@
 //! - `failover`: 200 logged-in sessions (half in IDLE) through the proxy in front of two
 //!   Dovecots over one mail store; the backend most are on is drained with migration, or
 //!   killed: share of sessions that survive with the same data, and the pause they see.
+//! - `pipeline`: batches of 1,000 pipelined small commands (`NOOP`, `UID FETCH n (FLAGS)`)
+//!   on one plain session: commands/s, direct vs proxy (and vs a `--baseline` proxy binary,
+//!   for the cost of a change such as per-command metrics).
 //! - `peers`: direct Dovecot, imapproxy and whichever of HAProxy, nginx's mail proxy and
 //!   up-imapproxy are installed, interleaved: one-client latency, sessions/s of 20
 //!   clients, bulk MB/s, memory per idle session, a one-user burst; one markdown table of
@@ -46,6 +49,7 @@ mod held;
 mod idle;
 mod imap;
 mod peers;
+mod pipeline;
 mod proxy;
 mod report;
 mod webmail;
@@ -68,6 +72,10 @@ struct Cli {
     /// Repetitions; every run is printed, and the median.
     #[arg(long, global = true, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
     runs: u32,
+    /// The proxy's `[server] threads` (runtime worker threads); default: its own default,
+    /// one per core.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: Option<u32>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -91,6 +99,9 @@ enum Scenario {
     /// Logged-in sessions (half in IDLE) while their backend is drained with migration or
     /// killed (share that survives with the same data, pause), two Dovecots, one store.
     Failover(failover::FailoverArgs),
+    /// Batches of pipelined small commands on one session (commands/s), proxy vs direct
+    /// Dovecot (and vs a baseline proxy binary).
+    Pipeline(pipeline::PipelineArgs),
     /// imapproxy, HAProxy, nginx's mail proxy and up-imapproxy (those installed) against
     /// direct Dovecot: latency, sessions/s, bulk MB/s, memory per idle session and a
     /// one-user burst, as one markdown table of ratios (target/loadbench/peers.md).
@@ -110,6 +121,10 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> Result<(), BenchError> {
     let binary = proxy::find_binary(cli.proxy.as_deref())?;
+    if let Some(threads) = cli.threads {
+        proxy::set_worker_threads(threads);
+        println!("proxy worker threads: {threads}");
+    }
     // One thread for the measuring client: the two cores are for the proxy and Dovecot.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -123,6 +138,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
             Scenario::Burst(a) => burst::run(&binary, cli.runs, a).await,
             Scenario::BurstHeld(a) => held::run(&binary, cli.runs, a).await,
             Scenario::Failover(a) => failover::run(&binary, cli.runs, a).await,
+            Scenario::Pipeline(a) => pipeline::run(&binary, cli.runs, a).await,
             Scenario::Peers(a) => peers::run(&binary, cli.runs, a).await,
         }
     })

@@ -66,6 +66,13 @@ pub const LOAD_SCENARIOS: &[LoadScenario] = &[
         bin: "loadbench",
         args: &["failover"],
     },
+    // The relay's cost per command: batches of 1,000 pipelined NOOP / UID FETCH n (FLAGS)
+    // on one plain session, direct vs proxy (about 10 s).
+    LoadScenario {
+        package: "imapproxy-bench",
+        bin: "loadbench",
+        args: &["pipeline"],
+    },
     // Direct Dovecot, imapproxy and the installed peers (HAProxy, nginx mail, up-imapproxy;
     // missing ones are skipped and named), interleaved: latency, sessions/s, bulk, idle
     // memory, burst; one markdown table in target/loadbench/peers.md. About 11 minutes
@@ -156,6 +163,7 @@ mod tests {
             "burst",
             "burst-held",
             "failover",
+            "pipeline",
             "peers",
         ];
         for s in LOAD_SCENARIOS {

@@ -19,7 +19,7 @@ mod haproxy;
 mod idle;
 mod nginx;
 mod process;
-mod procfs;
+pub(crate) mod procfs;
 mod sessions;
 mod table;
 mod target;

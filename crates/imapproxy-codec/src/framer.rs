@@ -116,6 +116,74 @@ pub enum CommandName {
 }
 
 impl CommandName {
+    /// Every command name, in declaration order: `ALL[c.index()] == c`.
+    pub const ALL: [CommandName; 58] = [
+        Self::Logout,
+        Self::Idle,
+        Self::Done,
+        Self::Enable,
+        Self::Compress,
+        Self::Select,
+        Self::Examine,
+        Self::Unselect,
+        Self::Close,
+        Self::Authenticate,
+        Self::Login,
+        Self::StartTls,
+        Self::Id,
+        Self::Noop,
+        Self::Capability,
+        Self::Append,
+        Self::Check,
+        Self::Expunge,
+        Self::Create,
+        Self::Delete,
+        Self::Rename,
+        Self::Subscribe,
+        Self::Unsubscribe,
+        Self::List,
+        Self::Lsub,
+        Self::Status,
+        Self::Namespace,
+        Self::Fetch,
+        Self::Store,
+        Self::Copy,
+        Self::Move,
+        Self::Search,
+        Self::Sort,
+        Self::Thread,
+        Self::Notify,
+        Self::Unauthenticate,
+        Self::Language,
+        Self::Comparator,
+        Self::GetQuota,
+        Self::GetQuotaRoot,
+        Self::SetQuota,
+        Self::GetAcl,
+        Self::SetAcl,
+        Self::DeleteAcl,
+        Self::MyRights,
+        Self::ListRights,
+        Self::GetMetadata,
+        Self::SetMetadata,
+        Self::UidFetch,
+        Self::UidStore,
+        Self::UidCopy,
+        Self::UidMove,
+        Self::UidSearch,
+        Self::UidSort,
+        Self::UidThread,
+        Self::UidExpunge,
+        Self::UidOther,
+        Self::Other,
+    ];
+
+    /// A dense number for this name, `0..ALL.len()`, for tables kept per command (metrics
+    /// handles, counters) that must not hash or allocate per command.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     const NAMED: [(&'static [u8], CommandName); 48] = [
         (b"LOGOUT", Self::Logout),
         (b"IDLE", Self::Idle),
@@ -719,6 +787,9 @@ mod tests {
             assert_eq!(c.as_str(), s);
         }
         assert_eq!(CommandName::from_bytes(b"uid"), CommandName::UidOther);
+        for (i, c) in CommandName::ALL.into_iter().enumerate() {
+            assert_eq!(c.index(), i, "{c:?}");
+        }
         assert_eq!(CommandName::from_uid(b"LOGOUT"), CommandName::UidOther);
         assert_eq!(CommandName::from_bytes(b"XLIST"), CommandName::Other);
         assert_eq!(CommandName::Other.as_str(), "OTHER");

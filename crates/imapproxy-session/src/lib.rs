@@ -81,6 +81,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
+mod command_metrics;
 mod error;
 mod health;
 pub mod limits;
@@ -100,6 +101,8 @@ pub use health::ImapHealthCheck;
 pub use limits::{ConnectionLimitSettings, ConnectionLimits, LimitSettings};
 pub use proxy_protocol::{ProxyProtocolSettings, TrustedNetworks};
 pub use registry::{MigrationCause, Overrides, Registration, SessionInfo, SessionRegistry};
+#[doc(hidden)]
+pub use relay::ChunkBench;
 pub use session::{Proxy, serve};
 pub use settings::{ListenerSettings, SessionSettings, Upstreams};
 pub use stream::ClientStream;

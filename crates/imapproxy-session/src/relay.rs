@@ -14,31 +14,34 @@
 //! Reads go into the buffer's spare capacity without initialising it first
 //! (`tokio_util::io::poll_read_buf` into a `BytesMut`), so a 20-byte command costs no 16 KiB
 //! memset; forwarded bytes are dropped from the front in O(1). While reads keep filling the
-//! buffer (a large literal streaming), the read size doubles up to [`MAX_READ`], fewer reads
-//! and wake-ups for the same bytes; it falls back to [`BUF_SIZE`] when the stream goes quiet.
+//! buffer (a large literal streaming), the read size doubles up to 64 KiB, fewer reads and
+//! wake-ups for the same bytes; it falls back to 16 KiB when the stream goes quiet. One
+//! direction's mechanics are in [`pump`]; what the bytes mean to the session is decided here,
+//! by each direction's [`Observer`] (including the per-command latency of
+//! [`crate::command_metrics`]).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use imapproxy_codec::Tag;
 use imapproxy_codec::capability::filter_capabilities;
 use imapproxy_codec::framer::{CommandName, Direction, Frame, FrameKind, Framer, UntaggedKind};
 use tokio::time::{Instant, Sleep};
 
+use crate::command_metrics::{CommandMetrics, Delivering};
 use crate::state::{Condition, SessionState};
 use crate::stream::ReadReady;
 
-/// Size of a direction's buffer while data flows.
-const BUF_SIZE: usize = 16 * 1024;
-/// The largest read, reached while reads keep filling the buffer.
-const MAX_READ: usize = 64 * 1024;
-/// An unfinished first line shorter than this is held back until it completes, so that a
-/// response that needs rewriting is seen whole. Longer lines are forwarded as they come.
-const HOLD_MAX: usize = 8 * 1024;
+mod bench;
+mod pump;
+
+pub use bench::ChunkBench;
+use pump::{Action, BUF_SIZE, Observer, Pump, Side};
+
 /// How long the relay keeps delivering answers after the client closed its side.
 const EOF_LINGER: Duration = Duration::from_secs(5);
 
@@ -105,229 +108,6 @@ pub(crate) struct ResponsePolicy {
     pub id_reply: Vec<u8>,
 }
 
-enum Action {
-    Forward,
-    Replace(Vec<u8>),
-    /// Drop this message and everything after it, and stop reading this direction.
-    Stop,
-}
-
-/// One direction: bytes read from `src`, scanned, written to `dst`.
-struct Pump {
-    framer: Framer,
-    buf: BytesMut,
-    /// Bytes of spare room asked for before a read: [`BUF_SIZE`], doubled while reads fill it.
-    read_size: usize,
-    /// `buf[..written]` has been written to the destination.
-    written: usize,
-    /// `buf[..forwardable]` may be written.
-    forwardable: usize,
-    /// `buf[..scanned]` has been fed to the framer.
-    scanned: usize,
-    /// Start in `buf` of the unfinished message, while none of it has been forwarded.
-    msg_start: Option<usize>,
-    needs_flush: bool,
-    eof: bool,
-    /// Stop reading (after the client's `LOGOUT`).
-    paused: bool,
-    /// On end of stream, shut the destination's write side. Not towards the backend: a
-    /// session whose client vanished may still be reused.
-    shutdown_on_eof: bool,
-}
-
-impl Pump {
-    fn new(dir: Direction, shutdown_on_eof: bool) -> Self {
-        Self {
-            framer: Framer::new(dir),
-            // Start with a buffer so the first poll reads instead of waiting for the socket:
-            // a TLS stream may already hold decrypted bytes from before the relay started.
-            // It is released at the first read that would block.
-            buf: BytesMut::with_capacity(BUF_SIZE),
-            read_size: BUF_SIZE,
-            written: 0,
-            forwardable: 0,
-            scanned: 0,
-            msg_start: None,
-            needs_flush: false,
-            eof: false,
-            paused: false,
-            shutdown_on_eof,
-        }
-    }
-
-    /// Nothing buffered and no message half-way.
-    fn is_idle(&self) -> bool {
-        self.buf.is_empty() && self.framer.at_boundary()
-    }
-
-    /// Feeds the unscanned bytes to the framer and decides what may be forwarded.
-    fn scan(&mut self, mut on_frame: impl FnMut(&Frame, Option<&[u8]>) -> Action) {
-        loop {
-            if self.framer.at_boundary() {
-                self.msg_start = Some(self.scanned);
-            }
-            match self.framer.advance(&self.buf[self.scanned..]) {
-                Some((n, frame)) => {
-                    let mut end = self.scanned + n;
-                    let whole = self.msg_start.and_then(|s| self.buf.get(s..end));
-                    match on_frame(&frame, whole) {
-                        Action::Forward => {}
-                        Action::Replace(bytes) => {
-                            if let Some(start) = self.msg_start {
-                                let tail = self.buf.split_off(end);
-                                self.buf.truncate(start);
-                                self.buf.extend_from_slice(&bytes);
-                                end = self.buf.len();
-                                self.buf.unsplit(tail);
-                            }
-                        }
-                        Action::Stop => {
-                            let start = self.msg_start.unwrap_or(end);
-                            self.buf.truncate(start);
-                            self.scanned = start;
-                            self.forwardable = start;
-                            self.msg_start = None;
-                            self.paused = true;
-                            return;
-                        }
-                    }
-                    self.scanned = end;
-                    self.forwardable = end;
-                    self.msg_start = None;
-                }
-                None => {
-                    self.scanned = self.buf.len();
-                    self.forwardable = match self.msg_start {
-                        Some(s)
-                            if self.buf.len() - s < HOLD_MAX
-                                && memchr::memchr(b'\n', &self.buf[s..]).is_none()
-                                && !self.eof =>
-                        {
-                            s
-                        }
-                        _ => {
-                            self.msg_start = None;
-                            self.buf.len()
-                        }
-                    };
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Moves this direction forward as far as it can. `Ready(Ok(()))` means the source reached
-    /// end of stream and everything was delivered.
-    fn poll_pump<S, D>(
-        &mut self,
-        cx: &mut Context<'_>,
-        src: &mut S,
-        dst: &mut D,
-        counter: &mut u64,
-        mut on_read: impl FnMut(),
-        mut on_frame: impl FnMut(&Frame, Option<&[u8]>) -> Action,
-    ) -> Poll<Result<(), Side>>
-    where
-        S: ReadReady,
-        D: ReadReady,
-    {
-        // Bytes read while no relay ran (a parked session's next command) are scanned first.
-        if self.scanned < self.buf.len() && !self.paused {
-            self.scan(&mut on_frame);
-        }
-        loop {
-            while self.written < self.forwardable {
-                let chunk = &self.buf[self.written..self.forwardable];
-                let n = ready!(Pin::new(&mut *dst).poll_write(cx, chunk)).map_err(Side::Dst)?;
-                if n == 0 {
-                    return Poll::Ready(Err(Side::Dst(io::ErrorKind::WriteZero.into())));
-                }
-                self.written += n;
-                *counter += n as u64;
-                self.needs_flush = true;
-            }
-            if self.needs_flush {
-                ready!(Pin::new(&mut *dst).poll_flush(cx)).map_err(Side::Dst)?;
-                self.needs_flush = false;
-            }
-            self.compact();
-            if self.eof {
-                if self.shutdown_on_eof {
-                    ready!(Pin::new(&mut *dst).poll_shutdown(cx)).map_err(Side::Dst)?;
-                }
-                return Poll::Ready(Ok(()));
-            }
-            if self.paused {
-                self.release_if_empty();
-                return Poll::Pending;
-            }
-            if self.buf.capacity() == 0 {
-                // Idle: wait for the socket without holding a buffer.
-                ready!(src.poll_read_ready(cx)).map_err(Side::Src)?;
-            }
-            // A no-op while the spare room is large enough; otherwise it grows the buffer or
-            // takes back the room that forwarded bytes left at its front.
-            self.buf.reserve(self.read_size);
-            let room = self.buf.capacity() - self.buf.len();
-            let filled = match tokio_util::io::poll_read_buf(Pin::new(&mut *src), cx, &mut self.buf)
-            {
-                Poll::Ready(Ok(n)) => n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(Side::Src(e))),
-                Poll::Pending => {
-                    self.release_if_empty();
-                    return Poll::Pending;
-                }
-            };
-            if filled == room && self.read_size < MAX_READ {
-                // The source had more than the room: it is streaming.
-                self.read_size *= 2;
-            }
-            if filled == 0 {
-                self.eof = true;
-            } else {
-                // Acknowledge at once: a client that wrote half a command waits for our ACK
-                // before it sends the rest (Nagle), and a delayed ACK costs it ~40 ms.
-                src.after_read();
-                on_read();
-            }
-            self.scan(&mut on_frame);
-        }
-    }
-
-    /// Between reads with nothing buffered: give the memory back and start small again.
-    fn release_if_empty(&mut self) {
-        if self.buf.is_empty() {
-            self.buf = BytesMut::new();
-            self.read_size = BUF_SIZE;
-        }
-    }
-
-    fn compact(&mut self) {
-        if self.written == 0 {
-            return;
-        }
-        if self.written == self.buf.len() {
-            self.buf.clear();
-            self.written = 0;
-            self.forwardable = 0;
-            self.scanned = 0;
-            self.msg_start = None;
-        } else {
-            self.buf.advance(self.written);
-            self.forwardable -= self.written;
-            self.scanned -= self.written;
-            self.msg_start = self.msg_start.map(|s| s - self.written);
-            self.written = 0;
-        }
-    }
-}
-
-/// Which end of a pump failed.
-enum Side {
-    Src(io::Error),
-    Dst(io::Error),
-}
-
 /// What outlives one backend connection of a logged-in session: the client direction, the
 /// session's state, the idle timer. A session re-homed onto another backend keeps its `Link`
 /// and gets a new [`Relay`].
@@ -381,7 +161,13 @@ impl Link {
                 ..
             } = &mut link;
             up.buf = BytesMut::from(&client_leftover[..]);
-            up.scan(|f, whole| on_command(facts, state, logout, intercept_logout, f, whole));
+            up.scan(&mut Commands {
+                facts,
+                state,
+                logout,
+                intercept_logout,
+                active: false,
+            });
         }
         link
     }
@@ -391,7 +177,7 @@ impl Link {
     fn facts_with(&self, down_idle: bool) -> SessionFacts {
         let mut facts = self.facts;
         facts.outstanding = self.state.outstanding();
-        facts.mid_command = !self.up.framer.at_boundary() || self.up.written < self.up.buf.len();
+        facts.mid_command = !self.up.framer.at_boundary() || !self.up.drained();
         facts.mid_response = !down_idle;
         facts
     }
@@ -425,7 +211,7 @@ impl Link {
     /// client can be told `NO` (RFC 9051 §7.5: a tagged reply instead of `+` means the
     /// literal is not to be sent). `None` when the client is elsewhere.
     pub(crate) fn cancel_waiting_command(&mut self) -> Option<Tag> {
-        if self.up.written != self.up.buf.len() {
+        if !self.up.drained() {
             return None;
         }
         let frame = self.up.framer.refused()?;
@@ -463,7 +249,7 @@ impl Link {
 
     /// Whether the client's side is at a command boundary with nothing half-forwarded.
     pub(crate) fn client_quiet(&self) -> bool {
-        self.up.framer.at_boundary() && self.up.written == self.up.buf.len()
+        self.up.framer.at_boundary() && self.up.drained()
     }
 }
 
@@ -476,6 +262,9 @@ pub(crate) struct Relay<'a, C, B> {
     down: Pump,
     backend_bye: bool,
     policy: &'a ResponsePolicy,
+    metrics: &'a CommandMetrics,
+    /// Tagged replies read from the backend, timed once the client has them.
+    delivering: Delivering,
 }
 
 impl<'a, C: ReadReady, B: ReadReady> Relay<'a, C, B> {
@@ -487,28 +276,30 @@ impl<'a, C: ReadReady, B: ReadReady> Relay<'a, C, B> {
         link: &'a mut Link,
         backend_leftover: Vec<u8>,
         policy: &'a ResponsePolicy,
+        metrics: &'a CommandMetrics,
     ) -> Self {
         // The backend's end of stream is not the client's: the session may move on.
         let mut down = Pump::new(Direction::Server, false);
         let mut backend_bye = false;
+        let mut delivering = Delivering::default();
         if !backend_leftover.is_empty() {
             down.buf = BytesMut::from(&backend_leftover[..]);
             let Link {
                 up,
                 state,
                 swallow_continuation,
+                facts,
                 ..
             } = &mut *link;
-            down.scan(|f, whole| {
-                on_response(
-                    policy,
-                    state,
-                    up,
-                    swallow_continuation,
-                    &mut backend_bye,
-                    f,
-                    whole,
-                )
+            down.scan(&mut Responses {
+                policy,
+                metrics,
+                state,
+                up,
+                swallow_continuation,
+                backend_bye: &mut backend_bye,
+                delivering: &mut delivering,
+                bytes_down: &mut facts.bytes_down,
             });
         }
         Self {
@@ -518,6 +309,8 @@ impl<'a, C: ReadReady, B: ReadReady> Relay<'a, C, B> {
             down,
             backend_bye,
             policy,
+            metrics,
+            delivering,
         }
     }
 
@@ -567,62 +360,86 @@ impl<'a, C: ReadReady, B: ReadReady> Relay<'a, C, B> {
     }
 }
 
-fn on_response(
-    policy: &ResponsePolicy,
-    state: &mut SessionState,
-    up: &mut Pump,
-    swallow_continuation: &mut bool,
-    backend_bye: &mut bool,
-    frame: &Frame,
-    whole: Option<&[u8]>,
-) -> Action {
-    match frame.kind {
-        FrameKind::Continuation if std::mem::take(swallow_continuation) => {
-            // The `+` of an IDLE re-entered for the client on a new connection.
-            state.on_response(frame, whole);
-            return Action::Replace(Vec::new());
-        }
-        // A synchronizing literal the client waits to send may come now.
-        FrameKind::Continuation => up.framer.continuation_seen(),
-        // RFC 9051 §7.1.5: a BYE that does not answer LOGOUT means the server is going away.
-        // The client is not told: the session may move to another backend.
-        // A desynchronised session cannot know what the BYE answers: it is relayed.
-        FrameKind::Untagged(UntaggedKind::Status(imapproxy_codec::Status::Bye))
-            if !state.logging_out() && !state.is_desynchronised() =>
-        {
-            *backend_bye = true;
-            return Action::Stop;
-        }
-        FrameKind::Tagged(_) => {
-            if let Some(tag) = frame.tag.filter(|t| !state.is_outstanding(t)) {
-                if up.framer.partial_tag() == Some(tag) {
-                    match up.framer.refused() {
-                        // RFC 9051 §4.3, §7.5: a reply to a command whose synchronizing
-                        // literal the server never asked for (`NO [TRYCREATE]` to an APPEND)
-                        // ends that command; the client sends neither the literal nor the
-                        // rest of it.
-                        Some(refused) => {
-                            up.msg_start = None;
-                            state.on_command(&refused, None);
-                        }
-                        // RFC 7888 §4: a server may answer a command whose non-synchronizing
-                        // literal (or one it already asked for) is still coming; the client
-                        // sends the rest all the same and the server reads and drops it. The
-                        // answer belongs to the command the framer is still reading.
-                        None => {
-                            if let FrameKind::Tagged(status) = frame.kind {
-                                state.answered_early(tag, status);
+/// The backend direction's observer: responses into the session state and the command
+/// metrics, rewritten for the client.
+struct Responses<'l> {
+    policy: &'l ResponsePolicy,
+    metrics: &'l CommandMetrics,
+    state: &'l mut SessionState,
+    /// The client direction, whose framer learns of continuations and refusals.
+    up: &'l mut Pump,
+    swallow_continuation: &'l mut bool,
+    backend_bye: &'l mut bool,
+    delivering: &'l mut Delivering,
+    bytes_down: &'l mut u64,
+}
+
+impl Observer for Responses<'_> {
+    fn on_frame(&mut self, frame: &Frame, whole: Option<&[u8]>, at: std::time::Instant) -> Action {
+        let state = &mut *self.state;
+        let up = &mut *self.up;
+        match frame.kind {
+            FrameKind::Continuation if std::mem::take(self.swallow_continuation) => {
+                // The `+` of an IDLE re-entered for the client on a new connection.
+                state.on_response(frame, whole);
+                return Action::Replace(Vec::new());
+            }
+            // A synchronizing literal the client waits to send may come now.
+            FrameKind::Continuation => up.framer.continuation_seen(),
+            // RFC 9051 §7.1.5: a BYE that does not answer LOGOUT means the server is going
+            // away. The client is not told: the session may move to another backend.
+            // A desynchronised session cannot know what the BYE answers: it is relayed.
+            FrameKind::Untagged(UntaggedKind::Status(imapproxy_codec::Status::Bye))
+                if !state.logging_out() && !state.is_desynchronised() =>
+            {
+                *self.backend_bye = true;
+                return Action::Stop;
+            }
+            FrameKind::Tagged(_) => {
+                if let Some(tag) = frame.tag.filter(|t| !state.is_outstanding(t)) {
+                    if up.framer.partial_tag() == Some(tag) {
+                        match up.framer.refused() {
+                            // RFC 9051 §4.3, §7.5: a reply to a command whose synchronizing
+                            // literal the server never asked for (`NO [TRYCREATE]` to an
+                            // APPEND) ends that command; the client sends neither the literal
+                            // nor the rest of it.
+                            Some(refused) => {
+                                up.msg_start = None;
+                                state.on_command(&refused, None, at);
                             }
-                            return policy_rewrite(policy, frame, whole);
+                            // RFC 7888 §4: a server may answer a command whose
+                            // non-synchronizing literal (or one it already asked for) is still
+                            // coming; the client sends the rest all the same and the server
+                            // reads and drops it. The answer belongs to the command the framer
+                            // is still reading.
+                            None => {
+                                if let FrameKind::Tagged(status) = frame.kind {
+                                    state.answered_early(tag, status);
+                                }
+                                return policy_rewrite(self.policy, frame, whole);
+                            }
                         }
                     }
                 }
             }
+            _ => {}
         }
-        _ => {}
+        if let Some(answered) = state.on_response(frame, whole) {
+            self.delivering.answered(self.metrics, answered, at);
+        }
+        policy_rewrite(self.policy, frame, whole)
     }
-    state.on_response(frame, whole);
-    policy_rewrite(policy, frame, whole)
+
+    fn on_written(&mut self, n: usize) {
+        *self.bytes_down += n as u64;
+    }
+
+    fn on_flushed(&mut self) {
+        if !self.delivering.is_empty() {
+            self.delivering
+                .delivered(self.metrics, std::time::Instant::now());
+        }
+    }
 }
 
 /// What the client sees of a backend response: capability lists filtered, the `ID` reply
@@ -663,8 +480,9 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
             down,
             backend_bye,
             policy,
+            metrics,
+            delivering,
         } = this;
-        let policy: &ResponsePolicy = policy;
         let Link {
             up,
             idle,
@@ -680,53 +498,47 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
         } = &mut **link;
 
         {
-            let mut bytes_down = facts.bytes_down;
             let down_result = down.poll_pump(
                 cx,
                 &mut **backend,
                 &mut **client,
-                &mut bytes_down,
-                || {},
-                |f, whole| {
-                    on_response(
-                        policy,
-                        state,
-                        up,
-                        swallow_continuation,
-                        backend_bye,
-                        f,
-                        whole,
-                    )
+                &mut Responses {
+                    policy,
+                    metrics,
+                    state,
+                    up,
+                    swallow_continuation,
+                    backend_bye,
+                    delivering,
+                    bytes_down: &mut facts.bytes_down,
                 },
             );
-            facts.bytes_down = bytes_down;
             match down_result {
                 Poll::Ready(Ok(())) => return Poll::Ready(RelayEnd::BackendClosed),
                 Poll::Ready(Err(Side::Src(e))) => return Poll::Ready(RelayEnd::BackendError(e)),
                 Poll::Ready(Err(Side::Dst(e))) => return Poll::Ready(RelayEnd::ClientError(e)),
                 Poll::Pending => {}
             }
-            if *backend_bye && down.written == down.buf.len() {
+            if *backend_bye && down.drained() {
                 return Poll::Ready(RelayEnd::BackendBye);
             }
 
             // While a move is pending, no new command is read: the session gets to a point
             // where it can move.
-            if *migrate && up.framer.at_boundary() && up.written == up.buf.len() {
+            if *migrate && up.framer.at_boundary() && up.drained() {
                 up.paused = true;
             }
             let mut client_active = false;
             if !*client_eof {
-                let mut bytes_up = facts.bytes_up;
-                let up_result = up.poll_pump(
-                    cx,
-                    &mut **client,
-                    &mut **backend,
-                    &mut bytes_up,
-                    || client_active = true,
-                    |f, whole| on_command(facts, state, logout, *intercept_logout, f, whole),
-                );
-                facts.bytes_up = bytes_up;
+                let mut commands = Commands {
+                    facts,
+                    state,
+                    logout,
+                    intercept_logout: *intercept_logout,
+                    active: false,
+                };
+                let up_result = up.poll_pump(cx, &mut **client, &mut **backend, &mut commands);
+                client_active = commands.active;
                 match up_result {
                     Poll::Ready(Ok(())) => {
                         // Answers to what the client sent before closing (a LOGOUT followed
@@ -755,7 +567,7 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
             }
             // RFC 9051 §6.1.3: answer LOGOUT once every earlier command has its answer.
             if let Some(tag) = logout {
-                if state.outstanding() == 0 && down.is_idle() && up.written == up.buf.len() {
+                if state.outstanding() == 0 && down.is_idle() && up.drained() {
                     return Poll::Ready(RelayEnd::Logout(*tag));
                 }
             }
@@ -786,33 +598,53 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
     }
 }
 
-fn on_command(
-    facts: &mut SessionFacts,
-    state: &mut SessionState,
-    logout: &mut Option<Tag>,
+/// The client direction's observer: commands into the session state.
+struct Commands<'l> {
+    facts: &'l mut SessionFacts,
+    state: &'l mut SessionState,
+    logout: &'l mut Option<Tag>,
     intercept_logout: bool,
-    frame: &Frame,
-    whole: Option<&[u8]>,
-) -> Action {
-    let FrameKind::Command(name) = frame.kind else {
-        return Action::Forward;
-    };
-    facts.commands += 1;
-    // The proxy answers LOGOUT itself (once everything before it is answered) so that the
-    // backend session can be reused; a desynchronised session cannot know when that is, so
-    // its LOGOUT goes to the server.
-    if name == CommandName::Logout
-        && intercept_logout
-        && whole.is_some()
-        && frame.literals == 0
-        && !state.idling()
-        && !state.is_desynchronised()
-    {
-        if let Some(tag) = frame.tag {
-            *logout = Some(tag);
-            return Action::Stop;
+    /// The client sent bytes.
+    active: bool,
+}
+
+impl Observer for Commands<'_> {
+    fn on_frame(&mut self, frame: &Frame, whole: Option<&[u8]>, at: std::time::Instant) -> Action {
+        let FrameKind::Command(name) = frame.kind else {
+            return Action::Forward;
+        };
+        self.facts.commands += 1;
+        // The proxy answers LOGOUT itself (once everything before it is answered) so that the
+        // backend session can be reused; a desynchronised session cannot know when that is,
+        // so its LOGOUT goes to the server.
+        if name == CommandName::Logout
+            && self.intercept_logout
+            && whole.is_some()
+            && frame.literals == 0
+            && !self.state.idling()
+            && !self.state.is_desynchronised()
+        {
+            if let Some(tag) = frame.tag {
+                *self.logout = Some(tag);
+                return Action::Stop;
+            }
+        }
+        self.state.on_command(frame, whole, at);
+        Action::Forward
+    }
+
+    fn on_read(&mut self) {
+        self.active = true;
+    }
+
+    fn on_written(&mut self, n: usize) {
+        self.facts.bytes_up += n as u64;
+    }
+
+    fn on_flushed(&mut self) {
+        // The clock only when a command just went out, not for every literal chunk.
+        if self.state.awaiting_forward() {
+            self.state.forwarded(std::time::Instant::now());
         }
     }
-    state.on_command(frame, whole);
-    Action::Forward
 }

@@ -40,10 +40,15 @@
 //! connection will replay; only a clean or tainted (never a desynchronised) session can be
 //! re-homed.
 
+use std::collections::VecDeque;
+use std::time::Instant;
+
 use imapproxy_codec::CommandName;
 use imapproxy_codec::command::{self, Effect, Taint};
 use imapproxy_codec::framer::{Frame, FrameKind, Status, UntaggedKind};
 use imapproxy_codec::{Tag, response};
+
+use crate::command_metrics::{Answered, CommandTiming};
 
 /// Commands in flight the state tracks; more make the session desynchronised.
 const MAX_OUTSTANDING: usize = 1024;
@@ -152,6 +157,9 @@ impl Mailbox {
 #[derive(Clone, Debug)]
 struct Pending {
     tag: Tag,
+    /// For its latency metrics.
+    name: CommandName,
+    timing: CommandTiming,
     effect: Effect,
     mailbox: Option<Box<[u8]>>,
     /// The whole command, kept when it is safe to send again on another connection.
@@ -209,7 +217,9 @@ fn replay_safe(name: CommandName, message: &[u8]) -> bool {
 #[derive(Debug)]
 pub(crate) struct SessionState {
     condition: Condition,
-    outstanding: Vec<Pending>,
+    /// Oldest first. A deque: servers answer in order (mostly), so the answered command is
+    /// the front one, and a pipelined burst of hundreds costs no shifting of the rest.
+    outstanding: VecDeque<Pending>,
     selected: Option<Box<Mailbox>>,
     /// Filled by the responses to a `SELECT`/`EXAMINE` in flight; becomes `selected` on `OK`.
     selecting: Option<Box<Mailbox>>,
@@ -239,7 +249,7 @@ impl SessionState {
     pub(crate) fn new() -> Self {
         Self {
             condition: Condition::Clean,
-            outstanding: Vec::new(),
+            outstanding: VecDeque::new(),
             selected: None,
             selecting: None,
             enabled: Vec::new(),
@@ -294,9 +304,14 @@ impl SessionState {
         }
     }
 
-    /// A command the client sent, whole (`message`, when the relay held all of it) or not.
-    /// Returns its effect.
-    pub(crate) fn on_command(&mut self, frame: &Frame, message: Option<&[u8]>) -> Effect {
+    /// A command the client sent, whole (`message`, when the relay held all of it) or not,
+    /// completed by bytes read at `at`. Returns its effect.
+    pub(crate) fn on_command(
+        &mut self,
+        frame: &Frame,
+        message: Option<&[u8]>,
+        at: Instant,
+    ) -> Effect {
         let FrameKind::Command(name) = frame.kind else {
             return Effect::Stateless;
         };
@@ -340,8 +355,10 @@ impl SessionState {
         let replay = message
             .filter(|m| m.len() <= MAX_REPLAY && frame.literals == 0 && replay_safe(name, m))
             .map(Box::<[u8]>::from);
-        self.outstanding.push(Pending {
+        self.outstanding.push_back(Pending {
             tag,
+            name,
+            timing: CommandTiming::received(at),
             effect,
             mailbox,
             replay,
@@ -350,15 +367,39 @@ impl SessionState {
         effect
     }
 
+    /// Whether a command in flight has not been all forwarded to the server yet.
+    pub(crate) fn awaiting_forward(&self) -> bool {
+        self.outstanding
+            .back()
+            .is_some_and(|p| !p.timing.is_forwarded())
+    }
+
+    /// Every command so far reached the server at `at`. Those not forwarded yet are the
+    /// newest (commands go out in the order they came), so the walk stops at the first
+    /// forwarded one.
+    pub(crate) fn forwarded(&mut self, at: Instant) {
+        for p in self.outstanding.iter_mut().rev() {
+            if p.timing.is_forwarded() {
+                break;
+            }
+            p.timing.forwarded(at);
+        }
+    }
+
     /// Whether a command with this tag is in flight.
     pub(crate) fn is_outstanding(&self, tag: &Tag) -> bool {
         self.outstanding.iter().any(|p| p.tag == *tag)
     }
 
     /// A server response; `message` is the whole response when the relay held all of it.
-    pub(crate) fn on_response(&mut self, frame: &Frame, message: Option<&[u8]>) {
+    /// Returns the command a tagged response answered.
+    pub(crate) fn on_response(
+        &mut self,
+        frame: &Frame,
+        message: Option<&[u8]>,
+    ) -> Option<Answered> {
         match frame.kind {
-            FrameKind::Tagged(status) => self.on_tagged(frame.tag, status, message),
+            FrameKind::Tagged(status) => return self.on_tagged(frame.tag, status, message),
             FrameKind::Untagged(kind) => {
                 self.responses += 1;
                 self.on_untagged(kind, message);
@@ -371,6 +412,7 @@ impl SessionState {
             }
             _ => {}
         }
+        None
     }
 
     /// Whether the server accepted the client's `IDLE` with `+` and the client has not said
@@ -393,7 +435,7 @@ impl SessionState {
             && self.outstanding.len() == 1
             && self
                 .outstanding
-                .first()
+                .front()
                 .is_some_and(|p| matches!(p.effect, Effect::Idle))
     }
 
@@ -441,18 +483,25 @@ impl SessionState {
             .collect()
     }
 
-    /// A command taken by [`SessionState::take_in_flight`] was sent again.
+    /// A command taken by [`SessionState::take_in_flight`] was sent again (timed from now:
+    /// the proxy sends it itself, at once).
     pub(crate) fn resent(&mut self, bytes: &[u8]) {
         let mut framer = imapproxy_codec::Framer::new(imapproxy_codec::Direction::Client);
         if let Some((_, frame)) = framer.advance(bytes) {
-            self.on_command(&frame, Some(bytes));
+            let now = Instant::now();
+            self.on_command(&frame, Some(bytes), now);
+            self.forwarded(now);
         }
     }
 
     /// The client's `IDLE` (with `tag`) goes on on a new connection.
     pub(crate) fn idle_resumed(&mut self, tag: Tag) {
-        self.outstanding.push(Pending {
+        let mut timing = CommandTiming::received(Instant::now());
+        timing.forwarded(Instant::now());
+        self.outstanding.push_back(Pending {
             tag,
+            name: CommandName::Idle,
+            timing,
             effect: Effect::Idle,
             mailbox: None,
             replay: None,
@@ -489,21 +538,30 @@ impl SessionState {
         }
     }
 
-    fn on_tagged(&mut self, tag: Option<Tag>, status: Status, message: Option<&[u8]>) {
+    fn on_tagged(
+        &mut self,
+        tag: Option<Tag>,
+        status: Status,
+        message: Option<&[u8]>,
+    ) -> Option<Answered> {
         let Some(tag) = tag else {
             self.worsen(Condition::Desynchronised(Desync::Malformed));
-            return;
+            return None;
         };
         // The oldest command with this tag: a client may reuse a tag once it was answered,
         // and servers answer same-tag commands in order.
-        let Some(i) = self.outstanding.iter().position(|p| p.tag == tag) else {
+        let Some(pending) = self
+            .outstanding
+            .iter()
+            .position(|p| p.tag == tag)
+            .and_then(|i| self.outstanding.remove(i))
+        else {
             self.worsen(Condition::Desynchronised(Desync::UnknownTag));
-            return;
+            return None;
         };
-        let pending = self.outstanding.remove(i);
         if self.outstanding.is_empty() && self.outstanding.capacity() > 8 {
             // A burst of pipelined commands is over: an idle session holds no such buffer.
-            self.outstanding = Vec::new();
+            self.outstanding = VecDeque::new();
         }
         let code = message.and_then(response::code);
         match (status, pending.effect) {
@@ -534,6 +592,10 @@ impl SessionState {
             self.idling = false;
             self.idle_continued = false;
         }
+        Some(Answered {
+            name: pending.name,
+            timing: pending.timing,
+        })
     }
 
     fn on_untagged(&mut self, kind: UntaggedKind, message: Option<&[u8]>) {
@@ -638,9 +700,11 @@ mod tests {
             let whole = &rest[..n];
             match dir {
                 Direction::Client => {
-                    state.on_command(&frame, Some(whole));
+                    state.on_command(&frame, Some(whole), Instant::now());
                 }
-                Direction::Server => state.on_response(&frame, Some(whole)),
+                Direction::Server => {
+                    state.on_response(&frame, Some(whole));
+                }
             }
             rest = &rest[n..];
         }
@@ -798,6 +862,34 @@ mod tests {
             f[0].replay.is_none(),
             "part of its answer reached the client"
         );
+    }
+
+    #[test]
+    fn tagged_replies_name_the_command_and_its_forwarding_time() {
+        let mut s = SessionState::new();
+        let t0 = Instant::now();
+        let mut f = Framer::new(Direction::Client);
+        let mut rest = &b"a UID FETCH 1 (FLAGS)\r\nb NOOP\r\n"[..];
+        while let Some((n, frame)) = f.advance(rest) {
+            s.on_command(&frame, Some(&rest[..n]), t0);
+            rest = &rest[n..];
+        }
+        assert!(s.awaiting_forward());
+        s.forwarded(t0 + std::time::Duration::from_micros(5));
+        assert!(!s.awaiting_forward());
+        feed(&mut s, Direction::Client, b"c CHECK\r\n");
+        assert!(s.awaiting_forward(), "only the newest waits");
+        let mut f = Framer::new(Direction::Server);
+        let (_, reply) = f.advance(b"b OK done\r\n").unwrap();
+        let answered = s.on_response(&reply, None).unwrap();
+        assert_eq!(answered.name, CommandName::Noop);
+        assert!(answered.timing.is_forwarded());
+        let (_, reply) = f.advance(b"c OK done\r\n").unwrap();
+        let answered = s.on_response(&reply, None).unwrap();
+        assert_eq!(answered.name, CommandName::Check);
+        assert!(!answered.timing.is_forwarded());
+        let (_, untagged) = f.advance(b"* 1 FETCH (FLAGS ())\r\n").unwrap();
+        assert!(s.on_response(&untagged, None).is_none());
     }
 
     #[test]

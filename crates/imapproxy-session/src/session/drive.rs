@@ -62,6 +62,7 @@ impl Session {
                     &mut link,
                     std::mem::take(&mut leftover),
                     &proxy.policy,
+                    &proxy.command_metrics,
                 );
                 let end = loop {
                     tokio::select! {

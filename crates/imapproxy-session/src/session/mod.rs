@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::command_metrics::CommandMetrics;
 use crate::error::Error;
 use crate::limits::ConnectionLimits;
 use crate::proxy_protocol;
@@ -55,6 +56,8 @@ pub struct Proxy {
     /// sessions keep the registry states they counted themselves in.
     upstreams: ArcSwap<Upstreams>,
     policy: ResponsePolicy,
+    /// Per-command latency histograms of every session's relay.
+    command_metrics: CommandMetrics,
     pool: SessionPool,
     next_id: AtomicU64,
     throttle: Throttle,
@@ -114,6 +117,7 @@ impl Proxy {
                 drop_capability,
                 id_reply: PROXY_ID.to_vec(),
             },
+            command_metrics: CommandMetrics::default(),
             pool,
             next_id: AtomicU64::new(1),
             sessions: SessionRegistry::new(),

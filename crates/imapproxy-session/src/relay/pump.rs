@@ -1,0 +1,302 @@
+//! One direction of the relay: bytes read from a source, framed, written to a destination.
+//!
+//! A [`Pump`] owns the direction's buffer and [`Framer`]; what the bytes mean to the session
+//! (state, rewrites, counters, timings) is its [`Observer`]'s business. The per-chunk work
+//! (frame what a read brought, write it, account for it) is split from the socket calls so
+//! that the relay's cost per chunk can be measured without sockets (`benches/relay.rs`).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use bytes::{Buf, BytesMut};
+use imapproxy_codec::framer::{Direction, Frame, Framer};
+
+use crate::stream::ReadReady;
+
+/// Size of a direction's buffer while data flows.
+pub(super) const BUF_SIZE: usize = 16 * 1024;
+/// The largest read, reached while reads keep filling the buffer.
+const MAX_READ: usize = 64 * 1024;
+/// An unfinished first line shorter than this is held back until it completes, so that a
+/// response that needs rewriting is seen whole. Longer lines are forwarded as they come.
+const HOLD_MAX: usize = 8 * 1024;
+
+/// What becomes of a message that just ended.
+pub(super) enum Action {
+    Forward,
+    Replace(Vec<u8>),
+    /// Drop this message and everything after it, and stop reading this direction.
+    Stop,
+}
+
+/// Which end of a pump failed.
+pub(super) enum Side {
+    Src(io::Error),
+    Dst(io::Error),
+}
+
+/// What a [`Pump`] tells the session about the bytes it moves; the session's answers steer
+/// it. One value per direction and poll, holding the parts of the session it updates.
+pub(super) trait Observer {
+    /// A message ended. `whole` is all of it when the pump still holds its start; `at` is
+    /// when the bytes that ended it were framed (right after the read that brought them).
+    fn on_frame(&mut self, frame: &Frame, whole: Option<&[u8]>, at: Instant) -> Action;
+    /// The source gave bytes (not its end).
+    fn on_read(&mut self) {}
+    /// `n` bytes went to the destination.
+    fn on_written(&mut self, n: usize);
+    /// Everything written so far was flushed to the destination.
+    fn on_flushed(&mut self) {}
+}
+
+/// One direction: bytes read from `src`, scanned, written to `dst`.
+pub(super) struct Pump {
+    pub(super) framer: Framer,
+    pub(super) buf: BytesMut,
+    /// Bytes of spare room asked for before a read: [`BUF_SIZE`], doubled while reads fill it.
+    read_size: usize,
+    /// `buf[..written]` has been written to the destination.
+    pub(super) written: usize,
+    /// `buf[..forwardable]` may be written.
+    forwardable: usize,
+    /// `buf[..scanned]` has been fed to the framer.
+    pub(super) scanned: usize,
+    /// Start in `buf` of the unfinished message, while none of it has been forwarded.
+    pub(super) msg_start: Option<usize>,
+    needs_flush: bool,
+    eof: bool,
+    /// Stop reading (after the client's `LOGOUT`).
+    pub(super) paused: bool,
+    /// On end of stream, shut the destination's write side. Not towards the backend: a
+    /// session whose client vanished may still be reused.
+    shutdown_on_eof: bool,
+}
+
+impl Pump {
+    pub(super) fn new(dir: Direction, shutdown_on_eof: bool) -> Self {
+        Self {
+            framer: Framer::new(dir),
+            // Start with a buffer so the first poll reads instead of waiting for the socket:
+            // a TLS stream may already hold decrypted bytes from before the relay started.
+            // It is released at the first read that would block.
+            buf: BytesMut::with_capacity(BUF_SIZE),
+            read_size: BUF_SIZE,
+            written: 0,
+            forwardable: 0,
+            scanned: 0,
+            msg_start: None,
+            needs_flush: false,
+            eof: false,
+            paused: false,
+            shutdown_on_eof,
+        }
+    }
+
+    /// Nothing buffered and no message half-way.
+    pub(super) fn is_idle(&self) -> bool {
+        self.buf.is_empty() && self.framer.at_boundary()
+    }
+
+    /// Everything buffered was written.
+    pub(super) fn drained(&self) -> bool {
+        self.written == self.buf.len()
+    }
+
+    /// Feeds the unscanned bytes to the framer and decides what may be forwarded.
+    pub(super) fn scan(&mut self, obs: &mut impl Observer) {
+        // Read when a message ends here, once for all that end in these bytes (which came
+        // with one read, microseconds ago): a chunk in the middle of a literal costs no clock.
+        let mut now = None;
+        loop {
+            if self.framer.at_boundary() {
+                self.msg_start = Some(self.scanned);
+            }
+            match self.framer.advance(&self.buf[self.scanned..]) {
+                Some((n, frame)) => {
+                    let mut end = self.scanned + n;
+                    let whole = self.msg_start.and_then(|s| self.buf.get(s..end));
+                    let at = *now.get_or_insert_with(Instant::now);
+                    match obs.on_frame(&frame, whole, at) {
+                        Action::Forward => {}
+                        Action::Replace(bytes) => {
+                            if let Some(start) = self.msg_start {
+                                let tail = self.buf.split_off(end);
+                                self.buf.truncate(start);
+                                self.buf.extend_from_slice(&bytes);
+                                end = self.buf.len();
+                                self.buf.unsplit(tail);
+                            }
+                        }
+                        Action::Stop => {
+                            let start = self.msg_start.unwrap_or(end);
+                            self.buf.truncate(start);
+                            self.scanned = start;
+                            self.forwardable = start;
+                            self.msg_start = None;
+                            self.paused = true;
+                            return;
+                        }
+                    }
+                    self.scanned = end;
+                    self.forwardable = end;
+                    self.msg_start = None;
+                }
+                None => {
+                    self.scanned = self.buf.len();
+                    self.forwardable = match self.msg_start {
+                        Some(s)
+                            if self.buf.len() - s < HOLD_MAX
+                                && memchr::memchr(b'\n', &self.buf[s..]).is_none()
+                                && !self.eof =>
+                        {
+                            s
+                        }
+                        _ => {
+                            self.msg_start = None;
+                            self.buf.len()
+                        }
+                    };
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Moves this direction forward as far as it can. `Ready(Ok(()))` means the source reached
+    /// end of stream and everything was delivered.
+    pub(super) fn poll_pump<S, D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut S,
+        dst: &mut D,
+        obs: &mut impl Observer,
+    ) -> Poll<Result<(), Side>>
+    where
+        S: ReadReady,
+        D: ReadReady,
+    {
+        // Bytes read while no relay ran (a parked session's next command) are scanned first.
+        if self.scanned < self.buf.len() && !self.paused {
+            self.scan(obs);
+        }
+        loop {
+            while self.written < self.forwardable {
+                let chunk = &self.buf[self.written..self.forwardable];
+                let n = ready!(Pin::new(&mut *dst).poll_write(cx, chunk)).map_err(Side::Dst)?;
+                if n == 0 {
+                    return Poll::Ready(Err(Side::Dst(io::ErrorKind::WriteZero.into())));
+                }
+                self.wrote(n, obs);
+            }
+            if self.needs_flush {
+                ready!(Pin::new(&mut *dst).poll_flush(cx)).map_err(Side::Dst)?;
+                self.flushed(obs);
+            }
+            self.compact();
+            if self.eof {
+                if self.shutdown_on_eof {
+                    ready!(Pin::new(&mut *dst).poll_shutdown(cx)).map_err(Side::Dst)?;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if self.paused {
+                self.release_if_empty();
+                return Poll::Pending;
+            }
+            if self.buf.capacity() == 0 {
+                // Idle: wait for the socket without holding a buffer.
+                ready!(src.poll_read_ready(cx)).map_err(Side::Src)?;
+            }
+            // A no-op while the spare room is large enough; otherwise it grows the buffer or
+            // takes back the room that forwarded bytes left at its front.
+            self.buf.reserve(self.read_size);
+            let room = self.buf.capacity() - self.buf.len();
+            let filled = match tokio_util::io::poll_read_buf(Pin::new(&mut *src), cx, &mut self.buf)
+            {
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Side::Src(e))),
+                Poll::Pending => {
+                    self.release_if_empty();
+                    return Poll::Pending;
+                }
+            };
+            if filled == room && self.read_size < MAX_READ {
+                // The source had more than the room: it is streaming.
+                self.read_size *= 2;
+            }
+            if filled > 0 {
+                // Acknowledge at once: a client that wrote half a command waits for our ACK
+                // before it sends the rest (Nagle), and a delayed ACK costs it ~40 ms.
+                src.after_read();
+            }
+            self.read(filled, obs);
+        }
+    }
+
+    /// A read appended `filled` bytes to the buffer (0: end of stream): they are framed.
+    pub(super) fn read(&mut self, filled: usize, obs: &mut impl Observer) {
+        if filled == 0 {
+            self.eof = true;
+        } else {
+            obs.on_read();
+        }
+        self.scan(obs);
+    }
+
+    /// `n` more bytes of the buffer were written to the destination.
+    fn wrote(&mut self, n: usize, obs: &mut impl Observer) {
+        self.written += n;
+        self.needs_flush = true;
+        obs.on_written(n);
+    }
+
+    /// The destination flushed what was written.
+    fn flushed(&mut self, obs: &mut impl Observer) {
+        self.needs_flush = false;
+        obs.on_flushed();
+    }
+
+    /// What [`Pump::poll_pump`] does with a destination that takes everything at once: the
+    /// forwardable bytes are written and flushed, the buffer compacted. Returns how many
+    /// bytes were written. For measuring the relay without sockets.
+    pub(super) fn write_all_to_sink(&mut self, obs: &mut impl Observer) -> usize {
+        let n = self.forwardable - self.written;
+        if n > 0 {
+            self.wrote(n, obs);
+        }
+        if self.needs_flush {
+            self.flushed(obs);
+        }
+        self.compact();
+        n
+    }
+
+    /// Between reads with nothing buffered: give the memory back and start small again.
+    pub(super) fn release_if_empty(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+            self.read_size = BUF_SIZE;
+        }
+    }
+
+    fn compact(&mut self) {
+        if self.written == 0 {
+            return;
+        }
+        if self.written == self.buf.len() {
+            self.buf.clear();
+            self.written = 0;
+            self.forwardable = 0;
+            self.scanned = 0;
+            self.msg_start = None;
+        } else {
+            self.buf.advance(self.written);
+            self.forwardable -= self.written;
+            self.scanned -= self.written;
+            self.msg_start = self.msg_start.map(|s| s - self.written);
+            self.written = 0;
+        }
+    }
+}
