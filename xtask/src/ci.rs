@@ -64,7 +64,14 @@ const UNPUBLISHED: &[&str] = &[
 ///
 /// `--allow-dirty`: like every other step this checks what is on disk, committed or not;
 /// nothing is published here.
+///
+/// Before it runs, the unpacked copies of this workspace's crates that earlier runs left in
+/// Cargo's registry cache are removed: the temporary registry gives every run's packages the
+/// same name and version, and Cargo, finding a crate of that name and version unpacked
+/// already, builds the old sources instead of the new package (seen: a sibling's new API
+/// missing in the verify build, on a machine that had packaged before).
 pub fn package() -> Result<(), XtaskError> {
+    forget_unpacked_packages()?;
     let mut cmd = cargo();
     cmd.args([
         "package",
@@ -77,6 +84,100 @@ pub fn package() -> Result<(), XtaskError> {
         cmd.args(["--exclude", name]);
     }
     run(&mut cmd)
+}
+
+/// Removes `$CARGO_HOME/registry/{src,cache}/*/<crate>-<version>[.crate]` for this
+/// workspace's publishable crates (see [`package`]).
+fn forget_unpacked_packages() -> Result<(), XtaskError> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cargo")));
+    let Some(home) = home else {
+        return Ok(());
+    };
+    let version = workspace_version()?;
+    let ours: Vec<String> = members()?
+        .into_iter()
+        .filter(|m| !m.unpublished)
+        .map(|m| format!("{}-{version}", m.name))
+        .collect();
+    for (kind, suffix) in [("src", ""), ("cache", ".crate")] {
+        let Ok(registries) = std::fs::read_dir(home.join("registry").join(kind)) else {
+            continue;
+        };
+        for registry in registries.flatten() {
+            for name in &ours {
+                let path = registry.path().join(format!("{name}{suffix}"));
+                let removed = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else if path.is_file() {
+                    std::fs::remove_file(&path)
+                } else {
+                    continue;
+                };
+                removed.map_err(|e| {
+                    XtaskError::Missing(format!("cannot remove {}: {e}", path.display()))
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `[workspace.package] version`, which every publishable member inherits.
+fn workspace_version() -> Result<String, XtaskError> {
+    let path = crate::run::root().join("Cargo.toml");
+    let manifest = std::fs::read_to_string(&path)
+        .map_err(|e| XtaskError::Missing(format!("cannot read {}: {e}", path.display())))?;
+    manifest
+        .split_once("[workspace.package]")
+        .and_then(|(_, section)| {
+            section
+                .lines()
+                .take_while(|l| !l.starts_with('['))
+                .find_map(|l| l.strip_prefix("version = "))
+        })
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .ok_or_else(|| XtaskError::Missing("no [workspace.package] version".into()))
+}
+
+/// A workspace member, from its manifest.
+struct Member {
+    name: String,
+    unpublished: bool,
+}
+
+/// Every workspace member listed in the root manifest.
+fn members() -> Result<Vec<Member>, XtaskError> {
+    let root = crate::run::root();
+    let read = |path: std::path::PathBuf| {
+        std::fs::read_to_string(&path)
+            .map_err(|e| XtaskError::Missing(format!("cannot read {}: {e}", path.display())))
+    };
+    let manifest = read(root.join("Cargo.toml"))?;
+    let list = manifest
+        .split_once("members = [")
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(list, _)| list)
+        .ok_or_else(|| XtaskError::Missing("no members list in Cargo.toml".into()))?;
+    let mut out = Vec::new();
+    for dir in list
+        .split(',')
+        .map(|m| m.trim().trim_matches('"'))
+        .filter(|m| !m.is_empty())
+    {
+        let text = read(root.join(dir).join("Cargo.toml"))?;
+        let package = text.split("\n[").next().unwrap_or_default();
+        let name = package
+            .lines()
+            .find_map(|l| l.strip_prefix("name = "))
+            .ok_or_else(|| XtaskError::Missing(format!("no package name in {dir}/Cargo.toml")))?
+            .trim_matches('"')
+            .to_owned();
+        let unpublished = package.lines().any(|l| l.trim() == "publish = false");
+        out.push(Member { name, unpublished });
+    }
+    Ok(out)
 }
 
 /// Supply-chain checks with cargo-deny: licenses, bans and sources, which need nothing but
@@ -102,47 +203,23 @@ pub fn cargo_deny() -> Result<(), XtaskError> {
 mod tests {
     use super::*;
 
-    /// `(name, publish = false)` of every workspace member listed in the root manifest.
-    fn members() -> Vec<(String, bool)> {
-        let root = crate::run::root();
-        let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
-        let list = manifest
-            .split_once("members = [")
-            .and_then(|(_, rest)| rest.split_once(']'))
-            .map(|(list, _)| list)
-            .unwrap();
-        list.split(',')
-            .map(|m| m.trim().trim_matches('"'))
-            .filter(|m| !m.is_empty())
-            .map(|dir| {
-                let text = std::fs::read_to_string(root.join(dir).join("Cargo.toml")).unwrap();
-                let package = text.split("\n[").next().unwrap_or_default();
-                let name = package
-                    .lines()
-                    .find_map(|l| l.strip_prefix("name = "))
-                    .unwrap()
-                    .trim_matches('"')
-                    .to_owned();
-                let unpublished = package.lines().any(|l| l.trim() == "publish = false");
-                (name, unpublished)
-            })
-            .collect()
-    }
-
     #[test]
     fn unpublished_list_matches_the_manifests() {
-        let mut from_manifests: Vec<String> = members()
-            .into_iter()
-            .filter(|(_, unpublished)| *unpublished)
-            .map(|(name, _)| name)
+        let members = members().unwrap();
+        let mut from_manifests: Vec<String> = members
+            .iter()
+            .filter(|m| m.unpublished)
+            .map(|m| m.name.clone())
             .collect();
         from_manifests.sort();
         let mut listed: Vec<String> = UNPUBLISHED.iter().map(|s| (*s).to_owned()).collect();
         listed.sort();
         assert_eq!(from_manifests, listed);
+        assert!(members.len() > UNPUBLISHED.len(), "nothing left to package");
+        let version = workspace_version().unwrap();
         assert!(
-            members().len() > UNPUBLISHED.len(),
-            "nothing left to package"
+            version.starts_with(|c: char| c.is_ascii_digit()),
+            "{version}"
         );
     }
 }
