@@ -29,10 +29,11 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use imapproxy_codec::CommandName;
-use metrics::Histogram;
+use metrics::{Counter, Histogram};
 
 const BACKEND_SECONDS: &str = "imapproxy_command_backend_seconds";
 const PROXY_SECONDS: &str = "imapproxy_command_proxy_seconds";
+const BYTES: &str = "imapproxy_bytes_relayed_total";
 /// One slot per [`CommandName`].
 const SLOTS: usize = CommandName::ALL.len();
 /// [`CommandTiming::forwarded_ns`] of a command not yet all forwarded.
@@ -56,6 +57,10 @@ fn label(name: CommandName) -> &'static str {
 pub(crate) struct CommandMetrics {
     backend: [OnceLock<Histogram>; SLOTS],
     proxy: [OnceLock<Histogram>; SLOTS],
+    /// `imapproxy_bytes_relayed_total{direction}`, counted as bytes are written (so that a
+    /// rate over a few seconds shows traffic as it flows, not as sessions end).
+    to_backend: OnceLock<Counter>,
+    to_client: OnceLock<Counter>,
 }
 
 impl Default for CommandMetrics {
@@ -63,6 +68,8 @@ impl Default for CommandMetrics {
         Self {
             backend: [const { OnceLock::new() }; SLOTS],
             proxy: [const { OnceLock::new() }; SLOTS],
+            to_backend: OnceLock::new(),
+            to_client: OnceLock::new(),
         }
     }
 }
@@ -74,6 +81,20 @@ impl std::fmt::Debug for CommandMetrics {
 }
 
 impl CommandMetrics {
+    /// `n` bytes of the client's went to the backend.
+    pub(crate) fn relayed_to_backend(&self, n: usize) {
+        self.to_backend
+            .get_or_init(|| metrics::counter!(BYTES, "direction" => "client_to_backend"))
+            .increment(n as u64);
+    }
+
+    /// `n` bytes of the backend's went to the client.
+    pub(crate) fn relayed_to_client(&self, n: usize) {
+        self.to_client
+            .get_or_init(|| metrics::counter!(BYTES, "direction" => "backend_to_client"))
+            .increment(n as u64);
+    }
+
     fn backend(&self, name: CommandName) -> &Histogram {
         Self::handle(&self.backend, BACKEND_SECONDS, name)
     }

@@ -162,6 +162,7 @@ impl Link {
             } = &mut link;
             up.buf = BytesMut::from(&client_leftover[..]);
             up.scan(&mut Commands {
+                metrics: None,
                 facts,
                 state,
                 logout,
@@ -432,6 +433,7 @@ impl Observer for Responses<'_> {
 
     fn on_written(&mut self, n: usize) {
         *self.bytes_down += n as u64;
+        self.metrics.relayed_to_client(n);
     }
 
     fn on_flushed(&mut self) {
@@ -531,6 +533,7 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
             let mut client_active = false;
             if !*client_eof {
                 let mut commands = Commands {
+                    metrics: Some(metrics),
                     facts,
                     state,
                     logout,
@@ -600,6 +603,8 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
 
 /// The client direction's observer: commands into the session state.
 struct Commands<'l> {
+    /// For the bytes relayed (`None` while only framing what came with the login).
+    metrics: Option<&'l CommandMetrics>,
     facts: &'l mut SessionFacts,
     state: &'l mut SessionState,
     logout: &'l mut Option<Tag>,
@@ -639,6 +644,9 @@ impl Observer for Commands<'_> {
 
     fn on_written(&mut self, n: usize) {
         self.facts.bytes_up += n as u64;
+        if let Some(metrics) = self.metrics {
+            metrics.relayed_to_backend(n);
+        }
     }
 
     fn on_flushed(&mut self) {

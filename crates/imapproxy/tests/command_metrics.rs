@@ -60,6 +60,15 @@ token = "{TOKEN}"
             let r = c.cmd(tag, cmd).await.unwrap();
             assert!(r.tagged_ok(), "{cmd}: {}", r.text());
         }
+        // Bytes are counted as they flow, not when the session ends.
+        let (_, live) = admin_request(admin, "GET", "/metrics", Some(TOKEN), &[]);
+        for direction in ["client_to_backend", "backend_to_client"] {
+            let name = format!("imapproxy_bytes_relayed_total{{direction=\"{direction}\"}}");
+            assert!(
+                sample(&live, &name).is_some_and(|n| n > 0.0),
+                "{name} while the session is open, in\n{live}"
+            );
+        }
         // Pipelined: both are timed, each with its own reply.
         c.send_raw(b"p1 NOOP\r\np2 CHECK\r\n").await.unwrap();
         assert!(c.read_until_tagged("p2").await.unwrap().tagged_ok());

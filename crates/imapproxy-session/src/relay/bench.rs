@@ -62,6 +62,7 @@ impl ChunkBench {
     pub fn client(&mut self, chunk: &[u8]) -> usize {
         self.up.buf.extend_from_slice(chunk);
         let mut obs = Commands {
+            metrics: Some(&self.metrics),
             facts: &mut self.facts,
             state: &mut self.state,
             logout: &mut self.logout,

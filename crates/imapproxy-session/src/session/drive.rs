@@ -231,10 +231,6 @@ impl Session {
         );
         metrics::counter!("imapproxy_session_end_state_total", "state" => condition.as_str())
             .increment(1);
-        metrics::counter!("imapproxy_bytes_relayed_total", "direction" => "client_to_backend")
-            .increment(facts.bytes_up);
-        metrics::counter!("imapproxy_bytes_relayed_total", "direction" => "backend_to_client")
-            .increment(facts.bytes_down);
         // Ended by an operator (a move, most likely): the backend session must not be cached,
         // or the user's next login could be handed the old backend again.
         let kicked = end.is_none() && registration.kicked();

@@ -147,7 +147,7 @@ fn charts() -> String {
         ("sessions", "Client sessions", ""),
         ("logins", "Logins per second, by result", ""),
         ("latency", "Login latency p50 / p99", "<span id=\"latency-over\"></span>"),
-        ("bytes", "Bytes relayed per second", "<span class=\"note\">(counted as sessions end)</span>"),
+        ("bytes", "Bytes relayed per second", ""),
     ]
     .iter()
     .fold(String::new(), |mut out, (id, caption, note)| {

@@ -30,9 +30,8 @@ pub(super) struct Sample {
     pub(super) login_p99: Option<f64>,
     /// Which logins the percentiles describe.
     pub(super) latency_over: LatencyOver,
-    /// Bytes per second from clients to backends, and back. The sessions library counts a
-    /// session's bytes when its relay ends, so these are the bytes of the sessions that ended
-    /// during the interval, not the traffic on the wire in it.
+    /// Bytes per second from clients to backends, and back, as relayed during the interval
+    /// (the session library counts them as it writes them).
     pub(super) bytes_in_per_s: f64,
     pub(super) bytes_out_per_s: f64,
 }
