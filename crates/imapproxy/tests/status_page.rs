@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{Binary, loopback};
+use common::{Binary, dump_dom, loopback};
 use imapproxy_testkit::Dovecot;
 
 #[test]
@@ -42,29 +41,9 @@ addr = "{admin}"
     // Let a few health rounds mark the dead backend down.
     std::thread::sleep(Duration::from_millis(800));
 
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--timeout=15000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(format!("http://{admin}/"))
-        .output()
-        .expect("chromium is installed (cargo xtask test installs it)");
+    let dom = dump_dom(admin, Duration::from_secs(1));
     drop(proxy);
-    let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        dom.contains("<h1>imapproxy</h1>"),
-        "not rendered: {dom}\n{out:?}"
-    );
+    assert!(dom.contains("<h1>imapproxy</h1>"), "not rendered: {dom}");
     assert!(dom.contains("<td>mail-alpha</td>"), "{dom}");
     assert!(dom.contains("<td>mail-beta</td>"), "{dom}");
     assert!(
