@@ -32,6 +32,9 @@
 //! - `pipeline`: batches of 1,000 pipelined small commands (`NOOP`, `UID FETCH n (FLAGS)`)
 //!   on one plain session: commands/s, direct vs proxy (and vs a `--baseline` proxy binary,
 //!   for the cost of a change such as per-command metrics).
+//! - `fleet`: login latency through a proxy on local state and one in fleet mode (Redis on
+//!   loopback, loopback not trusted, `max_per_user_fleet` set): pool hits and fresh backend
+//!   logins, p50/p99 and what fleet mode adds.
 //! - `peers`: direct Dovecot, imapproxy and whichever of HAProxy, nginx's mail proxy and
 //!   up-imapproxy are installed, interleaved: one-client latency, sessions/s of 20
 //!   clients, bulk MB/s, memory per idle session, a one-user burst; one markdown table of
@@ -45,6 +48,7 @@ mod burst;
 mod clients;
 mod error;
 mod failover;
+mod fleet;
 mod held;
 mod idle;
 mod imap;
@@ -102,6 +106,9 @@ enum Scenario {
     /// Batches of pipelined small commands on one session (commands/s), proxy vs direct
     /// Dovecot (and vs a baseline proxy binary).
     Pipeline(pipeline::PipelineArgs),
+    /// Login latency added by fleet mode (Redis on loopback): pool hits and fresh backend
+    /// logins, a proxy on local state vs one in fleet mode.
+    Fleet(fleet::FleetArgs),
     /// imapproxy, HAProxy, nginx's mail proxy and up-imapproxy (those installed) against
     /// direct Dovecot: latency, sessions/s, bulk MB/s, memory per idle session and a
     /// one-user burst, as one markdown table of ratios (target/loadbench/peers.md).
@@ -139,6 +146,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
             Scenario::BurstHeld(a) => held::run(&binary, cli.runs, a).await,
             Scenario::Failover(a) => failover::run(&binary, cli.runs, a).await,
             Scenario::Pipeline(a) => pipeline::run(&binary, cli.runs, a).await,
+            Scenario::Fleet(a) => fleet::run(&binary, cli.runs, a).await,
             Scenario::Peers(a) => peers::run(&binary, cli.runs, a).await,
         }
     })

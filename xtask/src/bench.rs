@@ -73,6 +73,13 @@ pub const LOAD_SCENARIOS: &[LoadScenario] = &[
         bin: "loadbench",
         args: &["pipeline"],
     },
+    // Login latency fleet mode adds (Redis on loopback): pool hits and fresh backend logins,
+    // a proxy on local state vs one in fleet mode (about 30 s).
+    LoadScenario {
+        package: "imapproxy-bench",
+        bin: "loadbench",
+        args: &["fleet"],
+    },
     // Direct Dovecot, imapproxy and the installed peers (HAProxy, nginx mail, up-imapproxy;
     // missing ones are skipped and named), interleaved: latency, sessions/s, bulk, idle
     // memory, burst; one markdown table in target/loadbench/peers.md. About 11 minutes
@@ -164,6 +171,7 @@ mod tests {
             "burst-held",
             "failover",
             "pipeline",
+            "fleet",
             "peers",
         ];
         for s in LOAD_SCENARIOS {
