@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms)]
 
+mod actions;
 mod admin;
 mod build;
 mod config;

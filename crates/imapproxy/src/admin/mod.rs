@@ -35,6 +35,7 @@ mod tests;
 mod views;
 
 pub use overrides::{load_overrides, save_overrides};
+pub(crate) use views::session_json;
 
 use auth::{Auth, Caller};
 use console::{Page, console_page, login_page};
@@ -324,22 +325,16 @@ async fn route(req: &Request, state: &AdminState, console: &Console, peer: IpAdd
         }
         ("GET", ["backends"]) => Response::json("200 OK", backends_json(state)),
         ("POST", ["backends", name, action @ ("drain" | "undrain")]) => {
-            let health = if *action == "drain" {
+            let draining = *action == "drain";
+            let health = if draining {
                 Health::Draining
             } else {
                 Health::Up
             };
             let query = req.path.split_once('?').map_or("", |(_, q)| q);
-            let migrate = *action == "drain" && param(query, "migrate").as_deref() == Some("true");
-            match state.proxy.upstreams().registry.set_health(*name, health) {
-                Ok(previous) => {
-                    // With migration the backend's sessions move to others at their next
-                    // command boundary (at once when in IDLE); without, they run on.
-                    let migrating = if migrate {
-                        state.proxy.sessions().migrate_backend(name)
-                    } else {
-                        0
-                    };
+            let migrate = draining && param(query, "migrate").as_deref() == Some("true");
+            match crate::actions::set_drain(&state.proxy, name, draining, migrate) {
+                Ok((previous, migrating)) => {
                     info!(backend = %name, from = %previous, to = %health, migrating, "backend health set by admin");
                     let mut answer = serde_json::json!({
                         "name": name,
@@ -349,7 +344,7 @@ async fn route(req: &Request, state: &AdminState, console: &Console, peer: IpAdd
                     if let Some(fleet) = &state.fleet {
                         let change = crate::fleet::Change::Health {
                             backend: (*name).to_owned(),
-                            draining: health == Health::Draining,
+                            draining,
                             migrate,
                         };
                         answer["fleet"] = fleet.change(change).await.json();

@@ -33,14 +33,7 @@ pub(super) async fn move_user(
         };
         return Response::error("500 Internal Server Error", &e);
     }
-    // Forget first: no cached session of the old backend must survive to greet a reconnect
-    // or a moving session.
-    let forgotten = state.proxy.pool().forget_user(user);
-    let (kicked, migrating) = if kick {
-        (state.proxy.sessions().kick_user(user), 0)
-    } else {
-        (0, state.proxy.sessions().migrate_user(user))
-    };
+    let (kicked, migrating, forgotten) = crate::actions::move_sessions(&state.proxy, user, kick);
     info!(%user, backend = %id, kicked, migrating, forgotten, "user moved by admin");
     let mut answer = serde_json::json!({
         "user": user.to_lowercase(),

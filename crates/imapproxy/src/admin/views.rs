@@ -1,31 +1,34 @@
 //! What the admin endpoint shows: sessions and backends as JSON, gauges for `/metrics`,
 //! and the escaping every page uses.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use imapproxy_route::Health;
+use imapproxy_session::SessionInfo;
 
 use super::AdminState;
 
+/// One live session as `GET /sessions` lists it (and fleet mode publishes it): `since` in
+/// seconds since the Unix epoch, `seconds` its age at `now`.
+pub(crate) fn session_json(s: &SessionInfo, now: SystemTime) -> serde_json::Value {
+    serde_json::json!({
+        "id": s.id,
+        "user": s.user,
+        "client": s.client.to_string(),
+        "backend": s.backend,
+        "since": s.since.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        "seconds": now.duration_since(s.since).map_or(0, |d| d.as_secs()),
+    })
+}
+
 pub(super) fn sessions_json(state: &AdminState) -> serde_json::Value {
-    let now = std::time::SystemTime::now();
+    let now = SystemTime::now();
     let sessions: Vec<serde_json::Value> = state
         .proxy
         .sessions()
         .list()
-        .into_iter()
-        .map(|s| {
-            let since = s
-                .since
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            serde_json::json!({
-                "id": s.id,
-                "user": s.user,
-                "client": s.client.to_string(),
-                "backend": s.backend,
-                "since": since,
-                "seconds": now.duration_since(s.since).map_or(0, |d| d.as_secs()),
-            })
-        })
+        .iter()
+        .map(|s| session_json(s, now))
         .collect();
     let overrides: serde_json::Map<String, serde_json::Value> = state
         .proxy

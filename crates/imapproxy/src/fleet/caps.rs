@@ -16,7 +16,7 @@ use std::time::Duration;
 use imapproxy_pool::{Acquire, SharedUserCap};
 use tokio_util::sync::CancellationToken;
 
-use super::{Fleet, lock};
+use super::{Fleet, lock, millis};
 
 /// How long a place lives without renewal.
 const LEASE: Duration = Duration::from_secs(30);
@@ -110,10 +110,6 @@ impl RedisUserCap {
             let _: Option<i64> = self.inner.fleet.query(cmd).await;
         }
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A place held; removed from Redis (in the background) when dropped.

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use imapproxy_route::{BackendId, Health};
+use imapproxy_route::BackendId;
 use imapproxy_session::Proxy;
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
@@ -136,6 +136,11 @@ struct Inner {
     relinked: Notify,
     proxy: Arc<Proxy>,
     overrides_file: Option<PathBuf>,
+}
+
+/// Milliseconds for Redis's `PX`/`PEXPIRE` arguments (at least 1: 0 is refused there).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -436,14 +441,7 @@ pub fn apply_locally(
         } => {
             proxy.overrides().set(user, BackendId::new(backend));
             save(proxy, overrides_file);
-            // Forget first: no cached session of the old backend may greet a reconnect or a
-            // moving session.
-            let forgotten = proxy.pool().forget_user(user);
-            if *kick {
-                (proxy.sessions().kick_user(user), 0, forgotten)
-            } else {
-                (0, proxy.sessions().migrate_user(user), forgotten)
-            }
+            crate::actions::move_sessions(proxy, user, *kick)
         }
         Change::Unmove { user } => {
             proxy.overrides().remove(user);
@@ -455,27 +453,10 @@ pub fn apply_locally(
             backend,
             draining,
             migrate,
-        } => {
-            let health = if *draining {
-                Health::Draining
-            } else {
-                Health::Up
-            };
-            if proxy
-                .upstreams()
-                .registry
-                .set_health(backend.as_str(), health)
-                .is_err()
-            {
-                return (0, 0, 0);
-            }
-            let migrating = if *draining && *migrate {
-                proxy.sessions().migrate_backend(backend)
-            } else {
-                0
-            };
-            (0, migrating, 0)
-        }
+        } => match crate::actions::set_drain(proxy, backend, *draining, *migrate) {
+            Ok((_, migrating)) => (0, migrating, 0),
+            Err(_) => (0, 0, 0),
+        },
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt as _;
 use imapproxy_route::Health;
@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Change, Envelope, Fleet, HEARTBEAT, apply_locally, lock};
+use super::{Change, Envelope, Fleet, HEARTBEAT, apply_locally, lock, millis};
 
 /// Follows the events channel while the link is up; on every new subscription shares the
 /// changes made while away, then reads the shared overrides and drains back (announcements
@@ -271,30 +271,19 @@ pub(super) async fn publish_sessions(fleet: Fleet, stop: CancellationToken) {
 }
 
 fn local_sessions(fleet: &Fleet) -> Vec<serde_json::Value> {
+    let now = SystemTime::now();
     fleet
         .inner
         .proxy
         .sessions()
         .list()
-        .into_iter()
-        .map(|s| {
-            serde_json::json!({
-                "id": s.id,
-                "user": s.user,
-                "client": s.client.to_string(),
-                "backend": s.backend,
-                "since": unix(s.since),
-            })
-        })
+        .iter()
+        .map(|s| crate::admin::session_json(s, now))
         .collect()
 }
 
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Fleet {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use imapproxy_session::{SharedCounts, SharedFailures, ThrottleSettings};
 
-use super::Fleet;
+use super::{Fleet, millis};
 
 /// KEYS: pair count, pair block, address count, address block. ARGV: window ms, block ms,
 /// pair limit, address limit.
@@ -84,10 +84,6 @@ impl RedisFailures {
             let _: Option<redis::Value> = fleet.query(cmd).await;
         });
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// PTTL's answer as time left: -2 (no key) and -1 (no expiry, never written so) are none.
