@@ -49,7 +49,38 @@ pub fn frames(dir: Direction, data: &[u8], cuts: &[usize]) -> Vec<(usize, Frame)
     out
 }
 
+/// Like [`frames`] uncut, but the first half of every literal run a piece meets is reported
+/// with `skip_literal` rather than shown, as a relay moving it with `splice(2)` does.
+pub fn frames_skipping(dir: Direction, data: &[u8]) -> Vec<(usize, Frame)> {
+    let mut f = Framer::new(dir);
+    let mut out = Vec::new();
+    let mut chunk = data;
+    let mut at = 0;
+    loop {
+        if let Some(r) = f.literal_remaining().filter(|&r| r > 0 && !chunk.is_empty()) {
+            let k = (r.min(chunk.len() as u64) as usize).div_ceil(2);
+            assert!(!f.skip_literal(r + 1), "skipped past the literal");
+            assert!(f.skip_literal(k as u64));
+            at += k;
+            chunk = &chunk[k..];
+            continue;
+        }
+        match f.advance(chunk) {
+            Some((n, frame)) => {
+                at += n;
+                out.push((at, frame));
+                chunk = &chunk[n..];
+            }
+            None => break,
+        }
+    }
+    let framed = out.last().map_or(0, |&(end, _)| end);
+    assert_eq!(f.partial_len(), (data.len() - framed) as u64);
+    out
+}
+
 /// Framer invariants for both directions: frames do not depend on where the input is cut,
+/// nor on literal bytes being skipped rather than shown,
 /// each frame's `len` is exactly the bytes it ended, their sum is at most the input length,
 /// and literal bytes are part of the length.
 pub fn check_framer(data: &[u8], cuts: &[usize]) {
@@ -74,6 +105,11 @@ pub fn check_framer(data: &[u8], cuts: &[usize]) {
                 "{dir:?}: cut at {cut} changed frames"
             );
         }
+        assert_eq!(
+            frames_skipping(dir, data),
+            whole,
+            "{dir:?}: skipping literal bytes changed frames"
+        );
     }
 }
 

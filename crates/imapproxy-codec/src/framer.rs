@@ -562,6 +562,49 @@ impl Framer {
         self.len_at_announcement = 0;
     }
 
+    /// Inside a literal: how many of its bytes are still to come (`None` outside one).
+    ///
+    /// A relay that moves a literal's bytes without looking at them (`splice(2)` from socket
+    /// to socket, say) asks this to know how many it may move, then reports them with
+    /// [`Framer::skip_literal`].
+    pub fn literal_remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Literal(remaining) => Some(remaining),
+            State::Line(_) => None,
+        }
+    }
+
+    /// `n` bytes of the current literal went by without being shown to [`Framer::advance`]:
+    /// the framer ends up as if they had been. Returns `false`, and changes nothing, when `n`
+    /// is more than [`Framer::literal_remaining`].
+    ///
+    /// ```
+    /// use imapproxy_codec::{Direction, Framer};
+    /// let mut f = Framer::new(Direction::Server);
+    /// assert!(f.advance(b"* 1 FETCH (BODY[] {10}\r\nabc").is_none());
+    /// assert_eq!(f.literal_remaining(), Some(7));
+    /// assert!(!f.skip_literal(8));
+    /// assert!(f.skip_literal(7));
+    /// let (n, frame) = f.advance(b")\r\n").unwrap();
+    /// assert_eq!((n, frame.len, frame.literal_bytes), (3, 37, 10));
+    /// ```
+    pub fn skip_literal(&mut self, n: u64) -> bool {
+        let State::Literal(remaining) = self.state else {
+            return n == 0;
+        };
+        if n > remaining {
+            return false;
+        }
+        // What `advance` does with `n` literal bytes and nothing after them.
+        self.state = if n < remaining {
+            State::Literal(remaining - n)
+        } else {
+            State::Line(Tail::Other)
+        };
+        self.len = self.len.saturating_add(n);
+        true
+    }
+
     /// True when the framer sits exactly at a message boundary (nothing partial consumed).
     pub fn at_boundary(&self) -> bool {
         self.len == 0
@@ -773,6 +816,54 @@ mod tests {
                 "split {k}"
             );
         }
+    }
+
+    /// Frames of `stream` fed whole, and fed with the bytes `skip` (a range inside a literal)
+    /// reported by `skip_literal` instead of shown: the same frames.
+    fn frames_skipping(stream: &[u8], skip: core::ops::Range<usize>) -> Vec<Frame> {
+        let mut f = Framer::new(Direction::Server);
+        let mut out = Vec::new();
+        let feed = |f: &mut Framer, mut bytes: &[u8], out: &mut Vec<Frame>| {
+            while let Some((n, frame)) = f.advance(bytes) {
+                out.push(frame);
+                bytes = &bytes[n..];
+            }
+        };
+        feed(&mut f, &stream[..skip.start], &mut out);
+        let n = (skip.end - skip.start) as u64;
+        if n > 0 {
+            assert!(f.literal_remaining().is_some_and(|r| r >= n));
+            assert!(f.skip_literal(n));
+        }
+        feed(&mut f, &stream[skip.end..], &mut out);
+        assert!(f.at_boundary());
+        out
+    }
+
+    #[test]
+    fn skipped_literal_bytes_count_as_shown_ones() {
+        let stream = b"* 1 FETCH (BODY[] {6}\r\nabcdef BODY[1] {3}\r\nxyz)\r\nA1 OK done\r\n";
+        let whole = frames_skipping(stream, 0..0);
+        assert_eq!(whole.len(), 2);
+        let first = 23; // first byte of the 6-byte literal
+        for start in first..=first + 6 {
+            for end in start..=first + 6 {
+                let frames = frames_skipping(stream, start..end);
+                assert_eq!(frames.len(), 2, "{start}..{end}");
+                for (a, b) in frames.iter().zip(&whole) {
+                    assert_eq!(
+                        (a.tag, a.kind, a.len, a.literal_bytes, a.literals),
+                        (b.tag, b.kind, b.len, b.literal_bytes, b.literals),
+                        "{start}..{end}"
+                    );
+                }
+            }
+        }
+        // Outside a literal nothing can be skipped.
+        let mut f = Framer::new(Direction::Server);
+        assert_eq!(f.literal_remaining(), None);
+        assert!(!f.skip_literal(1));
+        assert!(f.skip_literal(0));
     }
 
     #[test]

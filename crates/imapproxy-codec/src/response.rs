@@ -2,8 +2,9 @@
 //! connection: response codes (`[READ-WRITE]`, `[CLOSED]`, `[UIDVALIDITY n]`,
 //! `[HIGHESTMODSEQ n]`...), `* ENABLED`, `* n EXISTS`, and whether data carries mod-sequences.
 //!
-//! Each function takes one response line (its first line, without literal bodies) as the
-//! [`Framer`](crate::Framer) delimited it; none allocates.
+//! Each function takes one response as the [`Framer`](crate::Framer) delimited it (its
+//! first line is enough for all but [`reveals_modseq`], which reads every line and skips
+//! what literals hold); none allocates.
 //!
 //! ```
 //! use imapproxy_codec::response::{code, enabled};
@@ -96,10 +97,46 @@ pub fn numbered(line: &[u8]) -> Option<(u64, &[u8])> {
     Some((n, rest.get(..end)?))
 }
 
-/// Whether the first line of an untagged response carries mod-sequence data: `MODSEQ` in a
-/// `FETCH`, `HIGHESTMODSEQ` in a `STATUS`, or a `VANISHED` response (RFC 7162). Servers send
-/// these only once CONDSTORE or QRESYNC is on for the connection.
-pub fn reveals_modseq(line: &[u8]) -> bool {
+/// The size a line announces for the literal that follows it (`{n}`, `{n+}`, `~{n}`), if it
+/// ends with one. `line` may still carry its CRLF.
+fn announced_literal(line: &[u8]) -> Option<usize> {
+    let inner = trim_line(line).strip_suffix(b"}")?;
+    let open = memchr::memrchr(b'{', inner)?;
+    let digits = inner.get(open + 1..)?;
+    let digits = digits.strip_suffix(b"+").unwrap_or(digits);
+    usize::try_from(parse_number(digits)?).ok()
+}
+
+/// The protocol text of a whole response: its lines, each with its line ending, without the
+/// bytes of the literals between them (a message body in a `FETCH`, say), which are data
+/// and may hold any word. A literal cut short ends the text.
+///
+/// ```
+/// use imapproxy_codec::response::protocol_text;
+/// let r = b"* 1 FETCH (BODY[] {12}\r\nMODSEQ (9)\r\n UID 4)\r\n";
+/// assert_eq!(protocol_text(r).collect::<Vec<_>>(), [&b"* 1 FETCH (BODY[] {12}\r\n"[..], b" UID 4)\r\n"]);
+/// ```
+pub fn protocol_text(message: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(message);
+    core::iter::from_fn(move || {
+        let bytes = rest.take().filter(|b| !b.is_empty())?;
+        let end = memchr(b'\n', bytes).map_or(bytes.len(), |i| i + 1);
+        let (line, after) = bytes.split_at(end);
+        rest = match announced_literal(line) {
+            Some(n) => after.get(n..),
+            None => Some(after),
+        };
+        Some(line)
+    })
+}
+
+/// Whether an untagged response carries mod-sequence data: `MODSEQ` in a `FETCH`,
+/// `HIGHESTMODSEQ` in a `STATUS`, or a `VANISHED` response (RFC 7162). Servers send these only
+/// once CONDSTORE or QRESYNC is on for the connection. Reads every line of `message` but not
+/// what its literals hold: a message body that says `MODSEQ` is not mod-sequence data, and
+/// the cost stays with the protocol text however large the bodies.
+pub fn reveals_modseq(message: &[u8]) -> bool {
+    let line = message;
     let line = trim_line(line);
     let Some(rest) = line.strip_prefix(b"* ") else {
         return false;
@@ -116,8 +153,11 @@ pub fn reveals_modseq(line: &[u8]) -> bool {
     } else {
         return false;
     };
-    line.split(|&b| matches!(b, b' ' | b'(' | b')'))
-        .any(|w| w.eq_ignore_ascii_case(wanted))
+    protocol_text(message).any(|line| {
+        trim_line(line)
+            .split(|&b| matches!(b, b' ' | b'(' | b')'))
+            .any(|w| w.eq_ignore_ascii_case(wanted))
+    })
 }
 
 #[cfg(test)]
@@ -163,5 +203,17 @@ mod tests {
         assert!(!reveals_modseq(b"* 1 FETCH (UID 4 FLAGS (\\Seen))\r\n"));
         assert!(!reveals_modseq(b"* OK [HIGHESTMODSEQ 7] Highest\r\n"));
         assert!(!reveals_modseq(b"* LIST () \"/\" MODSEQ\r\n"));
+        // Past a literal, in the protocol text: yes; inside one (a message body): no.
+        assert!(reveals_modseq(
+            b"* 2 FETCH (BODY[] {5}\r\nhello MODSEQ (8))\r\n"
+        ));
+        assert!(!reveals_modseq(
+            b"* 2 FETCH (BODY[] {12}\r\n MODSEQ (8) \r\n UID 3)\r\n"
+        ));
+        assert!(reveals_modseq(
+            b"* 2 FETCH (BODY[1] {3}\r\nabc BODY[2] {2+}\r\nde MODSEQ (8))\r\n"
+        ));
+        // A literal cut short ends the text without reading past the buffer.
+        assert!(!reveals_modseq(b"* 2 FETCH (BODY[] {99}\r\nMODSEQ"));
     }
 }
