@@ -38,6 +38,8 @@ use crate::stream::ReadReady;
 
 mod bench;
 mod pump;
+#[cfg(target_os = "linux")]
+mod splice;
 
 pub use bench::ChunkBench;
 use pump::{Action, BUF_SIZE, Observer, Pump, Side};

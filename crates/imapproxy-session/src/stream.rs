@@ -65,6 +65,12 @@ pub(crate) trait ReadReady: AsyncRead + AsyncWrite + Unpin {
 
     /// Called after every read that returned data (see [`ClientStream::quickack`]).
     fn after_read(&self) {}
+
+    /// The TCP socket, when the stream is nothing more (no TLS): bytes may then be moved to or
+    /// from it with `splice(2)`.
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        None
+    }
 }
 
 impl ReadReady for ClientStream {
@@ -78,11 +84,25 @@ impl ReadReady for ClientStream {
     fn after_read(&self) {
         self.quickack();
     }
+
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Self::Plain(s) => Some(s),
+            Self::Tls(_) | Self::Detached => None,
+        }
+    }
 }
 
 impl ReadReady for BackendStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         BackendStream::poll_read_ready(self, cx)
+    }
+
+    fn plain_tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Self::Plain(s) => Some(s),
+            Self::Tls(_) => None,
+        }
     }
 }
 

@@ -88,6 +88,96 @@ async fn append_with_synchronizing_literal_and_literal_plus() {
     );
 }
 
+/// Long literals between plain sockets go through a pipe with splice(2) rather than the
+/// relay's buffer: both directions, a synchronizing literal and a LITERAL+ one, written in odd
+/// pieces with a command pipelined after, read back by a client that lets the socket buffers
+/// fill before it reads. Every byte arrives, in order, with nothing lost at the pipe's edges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_literals_both_ways_are_byte_exact() {
+    let proxy = start_proxy(&[dovecot().imap_addr()]).await;
+    let mut c = logged_in(proxy.plain, 7).await;
+    assert!(c.cmd("c", "CREATE Spliced").await.unwrap().tagged_ok());
+    // Not a multiple of any pipe or read size; every line CRLF-ended.
+    let body = |seed: u8| {
+        let mut m = format!("Subject: spliced {seed}\r\n\r\n").into_bytes();
+        let mut i = 0u32;
+        while m.len() < 700_001 {
+            m.extend_from_slice(format!("{seed:03} line {i:07} ").as_bytes());
+            m.extend(std::iter::repeat_n(
+                b'a' + (i % 26) as u8,
+                (i % 97) as usize,
+            ));
+            m.extend_from_slice(b"\r\n");
+            i += 1;
+        }
+        m
+    };
+    let (one, two) = (body(1), body(2));
+
+    // A synchronizing literal: the continuation first, then the bytes in odd pieces.
+    c.send_raw(format!("a1 APPEND Spliced {{{}}}\r\n", one.len()).as_bytes())
+        .await
+        .unwrap();
+    assert!(c.read_line().await.unwrap().starts_with(b"+"));
+    for piece in one.chunks(40_009) {
+        c.send_raw(piece).await.unwrap();
+    }
+    c.send_raw(b"\r\na1n NOOP\r\n").await.unwrap();
+    assert!(c.read_until_tagged("a1").await.unwrap().tagged_ok());
+    assert!(c.read_until_tagged("a1n").await.unwrap().tagged_ok());
+
+    // LITERAL+: command, literal and a pipelined command in one write.
+    let mut cmd = format!("a2 APPEND Spliced {{{}+}}\r\n", two.len()).into_bytes();
+    cmd.extend_from_slice(&two);
+    cmd.extend_from_slice(b"\r\na2n NOOP\r\n");
+    c.send_raw(&cmd).await.unwrap();
+    assert!(c.read_until_tagged("a2").await.unwrap().tagged_ok());
+    assert!(c.read_until_tagged("a2n").await.unwrap().tagged_ok());
+
+    assert!(c.cmd("s", "SELECT Spliced").await.unwrap().tagged_ok());
+    c.send_raw(b"f UID FETCH 1:* BODY.PEEK[]\r\nfn NOOP\r\n")
+        .await
+        .unwrap();
+    // Let both socket buffers fill: the proxy's writes to us block mid-literal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = c.read_until_tagged("f").await.unwrap();
+    assert!(r.tagged_ok(), "{}", r.status_line());
+    let fetched = r.lines[..r.lines.len() - 1].concat();
+    for (n, m) in [(1, &one), (2, &two)] {
+        let head = format!("BODY[] {{{}}}\r\n", m.len()).into_bytes();
+        // The messages come in the order appended.
+        let at = fetched
+            .windows(head.len())
+            .enumerate()
+            .filter(|(_, w)| *w == head.as_slice())
+            .nth(n - 1)
+            .map(|(i, _)| i)
+            .unwrap_or_else(|| panic!("message {n}'s literal announced"));
+        let start = at + head.len();
+        let got = fetched.get(start..start + m.len()).unwrap_or(&[]);
+        if got != m.as_slice() {
+            let d = got
+                .iter()
+                .zip(m.iter())
+                .position(|(a, b)| a != b)
+                .unwrap_or(got.len());
+            panic!(
+                "message {n} came back altered at {d} of {}: {:?} vs {:?}",
+                m.len(),
+                String::from_utf8_lossy(&got[d.saturating_sub(40)..(d + 40).min(got.len())]),
+                String::from_utf8_lossy(&m[d.saturating_sub(40)..(d + 40).min(m.len())])
+            );
+        }
+        assert_eq!(
+            fetched.get(start + m.len()),
+            Some(&b')'),
+            "message {n} ends the literal"
+        );
+    }
+    assert!(c.read_until_tagged("fn").await.unwrap().tagged_ok());
+    assert!(c.cmd("d", "DELETE Spliced").await.unwrap().tagged_ok());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_receives_exists_when_another_session_appends() {
     let proxy = start_proxy(&[dovecot().imap_addr()]).await;

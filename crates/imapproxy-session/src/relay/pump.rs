@@ -13,6 +13,8 @@ use std::time::Instant;
 use bytes::{Buf, BytesMut};
 use imapproxy_codec::framer::{Direction, Frame, Framer};
 
+#[cfg(target_os = "linux")]
+use super::splice::Pipe;
 use crate::stream::ReadReady;
 
 /// Size of a direction's buffer while data flows.
@@ -22,6 +24,11 @@ const MAX_READ: usize = 64 * 1024;
 /// An unfinished first line shorter than this is held back until it completes, so that a
 /// response that needs rewriting is seen whole. Longer lines are forwarded as they come.
 const HOLD_MAX: usize = 8 * 1024;
+/// A literal with at least this many bytes still to come, between two plain TCP sockets, goes
+/// through a pipe with `splice(2)` rather than through the buffer. Below it, the extra system
+/// call (into the pipe, out of it) costs more than the copies it saves.
+#[cfg(target_os = "linux")]
+const SPLICE_MIN: u64 = 16 * 1024;
 
 /// What becomes of a message that just ended.
 pub(super) enum Action {
@@ -72,6 +79,13 @@ pub(super) struct Pump {
     /// On end of stream, shut the destination's write side. Not towards the backend: a
     /// session whose client vanished may still be reused.
     shutdown_on_eof: bool,
+    /// While a long literal streams between plain sockets: the pipe its bytes go through.
+    /// Dropped when the direction goes idle.
+    #[cfg(target_os = "linux")]
+    pipe: Option<Pipe>,
+    /// Making a pipe failed (out of descriptors, say): this direction stays on the buffer.
+    #[cfg(target_os = "linux")]
+    no_splice: bool,
 }
 
 impl Pump {
@@ -91,17 +105,30 @@ impl Pump {
             eof: false,
             paused: false,
             shutdown_on_eof,
+            #[cfg(target_os = "linux")]
+            pipe: None,
+            #[cfg(target_os = "linux")]
+            no_splice: false,
         }
+    }
+
+    /// Bytes moved into the pipe and not yet out of it.
+    fn piped(&self) -> usize {
+        #[cfg(target_os = "linux")]
+        if let Some(pipe) = &self.pipe {
+            return pipe.held();
+        }
+        0
     }
 
     /// Nothing buffered and no message half-way.
     pub(super) fn is_idle(&self) -> bool {
-        self.buf.is_empty() && self.framer.at_boundary()
+        self.buf.is_empty() && self.framer.at_boundary() && self.piped() == 0
     }
 
-    /// Everything buffered was written.
+    /// Everything read was written.
     pub(super) fn drained(&self) -> bool {
-        self.written == self.buf.len()
+        self.written == self.buf.len() && self.piped() == 0
     }
 
     /// Feeds the unscanned bytes to the framer and decides what may be forwarded.
@@ -190,6 +217,20 @@ impl Pump {
                 }
                 self.wrote(n, obs);
             }
+            // What the pipe holds came after everything in the buffer, and before anything
+            // read after it.
+            #[cfg(target_os = "linux")]
+            if let Some(pipe) = self.pipe.as_mut().filter(|p| p.held() > 0) {
+                let Some(tcp) = dst.plain_tcp() else {
+                    return Poll::Ready(Err(Side::Dst(io::Error::other(
+                        "destination changed while a literal streamed",
+                    ))));
+                };
+                let n = ready!(pipe.poll_drain(cx, tcp)).map_err(Side::Dst)?;
+                self.needs_flush = true;
+                obs.on_written(n);
+                continue;
+            }
             if self.needs_flush {
                 ready!(Pin::new(&mut *dst).poll_flush(cx)).map_err(Side::Dst)?;
                 self.flushed(obs);
@@ -204,6 +245,11 @@ impl Pump {
             if self.paused {
                 self.release_if_empty();
                 return Poll::Pending;
+            }
+            #[cfg(target_os = "linux")]
+            if let Some(want) = self.splice_len(src, dst) {
+                ready!(self.poll_splice_in(cx, src, want, obs))?;
+                continue;
             }
             if self.buf.capacity() == 0 {
                 // Idle: wait for the socket without holding a buffer.
@@ -233,6 +279,68 @@ impl Pump {
             }
             self.read(filled, obs);
         }
+    }
+
+    /// How many bytes to move with `splice(2)` next, if this is the moment: the buffer is
+    /// empty (everything before was written), a long literal streams, both ends are plain TCP
+    /// and, towards the backend, the server already asked for the literal.
+    #[cfg(target_os = "linux")]
+    fn splice_len<S: ReadReady, D: ReadReady>(&self, src: &S, dst: &D) -> Option<usize> {
+        if self.no_splice || !self.buf.is_empty() || self.framer.awaiting_continuation() {
+            return None;
+        }
+        let remaining = self.framer.literal_remaining()?;
+        if remaining < SPLICE_MIN {
+            return None;
+        }
+        src.plain_tcp()?;
+        dst.plain_tcp()?;
+        // The pipe takes what fits; asking for more than a usize holds is pointless.
+        Some(usize::try_from(remaining).unwrap_or(usize::MAX))
+    }
+
+    /// Moves up to `want` bytes of a literal from `src` into the pipe (made on first use).
+    /// They count as read and are framed; the next turn of the loop writes them out.
+    #[cfg(target_os = "linux")]
+    fn poll_splice_in<S: ReadReady>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &S,
+        want: usize,
+        obs: &mut impl Observer,
+    ) -> Poll<Result<(), Side>> {
+        let Some(tcp) = src.plain_tcp() else {
+            return Poll::Ready(Ok(()));
+        };
+        let pipe = match &mut self.pipe {
+            Some(pipe) => pipe,
+            None => match Pipe::new() {
+                Ok(pipe) => self.pipe.insert(pipe),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no pipe for splice(2); relaying through the buffer");
+                    self.no_splice = true;
+                    return Poll::Ready(Ok(()));
+                }
+            },
+        };
+        let n = match pipe.poll_fill(cx, tcp, want) {
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(Side::Src(e))),
+            Poll::Pending => {
+                // Mid-literal: keep the pipe, but not the (empty) buffer.
+                self.release_if_empty();
+                return Poll::Pending;
+            }
+        };
+        if n == 0 {
+            self.read(0, obs);
+        } else {
+            // n <= want <= the literal's remaining bytes.
+            self.framer.skip_literal(n as u64);
+            src.after_read();
+            obs.on_read();
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// A read appended `filled` bytes to the buffer (0: end of stream): they are framed.
@@ -278,6 +386,10 @@ impl Pump {
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
             self.read_size = BUF_SIZE;
+            #[cfg(target_os = "linux")]
+            if self.framer.at_boundary() && self.piped() == 0 {
+                self.pipe = None;
+            }
         }
     }
 
