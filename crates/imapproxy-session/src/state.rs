@@ -355,7 +355,7 @@ impl SessionState {
         let replay = message
             .filter(|m| m.len() <= MAX_REPLAY && frame.literals == 0 && replay_safe(name, m))
             .map(Box::<[u8]>::from);
-        self.outstanding.push_back(Pending {
+        self.push_pending(Pending {
             tag,
             name,
             timing: CommandTiming::received(at),
@@ -494,11 +494,20 @@ impl SessionState {
         }
     }
 
+    /// Tracks a command sent. The first gets room for itself alone (a `VecDeque` would make
+    /// room for four, 544 bytes where an idle session in `IDLE` needs 136).
+    fn push_pending(&mut self, pending: Pending) {
+        if self.outstanding.capacity() == 0 {
+            self.outstanding.reserve_exact(1);
+        }
+        self.outstanding.push_back(pending);
+    }
+
     /// The client's `IDLE` (with `tag`) goes on on a new connection.
     pub(crate) fn idle_resumed(&mut self, tag: Tag) {
         let mut timing = CommandTiming::received(Instant::now());
         timing.forwarded(Instant::now());
-        self.outstanding.push_back(Pending {
+        self.push_pending(Pending {
             tag,
             name: CommandName::Idle,
             timing,
@@ -559,8 +568,9 @@ impl SessionState {
             self.worsen(Condition::Desynchronised(Desync::UnknownTag));
             return None;
         };
-        if self.outstanding.is_empty() && self.outstanding.capacity() > 8 {
-            // A burst of pipelined commands is over: an idle session holds no such buffer.
+        if self.outstanding.is_empty() && self.outstanding.capacity() > 1 {
+            // A burst of pipelined commands is over: an idle session keeps room for one
+            // command at most (an `IDLE`, say), not for the burst.
             self.outstanding = VecDeque::new();
         }
         let code = message.and_then(response::code);

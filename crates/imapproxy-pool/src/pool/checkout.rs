@@ -194,6 +194,7 @@ impl SessionPool {
                 digest,
                 tx,
             });
+            state.waiter_arrived.notify_waiters();
             Plan::Wait(id, rx)
         }
     }

@@ -185,6 +185,21 @@ impl SessionPool {
             .get(key.as_str())
             .is_some_and(|s| !s.waiters.is_empty())
     }
+
+    /// What tells the sessions of `user` (compared case-insensitively) that a client of the
+    /// user started waiting for a slot (`Notify::notify_waiters`: only futures already
+    /// waiting, or [enabled](tokio::sync::futures::Notified::enable), hear it). `None` when
+    /// the pool holds nothing of the user. A session that holds one of the user's slots keeps
+    /// the user known, and with it the same signal.
+    ///
+    /// With it, a session that could park sleeps until someone waits instead of checking
+    /// [`SessionPool::has_waiters`] on a timer: idle sessions cost no wake-ups.
+    pub fn waiter_signal(&self, user: &str) -> Option<Arc<tokio::sync::Notify>> {
+        let key = user.to_lowercase();
+        lock(&self.inner.users)
+            .get(key.as_str())
+            .map(|s| Arc::clone(&s.waiter_arrived))
+    }
 }
 
 /// Sends `LOGOUT` and closes, in the background, bounded in time.

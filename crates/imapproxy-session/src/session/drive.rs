@@ -3,6 +3,8 @@
 
 use super::*;
 
+use std::time::Duration;
+
 use crate::registry::MigrationCause;
 use crate::relay::Link;
 use rehome::{Cause, Homed};
@@ -11,6 +13,10 @@ const BYE_KICKED: &[u8] =
     b"* BYE [UNAVAILABLE] Session ended by the administrator, please reconnect.\r\n";
 const BYE_SHUTDOWN: &[u8] = b"* BYE [UNAVAILABLE] Server shutting down.\r\n";
 const BYE_UNAVAILABLE: &[u8] = b"* BYE [UNAVAILABLE] Server unavailable, please reconnect.\r\n";
+
+/// The signal of sessions that cannot park (parking off): nobody ever sends it.
+static NEVER: std::sync::LazyLock<Arc<tokio::sync::Notify>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Notify::new()));
 
 impl Session {
     /// Takes the login boxed and moves its parts out in a block: this future's state then
@@ -53,8 +59,21 @@ impl Session {
                 return Ok(());
             };
             let mut asked: Option<MigrationCause> = None;
-            // Only when parking is on: an idle session holds no timer otherwise.
-            let mut park_check = park_after.map(|d| Box::pin(tokio::time::sleep(d)));
+            // Parking: the session sleeps on its user's signal (a client started waiting for
+            // a slot), not on a timer, so an idle session costs no wake-ups. Only once someone
+            // waits does a timer run, until the session has been quiet for `park_after`.
+            let signal = park_after
+                .and_then(|_| proxy.pool.waiter_signal(&homed.user_key))
+                .unwrap_or_else(|| Arc::clone(&NEVER));
+            let mut waiter_arrived = std::pin::pin!(signal.notified());
+            // Enabled: a client that starts waiting from here on is heard even before this
+            // future is first polled, and while the timer below runs.
+            waiter_arrived.as_mut().enable();
+            let mut park_check: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+            if park_after.is_some() && proxy.pool.has_waiters(&homed.user_key) {
+                // Someone already waits (a re-home, say): look at once.
+                park_check = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
+            }
             let (end, facts, reusable, condition, last_client) = {
                 let mut relay = Relay::new(
                     &mut self.stream,
@@ -73,6 +92,12 @@ impl Session {
                             asked = Some(cause);
                             relay.request_migration();
                         }
+                        // A client of this user started waiting: check from now on.
+                        () = &mut waiter_arrived, if park_check.is_none() => {
+                            waiter_arrived.set(signal.notified());
+                            waiter_arrived.as_mut().enable();
+                            park_check = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
+                        }
                         // Parking: give the backend session to a waiting client of this user
                         // while this one is quiet between commands.
                         _ = async {
@@ -80,9 +105,14 @@ impl Session {
                                 Some(timer) => timer.await,
                                 None => std::future::pending().await,
                             }
-                        }, if park_after.is_some() => {
+                        }, if park_check.is_some() => {
                             let quiet = park_after.unwrap_or_default();
-                            if relay.parkable(quiet) && proxy.pool.has_waiters(&homed.user_key) {
+                            if !proxy.pool.has_waiters(&homed.user_key) {
+                                // Nobody waits (any more): back to the signal, no timer.
+                                park_check = None;
+                                continue;
+                            }
+                            if relay.parkable(quiet) {
                                 break Some(RelayEnd::Park);
                             }
                             let next = (relay.last_client() + quiet)
