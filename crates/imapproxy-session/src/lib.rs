@@ -100,7 +100,9 @@ pub use error::Error;
 pub use health::ImapHealthCheck;
 pub use limits::{ConnectionLimitSettings, ConnectionLimits, LimitSettings};
 pub use proxy_protocol::{ProxyProtocolSettings, TrustedNetworks};
-pub use registry::{MigrationCause, Overrides, Registration, SessionInfo, SessionRegistry};
+pub use registry::{
+    MigrationCause, Overrides, Registration, Request, SessionInfo, SessionRegistry,
+};
 #[doc(hidden)]
 pub use relay::ChunkBench;
 pub use session::{Proxy, serve};

@@ -2,14 +2,15 @@
 //!
 //! A session registers once its backend login succeeded and stays registered until its relay
 //! ends (the [`Registration`] guard deregisters on drop, whatever the path out). Each entry
-//! carries its own cancellation token: [`SessionRegistry::kick_user`] cancels it and the relay
-//! ends the session with `BYE` (RFC 9051 §7.1.5), so the client reconnects, possibly to
-//! another backend. [`SessionRegistry::migrate_user`] and [`SessionRegistry::migrate_backend`]
-//! instead ask sessions to move to another backend connection without the client noticing.
+//! carries what an operator asks of it, heard through [`Registration::requested`]:
+//! [`SessionRegistry::kick_user`] has the relay end the session with `BYE` (RFC 9051 §7.1.5),
+//! so the client reconnects, possibly to another backend; [`SessionRegistry::migrate_user`]
+//! and [`SessionRegistry::migrate_backend`] instead ask sessions to move to another backend
+//! connection without the client noticing.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::sync::lock;
@@ -17,7 +18,6 @@ use std::time::SystemTime;
 
 use imapproxy_route::BackendId;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 /// Why an operator asked a session to move to another backend connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -46,17 +46,35 @@ impl MigrationCause {
     }
 }
 
-/// A pending request to move one session.
+/// What an operator asked of a session, as [`Registration::requested`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Request {
+    /// End the session (a kick).
+    End,
+    /// Move it to another backend connection.
+    Move(MigrationCause),
+}
+
+/// What operators asked of one session, shared by its entry and its [`Registration`]: one
+/// allocation per session, woken through one `Notify`.
 #[derive(Debug, Default)]
-struct Migration {
+struct Control {
     notify: Notify,
+    kicked: std::sync::atomic::AtomicBool,
+    /// A [`MigrationCause`] code, 0 when none is pending.
     cause: AtomicU8,
 }
 
-impl Migration {
-    fn request(&self, cause: MigrationCause) {
+impl Control {
+    fn migrate(&self, cause: MigrationCause) {
         self.cause.store(cause.code(), Ordering::Release);
         // A permit is stored when the session is not waiting right now (mid-re-home, say).
+        self.notify.notify_one();
+    }
+
+    fn kick(&self) {
+        self.kicked.store(true, Ordering::Release);
         self.notify.notify_one();
     }
 }
@@ -79,9 +97,7 @@ pub struct SessionInfo {
 
 struct Entry {
     info: SessionInfo,
-    token: CancellationToken,
-    kicked: Arc<AtomicBool>,
-    migration: Arc<Migration>,
+    control: Arc<Control>,
 }
 
 #[derive(Default)]
@@ -113,9 +129,7 @@ impl SessionRegistry {
     /// Registers session `id` of `user` (lower-cased here) from `client` on `backend`. The
     /// session stays listed until the returned guard is dropped.
     pub fn register(&self, id: u64, user: &str, client: SocketAddr, backend: &str) -> Registration {
-        let token = CancellationToken::new();
-        let kicked = Arc::new(AtomicBool::new(false));
-        let migration = Arc::new(Migration::default());
+        let control = Arc::new(Control::default());
         let entry = Entry {
             info: SessionInfo {
                 id,
@@ -124,17 +138,13 @@ impl SessionRegistry {
                 backend: backend.to_owned(),
                 since: SystemTime::now(),
             },
-            token: token.clone(),
-            kicked: Arc::clone(&kicked),
-            migration: Arc::clone(&migration),
+            control: Arc::clone(&control),
         };
         lock(&self.inner.sessions).insert(id, entry);
         Registration {
             registry: Arc::clone(&self.inner),
             id,
-            token,
-            kicked,
-            migration,
+            control,
         }
     }
 
@@ -155,7 +165,7 @@ impl SessionRegistry {
         let sessions = lock(&self.inner.sessions);
         let mut n = 0;
         for e in sessions.values().filter(|e| f(&e.info)) {
-            e.migration.request(cause);
+            e.control.migrate(cause);
             n += 1;
         }
         n
@@ -185,8 +195,7 @@ impl SessionRegistry {
         let sessions = lock(&self.inner.sessions);
         let mut n = 0;
         for e in sessions.values().filter(|e| e.info.user == user) {
-            e.kicked.store(true, Ordering::Release);
-            e.token.cancel();
+            e.control.kick();
             n += 1;
         }
         n
@@ -196,8 +205,7 @@ impl SessionRegistry {
     pub fn kick(&self, id: u64) -> bool {
         match lock(&self.inner.sessions).get(&id) {
             Some(e) => {
-                e.kicked.store(true, Ordering::Release);
-                e.token.cancel();
+                e.control.kick();
                 true
             }
             None => false,
@@ -210,33 +218,47 @@ impl SessionRegistry {
 pub struct Registration {
     registry: Arc<Inner>,
     id: u64,
-    token: CancellationToken,
-    kicked: Arc<AtomicBool>,
-    migration: Arc<Migration>,
+    control: Arc<Control>,
 }
 
 impl Registration {
-    /// Cancelled when an operator ends the session.
-    #[must_use]
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
-    }
-
     /// Whether an operator ended the session.
     #[must_use]
     pub fn kicked(&self) -> bool {
-        self.kicked.load(Ordering::Acquire)
+        self.control.kicked.load(Ordering::Acquire)
     }
 
-    /// Resolves when an operator asks the session to move, with why.
-    pub async fn migration_requested(&self) -> MigrationCause {
+    /// Resolves when an operator asks something of the session: at once, and every time
+    /// after, once it was kicked; once per move asked, with why.
+    pub async fn requested(&self) -> Request {
         loop {
-            self.migration.notify.notified().await;
-            if let Some(cause) =
-                MigrationCause::from_code(self.migration.cause.swap(0, Ordering::AcqRel))
-            {
-                return cause;
+            let notified = self.control.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Listening before looking: a request made in between is not missed.
+            notified.as_mut().enable();
+            if self.kicked() {
+                return Request::End;
             }
+            if let Some(cause) =
+                MigrationCause::from_code(self.control.cause.swap(0, Ordering::AcqRel))
+            {
+                return Request::Move(cause);
+            }
+            notified.await;
+        }
+    }
+
+    /// Resolves once an operator ended the session (move requests are left for
+    /// [`Registration::requested`]).
+    pub async fn ended(&self) {
+        loop {
+            let notified = self.control.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.kicked() {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -326,8 +348,15 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], 40000))
     }
 
-    #[test]
-    fn sessions_register_list_kick_and_deregister() {
+    /// What the session is asked within 20 ms, if anything.
+    async fn asked_soon(r: &Registration) -> Option<Request> {
+        tokio::time::timeout(std::time::Duration::from_millis(20), r.requested())
+            .await
+            .ok()
+    }
+
+    #[tokio::test]
+    async fn sessions_register_list_kick_move_and_deregister() {
         let reg = SessionRegistry::new();
         let a = reg.register(1, "Alice", addr(), "mail1");
         let b = reg.register(2, "bob", addr(), "mail2");
@@ -336,19 +365,35 @@ mod tests {
         let list = reg.list();
         assert_eq!(list[0].user, "alice");
         assert_eq!(list[1].backend, "mail2");
+        assert!(asked_soon(&a).await.is_none(), "nothing asked yet");
         assert_eq!(reg.kick_user("ALICE"), 2);
-        assert!(a.token().is_cancelled() && a2.token().is_cancelled());
-        assert!(a.kicked() && !b.kicked());
-        assert!(!b.token().is_cancelled());
+        assert!(a.kicked() && a2.kicked() && !b.kicked());
+        // A kick is heard at once, and again every time after.
+        assert_eq!(a.requested().await, Request::End);
+        assert_eq!(a.requested().await, Request::End);
+        a2.ended().await;
+        assert!(asked_soon(&b).await.is_none());
         drop(a);
         drop(a2);
         assert_eq!(reg.count(), 1);
         assert_eq!(reg.kick_user("alice"), 0);
-        assert!(reg.kick(2));
+        // A move is heard once, with its cause; a session that does not listen right now
+        // hears it when it next does.
         assert_eq!(reg.migrate_backend("mail2"), 1);
+        assert_eq!(b.requested().await, Request::Move(MigrationCause::Drain));
+        assert!(asked_soon(&b).await.is_none());
         b.set_backend("mail3");
         assert_eq!(reg.list()[0].backend, "mail3");
         assert_eq!(reg.migrate_user("BOB"), 1);
+        // Waiting for the end does not take a move away.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(20), b.ended())
+                .await
+                .is_err()
+        );
+        assert_eq!(b.requested().await, Request::Move(MigrationCause::Move));
+        assert!(reg.kick(2));
+        assert_eq!(b.requested().await, Request::End);
         drop(b);
         assert!(!reg.kick(2));
         assert_eq!(reg.count(), 0);

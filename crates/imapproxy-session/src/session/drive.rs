@@ -5,7 +5,7 @@ use super::*;
 
 use std::time::Duration;
 
-use crate::registry::MigrationCause;
+use crate::registry::{MigrationCause, Request};
 use crate::relay::Link;
 use rehome::{Cause, Homed};
 
@@ -51,7 +51,6 @@ impl Session {
             };
             (homed, registration, link, leftover)
         };
-        let kick = registration.token().clone();
         let shutdown = self.shutdown.clone();
         let park_after = proxy.settings.park_after;
         let (end, facts, state_reusable, condition) = loop {
@@ -87,11 +86,16 @@ impl Session {
                     tokio::select! {
                         end = &mut relay => break Some(end),
                         _ = shutdown.cancelled() => break None,
-                        _ = kick.cancelled() => break None,
-                        cause = registration.migration_requested(), if asked.is_none() => {
-                            asked = Some(cause);
-                            relay.request_migration();
-                        }
+                        request = registration.requested(), if asked.is_none() => match request {
+                            Request::End => break None,
+                            Request::Move(cause) => {
+                                asked = Some(cause);
+                                relay.request_migration();
+                            }
+                        },
+                        // A move under way: a later one stays asked for the next relay
+                        // (a drain asked while a move picks its backend is not lost).
+                        () = registration.ended(), if asked.is_some() => break None,
                         // A client of this user started waiting: check from now on.
                         () = &mut waiter_arrived, if park_check.is_none() => {
                             waiter_arrived.set(signal.notified());
@@ -160,7 +164,7 @@ impl Session {
                 let read = tokio::select! {
                     r = link.read_parked(&mut self.stream) => Some(r),
                     _ = shutdown.cancelled() => None,
-                    _ = kick.cancelled() => None,
+                    () = registration.ended() => None,
                     _ = tokio::time::sleep_until(deadline) => None,
                 };
                 let woke = match read {
