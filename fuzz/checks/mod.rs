@@ -57,7 +57,10 @@ pub fn frames_skipping(dir: Direction, data: &[u8]) -> Vec<(usize, Frame)> {
     let mut chunk = data;
     let mut at = 0;
     loop {
-        if let Some(r) = f.literal_remaining().filter(|&r| r > 0 && !chunk.is_empty()) {
+        if let Some(r) = f
+            .literal_remaining()
+            .filter(|&r| r > 0 && !chunk.is_empty())
+        {
             let k = (r.min(chunk.len() as u64) as usize).div_ceil(2);
             assert!(!f.skip_literal(r + 1), "skipped past the literal");
             assert!(f.skip_literal(k as u64));

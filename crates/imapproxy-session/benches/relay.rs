@@ -3,9 +3,10 @@
 //! system calls (read, write) a chunk costs anyway.
 //! `cargo bench -p imapproxy-session --bench relay`.
 //!
-//! Groups: `relay` with no metrics recorder (the handles are no-ops), then `relay_metrics`
-//! with the Prometheus recorder the binary installs, on the cases that record per-command
-//! latency: the difference is what the per-command histograms cost.
+//! Groups: `relay` with metrics off (no recorder, so the bytes counters are no-ops, and the
+//! per-command histograms switched off), then `relay_metrics` with them on (the Prometheus
+//! recorder the binary installs, and the histograms recording), on the cases that record
+//! per-command latency: the difference is what the relay's metrics cost.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
@@ -136,13 +137,15 @@ fn stream_cases(c: &mut Criterion) {
 }
 
 fn without_recorder(c: &mut Criterion) {
+    imapproxy_session::set_command_histograms(false);
     command_cases(c, "relay");
     stream_cases(c);
 }
 
-/// The binary's recorder, drained the way its scrapes and upkeep drain it (undrained
-/// histogram samples would pile up for the whole bench).
+/// The binary's recorder, drained the way its scrapes and upkeep drain it (the exporter's own
+/// histograms would pile up undrained samples), and the per-command histograms on.
 fn with_recorder(c: &mut Criterion) {
+    imapproxy_session::set_command_histograms(true);
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .expect("no other recorder in this process");

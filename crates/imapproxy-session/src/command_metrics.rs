@@ -20,43 +20,49 @@
 //! (RFC 7888 early replies, a refused synchronizing literal) is not timed either.
 //!
 //! Cost per command: the clock is read once per read that brings bytes and once per flush
-//! that completes a command or delivers a reply (never per literal chunk in between); the
-//! handles are registered on first use of a name and kept in a table indexed by
-//! [`CommandName::index`], so a record is an array lookup and the recorder's lock-free push.
-//! No allocation and no label strings per command.
+//! that completes a command or delivers a reply (never per literal chunk in between); a
+//! record is two relaxed atomic additions into the process's fixed-bucket table
+//! ([`histogram`]), not the `metrics` recorder: no allocation, no lock, no label strings.
+//! The binary appends the table to the exporter's text with [`render_command_histograms`].
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use imapproxy_codec::CommandName;
-use metrics::{Counter, Histogram};
+use metrics::Counter;
 
-const BACKEND_SECONDS: &str = "imapproxy_command_backend_seconds";
-const PROXY_SECONDS: &str = "imapproxy_command_proxy_seconds";
+mod histogram;
+
+use histogram::{COMMAND_HISTOGRAMS, CommandHistograms};
+
 const BYTES: &str = "imapproxy_bytes_relayed_total";
-/// One slot per [`CommandName`].
-const SLOTS: usize = CommandName::ALL.len();
 /// [`CommandTiming::forwarded_ns`] of a command not yet all forwarded.
 const NOT_FORWARDED: u32 = u32::MAX;
 /// Answers waiting for delivery kept between bursts; a longer list is freed once delivered,
 /// so that an idle session holds none.
 const KEEP_WAITING: usize = 16;
 
-/// The label of `name`: its upper-case name, `OTHER` for anything off the list.
-fn label(name: CommandName) -> &'static str {
-    match name {
-        CommandName::UidOther => CommandName::Other.as_str(),
-        name => name.as_str(),
-    }
+/// Appends the per-command latency histograms (`imapproxy_command_backend_seconds` and
+/// `imapproxy_command_proxy_seconds`, by `command`) to `out`, in the Prometheus text format:
+/// what the binary adds to its exporter's rendering for `GET /metrics`. A command name never
+/// timed has no series; nothing is appended before the first command.
+pub fn render_command_histograms(out: &mut String) {
+    COMMAND_HISTOGRAMS.render(out);
 }
 
-/// The histogram handles of one proxy, registered with the installed recorder on the first
-/// command of each name (a name never seen shows no empty series in `/metrics`). Per proxy
-/// rather than process-wide, so that a recorder installed later (a test's, a bench's) is used
-/// by the proxies built after it.
+/// Not an API: turns the recording of the per-command histograms on (the default) or off,
+/// for the whole process, so that a bench can measure what they cost.
+#[doc(hidden)]
+pub fn set_command_histograms(enabled: bool) {
+    COMMAND_HISTOGRAMS.set_enabled(enabled);
+}
+
+/// What the relay records into: the process's per-command histograms, and the bytes
+/// counters, registered with the installed `metrics` recorder on first use. The counters are
+/// per value rather than process-wide, so that a recorder installed later (a test's, a
+/// bench's) is used by the proxies built after it.
 pub(crate) struct CommandMetrics {
-    backend: [OnceLock<Histogram>; SLOTS],
-    proxy: [OnceLock<Histogram>; SLOTS],
+    histograms: &'static CommandHistograms,
     /// `imapproxy_bytes_relayed_total{direction}`, counted as bytes are written (so that a
     /// rate over a few seconds shows traffic as it flows, not as sessions end).
     to_backend: OnceLock<Counter>,
@@ -65,12 +71,7 @@ pub(crate) struct CommandMetrics {
 
 impl Default for CommandMetrics {
     fn default() -> Self {
-        Self {
-            backend: [const { OnceLock::new() }; SLOTS],
-            proxy: [const { OnceLock::new() }; SLOTS],
-            to_backend: OnceLock::new(),
-            to_client: OnceLock::new(),
-        }
+        Self::recording_into(&COMMAND_HISTOGRAMS)
     }
 }
 
@@ -81,6 +82,14 @@ impl std::fmt::Debug for CommandMetrics {
 }
 
 impl CommandMetrics {
+    fn recording_into(histograms: &'static CommandHistograms) -> Self {
+        Self {
+            histograms,
+            to_backend: OnceLock::new(),
+            to_client: OnceLock::new(),
+        }
+    }
+
     /// `n` bytes of the client's went to the backend.
     pub(crate) fn relayed_to_backend(&self, n: usize) {
         self.to_backend
@@ -93,27 +102,6 @@ impl CommandMetrics {
         self.to_client
             .get_or_init(|| metrics::counter!(BYTES, "direction" => "backend_to_client"))
             .increment(n as u64);
-    }
-
-    fn backend(&self, name: CommandName) -> &Histogram {
-        Self::handle(&self.backend, BACKEND_SECONDS, name)
-    }
-
-    fn proxy(&self, name: CommandName) -> &Histogram {
-        Self::handle(&self.proxy, PROXY_SECONDS, name)
-    }
-
-    fn handle<'a>(
-        table: &'a [OnceLock<Histogram>; SLOTS],
-        metric: &'static str,
-        name: CommandName,
-    ) -> &'a Histogram {
-        // `index()` is below `SLOTS` by construction (`ALL` lists every name); `Other`'s slot
-        // is the fallback all the same, so that no input can index out of bounds.
-        let slot = table
-            .get(name.index())
-            .unwrap_or(&table[CommandName::Other.index()]);
-        slot.get_or_init(|| metrics::histogram!(metric, "command" => label(name)))
     }
 }
 
@@ -186,15 +174,16 @@ impl Delivering {
     /// time is recorded now, its proxy time once it is delivered.
     pub(crate) fn answered(&mut self, metrics: &CommandMetrics, answered: Answered, at: Instant) {
         let Answered { name, timing } = answered;
-        if name == CommandName::Idle {
+        if name == CommandName::Idle || !metrics.histograms.enabled() {
             return;
         }
         let Some((forwarded, up)) = timing.forwarded_at() else {
             return;
         };
         metrics
-            .backend(name)
-            .record(at.saturating_duration_since(forwarded));
+            .histograms
+            .backend
+            .record(name, at.saturating_duration_since(forwarded));
         self.waiting.push(Waiting {
             name,
             up,
@@ -211,7 +200,7 @@ impl Delivering {
     pub(crate) fn delivered(&mut self, metrics: &CommandMetrics, at: Instant) {
         for w in self.waiting.drain(..) {
             let down = at.saturating_duration_since(w.read_at);
-            metrics.proxy(w.name).record(w.up + down);
+            metrics.histograms.proxy.record(w.name, w.up + down);
         }
         if self.waiting.capacity() > KEEP_WAITING {
             self.waiting = Vec::new();
@@ -222,16 +211,6 @@ impl Delivering {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_name_has_a_slot_and_unknown_ones_share_other() {
-        for name in CommandName::ALL {
-            assert!(name.index() < SLOTS);
-        }
-        assert_eq!(label(CommandName::UidOther), "OTHER");
-        assert_eq!(label(CommandName::Other), "OTHER");
-        assert_eq!(label(CommandName::UidFetch), "UID FETCH");
-    }
 
     #[test]
     fn forwarding_time_saturates_instead_of_reading_as_unforwarded() {
@@ -254,7 +233,8 @@ mod tests {
 
     #[test]
     fn delivered_replies_are_timed_and_an_idle_session_keeps_no_list() {
-        let metrics = CommandMetrics::default();
+        let table = Box::leak(Box::new(CommandHistograms::new()));
+        let metrics = CommandMetrics::recording_into(table);
         let mut d = Delivering::default();
         let t0 = Instant::now();
         let mut timing = CommandTiming::received(t0);
@@ -279,8 +259,49 @@ mod tests {
                 t0,
             );
         }
+        assert_eq!(table.backend.count(CommandName::UidFetch), 100);
+        assert_eq!(
+            table.proxy.count(CommandName::UidFetch),
+            0,
+            "not delivered yet"
+        );
         d.delivered(&metrics, t0);
         assert!(d.is_empty());
         assert_eq!(d.waiting.capacity(), 0);
+        for name in [CommandName::Noop, CommandName::UidFetch, CommandName::Idle] {
+            let n = table.backend.count(name);
+            assert_eq!(
+                table.proxy.count(name),
+                n,
+                "{name:?}: both times or neither"
+            );
+        }
+        assert_eq!(table.proxy.count(CommandName::Noop), 1);
+        assert_eq!(table.proxy.count(CommandName::UidFetch), 100);
+        assert_eq!(table.proxy.count(CommandName::Idle), 0);
+    }
+
+    #[test]
+    fn nothing_is_recorded_while_the_histograms_are_off() {
+        let table = Box::leak(Box::new(CommandHistograms::new()));
+        let metrics = CommandMetrics::recording_into(table);
+        let mut d = Delivering::default();
+        let t0 = Instant::now();
+        let mut timing = CommandTiming::received(t0);
+        timing.forwarded(t0);
+        let answered = Answered {
+            name: CommandName::Noop,
+            timing,
+        };
+        table.set_enabled(false);
+        d.answered(&metrics, answered, t0);
+        d.delivered(&metrics, t0);
+        assert_eq!(table.backend.count(CommandName::Noop), 0);
+        assert_eq!(table.proxy.count(CommandName::Noop), 0);
+        table.set_enabled(true);
+        d.answered(&metrics, answered, t0);
+        d.delivered(&metrics, t0);
+        assert_eq!(table.backend.count(CommandName::Noop), 1);
+        assert_eq!(table.proxy.count(CommandName::Noop), 1);
     }
 }

@@ -96,6 +96,9 @@ mod stream;
 mod sync;
 pub mod throttle;
 
+pub use command_metrics::render_command_histograms;
+#[doc(hidden)]
+pub use command_metrics::set_command_histograms;
 pub use error::Error;
 pub use health::ImapHealthCheck;
 pub use limits::{ConnectionLimitSettings, ConnectionLimits, LimitSettings};

@@ -199,26 +199,12 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
 
 /// Latencies as histograms with fixed buckets rather than the exporter's default summaries:
 /// buckets add up across the proxies of a fleet and over any interval (the console draws
-/// per-second percentiles from them), where summary quantiles do neither.
+/// per-second percentiles from them), where summary quantiles do neither. The per-command
+/// histograms are not the exporter's (see `imapproxy_session::render_command_histograms`):
+/// `imapproxy_command_backend_seconds` has these bounds too, and
+/// `imapproxy_command_proxy_seconds` microsecond ones.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// The proxy's own time per command is microseconds: buckets of its own (an exact name wins
-/// over the suffix above).
-const PROXY_TIME_BUCKETS: &[f64] = &[
-    0.000_001,
-    0.000_002_5,
-    0.000_005,
-    0.000_01,
-    0.000_025,
-    0.000_05,
-    0.000_1,
-    0.000_25,
-    0.000_5,
-    0.001,
-    0.005,
-    0.01,
 ];
 
 /// How often histogram samples are folded into their buckets when nothing scrapes
@@ -228,11 +214,7 @@ const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 fn metrics_recorder() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("imapproxy_command_proxy_seconds".into()),
-            PROXY_TIME_BUCKETS,
-        )
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS))
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
         .and_then(|b| b.install_recorder())
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     let upkeep = handle.clone();

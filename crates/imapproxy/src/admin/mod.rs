@@ -63,6 +63,16 @@ pub struct AdminState {
     pub fleet: Option<crate::fleet::Fleet>,
 }
 
+impl AdminState {
+    /// The Prometheus text of `GET /metrics`: the exporter's, then the per-command latency
+    /// histograms the sessions library keeps itself (process-wide, so those of `proxy`).
+    fn render_metrics(&self) -> String {
+        let mut text = self.metrics.render();
+        imapproxy_session::render_command_histograms(&mut text);
+        text
+    }
+}
+
 /// What the endpoint keeps for itself: the metrics history and the keys of console logins.
 /// Made by [`serve`], so each process has its own keys.
 struct Console {
@@ -112,6 +122,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
             stop.clone(),
         );
         async move {
+            // The exporter's text alone: the console charts nothing per command.
             let read = || (state.metrics.render(), state.sessions.len());
             history::run(history::INTERVAL, read, &history, stop).await;
         }
@@ -320,7 +331,7 @@ async fn route(req: &Request, state: &AdminState, console: &Console, peer: IpAdd
             Response::new(
                 "200 OK",
                 "text/plain; version=0.0.4; charset=utf-8",
-                state.metrics.render(),
+                state.render_metrics(),
             )
         }
         ("GET", ["backends"]) => Response::json("200 OK", backends_json(state)),
