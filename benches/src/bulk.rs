@@ -50,10 +50,12 @@ pub struct BulkArgs {
 }
 
 /// One way of reaching the mailbox.
-struct Target {
+struct Target<'a> {
     name: &'static str,
     addr: std::net::SocketAddr,
     security: Security,
+    /// The proxy process behind `addr`, whose CPU time is read around each fetch.
+    process: Option<&'a ProxyProcess>,
 }
 
 /// Runs the scenario: `runs` rounds over the four configurations, then the table, the
@@ -83,21 +85,25 @@ pub async fn run(proxy_bin: &Path, runs: u32, args: &BulkArgs) -> Result<(), Ben
             name: "direct plain",
             addr: dovecot.imap_addr(),
             security: Security::Plain,
+            process: None,
         },
         Target {
             name: "proxy plain",
             addr: proxy.plain,
             security: Security::Plain,
+            process: Some(&proxy),
         },
         Target {
             name: "proxy TLS",
             addr: proxy.implicit,
             security: Security::Tls,
+            process: Some(&proxy),
         },
         Target {
             name: "direct TLS",
             addr: dovecot.imaps_addr(),
             security: Security::Tls,
+            process: None,
         },
     ];
     if let Some(b) = &baseline {
@@ -105,11 +111,20 @@ pub async fn run(proxy_bin: &Path, runs: u32, args: &BulkArgs) -> Result<(), Ben
             name: "baseline plain",
             addr: b.plain,
             security: Security::Plain,
+            process: Some(b),
         });
     }
     let mut series: Vec<Series> = targets
         .iter()
         .map(|t| Series::new(t.name, "MB/s"))
+        .collect();
+    // The proxies' CPU time per byte relayed: what the relay costs, less sensitive than
+    // MB/s to other load on a small machine (the proxy competes with Dovecot and the client
+    // for the same cores).
+    let mut cpu_series: Vec<Series> = targets
+        .iter()
+        .filter(|t| t.process.is_some())
+        .map(|t| Series::new(t.name, "CPU ms/GB"))
         .collect();
     let mut response_bytes = 0u64;
     for r in 1..=runs {
@@ -117,7 +132,19 @@ pub async fn run(proxy_bin: &Path, runs: u32, args: &BulkArgs) -> Result<(), Ben
         for ((t, s), m) in targets.iter().zip(series.iter_mut()).zip(totals) {
             response_bytes = m.bytes_per_fetch;
             let mbps = m.bytes as f64 / m.secs / 1e6;
-            eprintln!("  run {r}: {:<13} {mbps:8.1} MB/s", t.name);
+            match m.cpu_ns {
+                Some(ns) => {
+                    let ms_per_gb = ns as f64 / 1e6 / (m.bytes as f64 / 1e9);
+                    eprintln!(
+                        "  run {r}: {:<13} {mbps:8.1} MB/s  proxy CPU {ms_per_gb:6.1} ms/GB",
+                        t.name
+                    );
+                    if let Some(c) = cpu_series.iter_mut().find(|c| c.name == t.name) {
+                        c.push(ms_per_gb);
+                    }
+                }
+                None => eprintln!("  run {r}: {:<13} {mbps:8.1} MB/s", t.name),
+            }
             s.push(mbps);
         }
     }
@@ -132,6 +159,14 @@ pub async fn run(proxy_bin: &Path, runs: u32, args: &BulkArgs) -> Result<(), Ben
         &series,
         1,
     );
+    if cpu_series.iter().all(|c| !c.runs.is_empty()) {
+        println!();
+        print_table(
+            "proxy CPU time per GB relayed (all threads, /proc/<pid>/task/*/schedstat)",
+            &cpu_series,
+            1,
+        );
+    }
     let med = |name: &str| {
         series
             .iter()
@@ -157,6 +192,23 @@ pub async fn run(proxy_bin: &Path, runs: u32, args: &BulkArgs) -> Result<(), Ben
     println!("ratio proxy TLS / direct TLS     = {tls_ratio:.3}  (HAProxy 521/196 = 2.66)");
     println!("ratio proxy TLS / direct plain   = {tls_vs_plain:.3}");
     let vs_baseline = per_run("proxy plain", "baseline plain");
+    let cpu_vs_baseline: Vec<f64> = match (
+        cpu_series.iter().find(|s| s.name == "proxy plain"),
+        cpu_series.iter().find(|s| s.name == "baseline plain"),
+    ) {
+        (Some(a), Some(b)) => a.runs.iter().zip(&b.runs).map(|(x, y)| x / y).collect(),
+        _ => Vec::new(),
+    };
+    if !cpu_vs_baseline.is_empty() {
+        println!(
+            "CPU per byte, proxy plain / baseline plain = {:.3} (median of per-run ratios {:?})",
+            crate::report::median(&cpu_vs_baseline),
+            cpu_vs_baseline
+                .iter()
+                .map(|x| (x * 1000.0).round() / 1000.0)
+                .collect::<Vec<_>>()
+        );
+    }
     if !vs_baseline.is_empty() {
         println!(
             "ratio proxy plain / baseline plain = {:.3} (median of per-run ratios {:?})",
@@ -178,6 +230,7 @@ pub async fn run(proxy_bin: &Path, runs: u32, args: &BulkArgs) -> Result<(), Ben
         "response_bytes_per_fetch": response_bytes,
         "unit": "MB/s (1e6 bytes of response per second)",
         "series": series,
+        "proxy_cpu": cpu_series,
         "ratios": {
             "proxy_plain/direct_plain": plain_ratio,
             "proxy_tls/direct_tls": tls_ratio,
@@ -185,6 +238,7 @@ pub async fn run(proxy_bin: &Path, runs: u32, args: &BulkArgs) -> Result<(), Ben
             "per_run_proxy_plain/direct_plain": per_run("proxy plain", "direct plain"),
             "per_run_proxy_tls/direct_tls": per_run("proxy TLS", "direct TLS"),
             "per_run_proxy_plain/baseline_plain": vs_baseline,
+            "per_run_cpu_proxy_plain/baseline_plain": cpu_vs_baseline,
         },
         "aims": {
             "proxy_plain/direct_plain": 1.0,
@@ -206,6 +260,8 @@ struct Measured {
     bytes: u64,
     secs: f64,
     bytes_per_fetch: u64,
+    /// CPU time of the target's proxy process during the timed fetches.
+    cpu_ns: Option<u64>,
 }
 
 /// One run: a fresh session per configuration (login, SELECT, untimed warm-up fetch),
@@ -213,7 +269,7 @@ struct Measured {
 /// round starting one further along), so that load from elsewhere on the machine hits all
 /// configurations alike.
 async fn run_once(
-    targets: &[Target],
+    targets: &[Target<'_>],
     tls: &TlsConnector,
     user: &str,
     pass: &str,
@@ -238,10 +294,11 @@ async fn run_once(
     }
     let mut out: Vec<Measured> = targets
         .iter()
-        .map(|_| Measured {
+        .map(|t| Measured {
             bytes: 0,
             secs: 0.0,
             bytes_per_fetch: 0,
+            cpu_ns: t.process.map(|_| 0),
         })
         .collect();
     for round in 0..fetches as usize {
@@ -253,9 +310,15 @@ async fn run_once(
             else {
                 continue;
             };
+            let cpu_before = t.process.and_then(ProxyProcess::cpu_ns);
             let start = Instant::now();
             let n = fetch_all(conn, t.name, messages, size).await?;
             m.secs += start.elapsed().as_secs_f64();
+            let cpu_after = t.process.and_then(ProxyProcess::cpu_ns);
+            m.cpu_ns = match (m.cpu_ns, cpu_before, cpu_after) {
+                (Some(sum), Some(a), Some(b)) => Some(sum + b.saturating_sub(a)),
+                _ => None,
+            };
             m.bytes += n;
             m.bytes_per_fetch = n;
         }

@@ -147,7 +147,7 @@ pub fn pick_user(c: usize, i: u64, clients: usize, users: usize, seed: Option<u6
 }
 
 /// splitmix64 (Steele, Lea, Flood 2014): a tiny, well-mixed, fixed hash for seeding.
-fn splitmix64(x: u64) -> u64 {
+pub(crate) fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

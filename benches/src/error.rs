@@ -70,6 +70,18 @@ pub enum BenchError {
         /// What the scenario needs.
         need: u64,
     },
+    /// The hard open-file limit is too low and may not be raised (no `CAP_SYS_RESOURCE`).
+    #[error(
+        "the hard open file limit is {hard}, this scenario needs at least {need} and may not \
+         raise it: that takes CAP_SYS_RESOURCE (root, outside a container that drops it); \
+         run loadbench as root, or raise the hard limit first (`ulimit -Hn`, limits.conf)"
+    )]
+    FdHardLimit {
+        /// The hard limit.
+        hard: u64,
+        /// What the scenario needs.
+        need: u64,
+    },
     /// Reading `/proc` or writing the JSON summary failed.
     #[error("{path}: {source}")]
     File {

@@ -35,6 +35,9 @@
 //! - `fleet`: login latency through a proxy on local state and one in fleet mode (Redis on
 //!   loopback, loopback not trusted, `max_per_user_fleet` set): pool hits and fresh backend
 //!   logins, p50/p99 and what fleet mode adds.
+//! - `many`: 10,000 logged-in sessions on a proxy with one runtime thread: sessions/s to
+//!   open them, proxy `VmRSS` per session in IDLE, NOOP latency (p50/p99/max) and the
+//!   proxy's CPU while they idle and poll at 1,000 NOOP/s, against direct Dovecot.
 //! - `peers`: direct Dovecot, imapproxy and whichever of HAProxy, nginx's mail proxy and
 //!   up-imapproxy are installed, interleaved: one-client latency, sessions/s of 20
 //!   clients, bulk MB/s, memory per idle session, a one-user burst; one markdown table of
@@ -52,6 +55,7 @@ mod fleet;
 mod held;
 mod idle;
 mod imap;
+mod many;
 mod peers;
 mod pipeline;
 mod proxy;
@@ -109,6 +113,10 @@ enum Scenario {
     /// Login latency added by fleet mode (Redis on loopback): pool hits and fresh backend
     /// logins, a proxy on local state vs one in fleet mode.
     Fleet(fleet::FleetArgs),
+    /// 10,000 logged-in sessions through a proxy on one runtime thread: sessions/s to open,
+    /// proxy memory per session in IDLE, NOOP latency and proxy CPU while they idle,
+    /// against direct Dovecot.
+    Many(many::ManyArgs),
     /// imapproxy, HAProxy, nginx's mail proxy and up-imapproxy (those installed) against
     /// direct Dovecot: latency, sessions/s, bulk MB/s, memory per idle session and a
     /// one-user burst, as one markdown table of ratios (target/loadbench/peers.md).
@@ -147,6 +155,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
             Scenario::Failover(a) => failover::run(&binary, cli.runs, a).await,
             Scenario::Pipeline(a) => pipeline::run(&binary, cli.runs, a).await,
             Scenario::Fleet(a) => fleet::run(&binary, cli.runs, a).await,
+            Scenario::Many(a) => many::run(&binary, cli.runs, a).await,
             Scenario::Peers(a) => peers::run(&binary, cli.runs, a).await,
         }
     })

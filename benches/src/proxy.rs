@@ -27,6 +27,11 @@ pub fn set_worker_threads(threads: u32) {
     let _ = WORKER_THREADS.set(threads);
 }
 
+/// The worker threads of the proxies started from now on, when set.
+pub fn worker_threads() -> Option<u32> {
+    WORKER_THREADS.get().copied()
+}
+
 /// The workspace root (this package lives one level below it).
 pub fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -277,6 +282,19 @@ level = "warn"
     /// Process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// CPU time the process has used so far, all threads, in nanoseconds: the sum of the
+    /// first field of `/proc/<pid>/task/*/schedstat` (time on a CPU, at the scheduler's
+    /// precision rather than clock ticks). `None` where the kernel does not say.
+    pub fn cpu_ns(&self) -> Option<u64> {
+        let tasks = fs::read_dir(format!("/proc/{}/task", self.pid())).ok()?;
+        let mut total = 0u64;
+        for task in tasks.flatten() {
+            let text = fs::read_to_string(task.path().join("schedstat")).ok()?;
+            total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+        Some(total)
     }
 
     /// Resident set size (`VmRSS` of `/proc/<pid>/status`), in KiB (the kernel's "kB").

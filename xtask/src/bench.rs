@@ -80,6 +80,15 @@ pub const LOAD_SCENARIOS: &[LoadScenario] = &[
         bin: "loadbench",
         args: &["fleet"],
     },
+    // 10,000 logged-in sessions on a proxy with one runtime thread: sessions/s to open,
+    // proxy memory per session in IDLE, NOOP p99 at 1,000 NOOP/s while they idle, proxy CPU;
+    // against direct Dovecot (about 2 minutes). Where the hard open-file limit cannot be
+    // raised to the proxy's 2 x 10,000 + 64 (no CAP_SYS_RESOURCE), as many as fit.
+    LoadScenario {
+        package: "imapproxy-bench",
+        bin: "loadbench",
+        args: &["many", "--fit-fd-limit"],
+    },
     // Direct Dovecot, imapproxy and the installed peers (HAProxy, nginx mail, up-imapproxy;
     // missing ones are skipped and named), interleaved: latency, sessions/s, bulk, idle
     // memory, burst; one markdown table in target/loadbench/peers.md. About 11 minutes
@@ -96,7 +105,8 @@ pub const LOAD_SCENARIOS: &[LoadScenario] = &[
 pub const INSTALL_PEERS_ENV: &str = "IMAPPROXY_BENCH_INSTALL_PEERS";
 
 /// Soft open-file limit the load scenarios run under: `idle-memory` holds 1,000 client
-/// sockets and its Dovecot a process per session (loadbench checks what it needs).
+/// sockets and its Dovecot a process per session, `many`'s proxy 20,064 files for 10,000
+/// sessions (loadbench checks what it needs).
 const NOFILE: u32 = 65536;
 
 /// `cargo xtask bench` (with [`INSTALL_PEERS_ENV`] set, installs the peers first).
@@ -172,6 +182,7 @@ mod tests {
             "failover",
             "pipeline",
             "fleet",
+            "many",
             "peers",
         ];
         for s in LOAD_SCENARIOS {

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use super::disturbance::Probe;
+use super::procfs;
 use super::table::{Better, LoadRecord, Row};
 use super::target::{Column, Running, Server, Stack, rotated};
 use super::{Ctx, Outcome, note_failure};
@@ -37,6 +38,17 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Outcome, BenchError> {
         Better::Higher,
         0,
     );
+    // What each server's processes spent relaying: robust where MB/s is not, on a small
+    // machine whose cores the client, Dovecot and the target share. For direct Dovecot it
+    // is Dovecot's own cost of serving the fetch, so a proxy's ratio is what it adds to
+    // the work of the server behind it.
+    let mut cpu_row = Row::new(
+        "bulk CPU ms/GB",
+        "bulk: CPU time of the target's processes per GB relayed",
+        "ms",
+        Better::Lower,
+        0,
+    );
     for r in 1..=ctx.runs {
         let order = rotated(&columns, r);
         // Every server once per run; a peer that does not start is a failure of its
@@ -53,7 +65,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Outcome, BenchError> {
                 }
             }
         }
-        let mut conns: Vec<(Column, ImapConn, u64, f64)> = Vec::new();
+        let mut conns: Vec<(Column, ImapConn, u64, f64, Option<u64>)> = Vec::new();
         for col in order {
             let Some(addr) = servers
                 .iter()
@@ -72,7 +84,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Outcome, BenchError> {
                 Ok::<_, BenchError>(conn)
             };
             match open.await {
-                Ok(conn) => conns.push((col, conn, 0, 0.0)),
+                Ok(conn) => conns.push((col, conn, 0, 0.0, Some(0))),
                 Err(e) => {
                     note_failure(&mut out, SCENARIO, r, col, &e)?;
                     row.push(col, r, f64::NAN, false);
@@ -82,12 +94,22 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Outcome, BenchError> {
         let probe = Probe::start();
         for _ in 0..args.fetches {
             let mut failed = Vec::new();
-            for (i, (col, conn, bytes, secs)) in conns.iter_mut().enumerate() {
+            for (i, (col, conn, bytes, secs, cpu)) in conns.iter_mut().enumerate() {
+                let root = servers
+                    .iter()
+                    .find(|(s, _)| *s == col.server())
+                    .and_then(|(_, running)| running.memory_root());
+                let cpu_before = root.and_then(procfs::tree_cpu_ns);
                 let start = Instant::now();
                 match fetch_all(conn, col.name(), messages, size).await {
                     Ok(n) => {
                         *secs += start.elapsed().as_secs_f64();
                         *bytes += n;
+                        let cpu_after = root.and_then(procfs::tree_cpu_ns);
+                        *cpu = match (*cpu, cpu_before, cpu_after) {
+                            (Some(sum), Some(a), Some(b)) => Some(sum + b.saturating_sub(a)),
+                            _ => None,
+                        };
                     }
                     Err(e) => {
                         note_failure(&mut out, SCENARIO, r, *col, &e)?;
@@ -98,6 +120,7 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Outcome, BenchError> {
             for i in failed.into_iter().rev() {
                 let (col, ..) = conns.remove(i);
                 row.push(col, r, f64::NAN, false);
+                cpu_row.push(col, r, f64::NAN, false);
             }
         }
         let load = probe.finish();
@@ -109,20 +132,23 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Outcome, BenchError> {
             load,
             disturbed,
         });
-        for (col, mut conn, bytes, secs) in conns {
+        for (col, mut conn, bytes, secs, cpu) in conns {
             let mbps = bytes as f64 / secs / 1e6;
+            let cpu_ms_per_gb = cpu.map_or(f64::NAN, |ns| ns as f64 / 1e6 / (bytes as f64 / 1e9));
             eprintln!(
-                "  {SCENARIO} run {r}: {:<18} {mbps:8.1} MB/s{}",
+                "  {SCENARIO} run {r}: {:<18} {mbps:8.1} MB/s, CPU {cpu_ms_per_gb:6.1} ms/GB{}",
                 col.name(),
                 if disturbed { "  [disturbed]" } else { "" }
             );
             row.push(col, r, mbps, disturbed);
+            cpu_row.push(col, r, cpu_ms_per_gb, disturbed);
             // Polite end; the answer does not matter.
             let _ = tokio::time::timeout(Duration::from_secs(5), conn.send("LOGOUT")).await;
         }
         drop(servers);
     }
     out.rows.push(row);
+    out.rows.push(cpu_row);
     Ok(out)
 }
 

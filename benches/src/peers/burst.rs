@@ -1,8 +1,9 @@
 //! `burst`: `burst --hold-ms 200` against every plain target: 50 closed-loop workers of
 //! one user (connect, `LOGIN`, `SELECT INBOX`, `FETCH 1 (FLAGS)`, 200 ms logged in,
 //! `LOGOUT`) against Dovecot capped at 10 sessions per user and IP. A fresh target
-//! process per measurement; imapproxy with `max_per_user = 8` (its queue keeps it under
-//! the cap), the peers with their defaults.
+//! process per measurement; imapproxy with `max_per_user` at Dovecot's cap (what the
+//! README tells operators to set; its queue keeps it under the cap), the peers with their
+//! defaults.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -51,7 +52,12 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Outcome, BenchError> {
             .start()
             .map_err(BenchError::Dovecot)?,
     );
-    let stack = Stack::new(&dovecot, ctx.proxy_bin, &pool_section(8), ctx.installed)?;
+    let stack = Stack::new(
+        &dovecot,
+        ctx.proxy_bin,
+        &pool_section(args.burst_limit),
+        ctx.installed,
+    )?;
     let columns = ctx.installed.columns(&[Security::Plain]);
     let account = Arc::new(dovecot.user(1));
     let workers = args.burst_clients;

@@ -344,7 +344,8 @@ fn document(
     notes.extend(installed.skipped.iter().cloned());
     notes.push(
         "Settings: imapproxy as in the single scenarios (`[pool] reuse = true, warm = 2, \
-         max_per_user = 8` for latency, sessions and burst; defaults for bulk; \
+         max_per_user = 8` for latency and sessions, `max_per_user` at Dovecot's cap for burst; \
+         defaults for bulk; \
          `max_per_user = 1000, warm = 0` for idle); HAProxy `mode tcp`, a thread per core; \
          nginx `worker_processes auto`, `auth_http` answered by loadbench; up-imapproxy \
          Debian's defaults. TLS sessions do a full handshake each (no resumption)."
