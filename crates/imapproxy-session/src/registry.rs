@@ -229,8 +229,10 @@ impl Registration {
     }
 
     /// Resolves when an operator asks something of the session: at once, and every time
-    /// after, once it was kicked; once per move asked, with why.
-    pub async fn requested(&self) -> Request {
+    /// after, once it was kicked; once per move asked, with why. With `moves` false only a
+    /// kick is reported, and a move asked meanwhile stays asked for a later call (one
+    /// future for both, so that a session that waits on either holds one).
+    pub async fn requested(&self, moves: bool) -> Request {
         loop {
             let notified = self.control.notify.notified();
             let mut notified = std::pin::pin!(notified);
@@ -239,8 +241,9 @@ impl Registration {
             if self.kicked() {
                 return Request::End;
             }
-            if let Some(cause) =
-                MigrationCause::from_code(self.control.cause.swap(0, Ordering::AcqRel))
+            if moves
+                && let Some(cause) =
+                    MigrationCause::from_code(self.control.cause.swap(0, Ordering::AcqRel))
             {
                 return Request::Move(cause);
             }
@@ -251,15 +254,7 @@ impl Registration {
     /// Resolves once an operator ended the session (move requests are left for
     /// [`Registration::requested`]).
     pub async fn ended(&self) {
-        loop {
-            let notified = self.control.notify.notified();
-            let mut notified = std::pin::pin!(notified);
-            notified.as_mut().enable();
-            if self.kicked() {
-                return;
-            }
-            notified.await;
-        }
+        self.requested(false).await;
     }
 
     /// The session now runs on `backend` (after a move).
@@ -350,7 +345,7 @@ mod tests {
 
     /// What the session is asked within 20 ms, if anything.
     async fn asked_soon(r: &Registration) -> Option<Request> {
-        tokio::time::timeout(std::time::Duration::from_millis(20), r.requested())
+        tokio::time::timeout(std::time::Duration::from_millis(20), r.requested(true))
             .await
             .ok()
     }
@@ -369,8 +364,8 @@ mod tests {
         assert_eq!(reg.kick_user("ALICE"), 2);
         assert!(a.kicked() && a2.kicked() && !b.kicked());
         // A kick is heard at once, and again every time after.
-        assert_eq!(a.requested().await, Request::End);
-        assert_eq!(a.requested().await, Request::End);
+        assert_eq!(a.requested(true).await, Request::End);
+        assert_eq!(a.requested(true).await, Request::End);
         a2.ended().await;
         assert!(asked_soon(&b).await.is_none());
         drop(a);
@@ -380,7 +375,10 @@ mod tests {
         // A move is heard once, with its cause; a session that does not listen right now
         // hears it when it next does.
         assert_eq!(reg.migrate_backend("mail2"), 1);
-        assert_eq!(b.requested().await, Request::Move(MigrationCause::Drain));
+        assert_eq!(
+            b.requested(true).await,
+            Request::Move(MigrationCause::Drain)
+        );
         assert!(asked_soon(&b).await.is_none());
         b.set_backend("mail3");
         assert_eq!(reg.list()[0].backend, "mail3");
@@ -391,9 +389,9 @@ mod tests {
                 .await
                 .is_err()
         );
-        assert_eq!(b.requested().await, Request::Move(MigrationCause::Move));
+        assert_eq!(b.requested(true).await, Request::Move(MigrationCause::Move));
         assert!(reg.kick(2));
-        assert_eq!(b.requested().await, Request::End);
+        assert_eq!(b.requested(true).await, Request::End);
         drop(b);
         assert!(!reg.kick(2));
         assert_eq!(reg.count(), 0);

@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 
 use super::BackendConn;
 use super::proxy_header::{ClientAddrs, proxy_v2_header};
-use super::response::{Greeting, ResponseReader};
+use super::response::Greeting;
 use super::target::BackendTarget;
 use crate::capabilities::Capabilities;
 use crate::error::Error;
@@ -66,7 +66,8 @@ impl BackendConn {
         };
         let mut conn = Self {
             stream,
-            reader: ResponseReader::new(target.response_limits),
+            reader: None,
+            limits: target.response_limits,
             capabilities: Capabilities::default(),
             next_tag: 0,
             io_timeout: target.io_timeout,
@@ -102,7 +103,7 @@ impl BackendConn {
                 code: resp.code(),
             });
         }
-        if self.reader.buffered() > 0 {
+        if self.buffered() > 0 {
             // Anything sent in the clear after the STARTTLS reply is an injection attempt.
             return Err(Error::UnexpectedData {
                 what: "data after the STARTTLS response",

@@ -31,7 +31,12 @@ use response::response_code;
 /// logged in (or logged in, after [`BackendConn::login`]).
 pub struct BackendConn {
     stream: BackendStream,
-    reader: ResponseReader,
+    /// Made on first use, dropped when the connection is handed over
+    /// ([`BackendConn::take_buffered`]): a relayed session, which holds its connection for
+    /// as long as it lives, keeps no reader state (about 250 bytes).
+    reader: Option<Box<ResponseReader>>,
+    /// The bounds of the reader, kept for the next one.
+    limits: ResponseLimits,
     capabilities: Capabilities,
     next_tag: u32,
     io_timeout: Duration,
@@ -140,7 +145,7 @@ impl BackendConn {
     /// [`Error::Bye`].
     pub async fn read_response(&mut self, tag: &str) -> Result<Response, Error> {
         loop {
-            if let Some(resp) = self.reader.next_response(tag)? {
+            if let Some(resp) = self.reader().next_response(tag)? {
                 return Ok(resp);
             }
             self.fill().await?;
@@ -150,7 +155,7 @@ impl BackendConn {
     /// Reads one whole response message (literals included).
     async fn read_message(&mut self) -> Result<Vec<u8>, Error> {
         loop {
-            if let Some(msg) = self.reader.next_message()? {
+            if let Some(msg) = self.reader().next_message()? {
                 return Ok(msg);
             }
             self.fill().await?;
@@ -160,7 +165,11 @@ impl BackendConn {
     /// Reads more bytes into the reader, bounded by the I/O timeout; EOF is
     /// [`Error::Closed`].
     async fn fill(&mut self) -> Result<(), Error> {
-        let buf = self.reader.read_buf();
+        let limits = self.limits;
+        let buf = self
+            .reader
+            .get_or_insert_with(|| Box::new(ResponseReader::new(limits)))
+            .read_buf();
         buf.reserve(4096);
         let n = tokio::time::timeout(self.io_timeout, self.stream.read_buf(buf))
             .await
@@ -194,14 +203,29 @@ impl BackendConn {
     /// Gives up the connection for relaying: the stream and any bytes already read past the
     /// last response (normally none).
     pub fn into_parts(mut self) -> (BackendStream, Vec<u8>) {
-        let rest = self.reader.take_buffered();
+        let rest = self.take_buffered();
         (self.stream, rest)
     }
 
     /// Takes the bytes read past the last response (normally none): they belong to whoever
     /// reads the stream next.
     pub fn take_buffered(&mut self) -> Vec<u8> {
-        self.reader.take_buffered()
+        self.reader
+            .take()
+            .map(|mut r| r.take_buffered())
+            .unwrap_or_default()
+    }
+
+    /// The response reader, made when first needed.
+    fn reader(&mut self) -> &mut ResponseReader {
+        let limits = self.limits;
+        self.reader
+            .get_or_insert_with(|| Box::new(ResponseReader::new(limits)))
+    }
+
+    /// Bytes read from the backend and not yet consumed.
+    fn buffered(&self) -> usize {
+        self.reader.as_ref().map_or(0, |r| r.buffered())
     }
 
     /// The stream, for callers that exchange commands themselves.

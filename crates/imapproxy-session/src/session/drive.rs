@@ -86,16 +86,15 @@ impl Session {
                     tokio::select! {
                         end = &mut relay => break Some(end),
                         _ = shutdown.cancelled() => break None,
-                        request = registration.requested(), if asked.is_none() => match request {
+                        // While a move is under way a later one stays asked, for the next
+                        // relay (a drain asked while a move picks its backend is not lost).
+                        request = registration.requested(asked.is_none()) => match request {
                             Request::End => break None,
                             Request::Move(cause) => {
                                 asked = Some(cause);
                                 relay.request_migration();
                             }
                         },
-                        // A move under way: a later one stays asked for the next relay
-                        // (a drain asked while a move picks its backend is not lost).
-                        () = registration.ended(), if asked.is_some() => break None,
                         // A client of this user started waiting: check from now on.
                         () = &mut waiter_arrived, if park_check.is_none() => {
                             waiter_arrived.set(signal.notified());

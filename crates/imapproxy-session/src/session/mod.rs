@@ -203,15 +203,41 @@ impl Proxy {
 /// connection must start with a PROXY v1/v2 header from a trusted peer; otherwise it is
 /// dropped without a byte sent. The header's source address then stands for the client
 /// everywhere: logs, the backend `ID` fields, routing, and an outbound PROXY header.
-pub async fn serve(
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps each argument twice in a long-lived task"
+)]
+pub fn serve(
+    proxy: Arc<Proxy>,
+    listener: Arc<ListenerSettings>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()> + Send + use<> {
+    // Two phases, so that the task of a long-lived session holds each part once: what
+    // admission needed (the PROXY header exchange) is gone once the session runs, and the
+    // running future keeps the session where it was built. Not an `async fn`: one keeps
+    // each argument twice (the argument, and the local it is moved into).
+    async move {
+        // Pinned where it lands and awaited through the pin: a future moved into `.await`
+        // would keep its old place too. Admission boxed: its state is gone once it is done.
+        let admitted = std::pin::pin!(Box::pin(admit(proxy, listener, tcp, peer, shutdown)).await);
+        if let Some(session) = admitted.as_pin_mut() {
+            session.await;
+        }
+    }
+}
+
+/// The PROXY header (where the listener expects one) and the connection limits; then the
+/// session, ready to run.
+async fn admit(
     proxy: Arc<Proxy>,
     listener: Arc<ListenerSettings>,
     mut tcp: TcpStream,
-    peer: SocketAddr,
+    mut peer: SocketAddr,
     shutdown: CancellationToken,
-) {
+) -> Option<impl Future<Output = ()> + Send + use<>> {
     let id = proxy.next_id.fetch_add(1, Ordering::Relaxed);
-    let mut peer = peer;
     let mut local = tcp.local_addr().ok();
     let pp = &proxy.settings.proxy_protocol;
     if local.is_some_and(|l| pp.expects_header(l)) {
@@ -224,7 +250,7 @@ pub async fn serve(
             Ok(None) => {}
             Err(e) => {
                 info!(id, tcp_peer = %peer, error = %e, "connection dropped");
-                return;
+                return None;
             }
         }
     }
@@ -240,7 +266,7 @@ pub async fn serve(
                 // Best effort and never waiting: a flood must not hold tasks on full buffers.
                 let _ = tcp.try_write(b"* BYE [LIMIT] Too many connections.\r\n");
             }
-            return;
+            return None;
         }
     };
     metrics::counter!("imapproxy_sessions_total").increment(1);
@@ -251,34 +277,22 @@ pub async fn serve(
         user = tracing::field::Empty,
         backend = tracing::field::Empty
     );
-    async move {
-        let _permit = permit;
-        let _active = ActiveGauge::new();
-        // Small request/response exchanges: never let Nagle hold a reply back.
-        let _ = tcp.set_nodelay(true);
-        let mut session = Session {
-            proxy,
-            listener,
-            stream: ClientStream::Plain(tcp),
-            peer,
-            local,
-            id,
-            shutdown,
-            client_id: Vec::new(),
-            bad_commands: 0,
-            login_started: None,
-            login_attempts: 0,
-        };
-        match session.run().await {
-            Ok(()) => debug!("session closed"),
-            Err(Error::ClientClosed) => debug!("client closed the connection"),
-            Err(e) => info!(error = %e, "session ended"),
-        }
-        // After the log line, so that no result is held across the await (task size).
-        session.close().await;
-    }
-    .instrument(span)
-    .await
+    // Small request/response exchanges: never let Nagle hold a reply back.
+    let _ = tcp.set_nodelay(true);
+    let session = Session {
+        proxy,
+        listener,
+        stream: ClientStream::Plain(tcp),
+        peer,
+        local,
+        id,
+        shutdown,
+        client_id: Vec::new(),
+        bad_commands: 0,
+        login_started: None,
+        login_attempts: 0,
+    };
+    Some(session.serve(permit).instrument(span))
 }
 
 struct Session {
@@ -344,6 +358,31 @@ struct LoggedIn {
 }
 
 impl Session {
+    /// Runs the session to its end, then closes it; `permit` (its place under the
+    /// connection limits) is given back last. Not an `async fn`: its future uses the
+    /// session where it was captured instead of keeping an argument and a copy.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its session argument and the local made of it"
+    )]
+    fn serve(
+        mut self,
+        permit: crate::limits::ConnectionPermit,
+    ) -> impl Future<Output = ()> + Send + use<> {
+        async move {
+            let active = ActiveGauge::new();
+            match self.run().await {
+                Ok(()) => debug!("session closed"),
+                Err(Error::ClientClosed) => debug!("client closed the connection"),
+                Err(e) => info!(error = %e, "session ended"),
+            }
+            // After the log line, so that no result is held across the await (task size).
+            self.close().await;
+            drop(active);
+            drop(permit);
+        }
+    }
+
     async fn run(&mut self) -> Result<(), Error> {
         if self.listener.tls == TlsMode::Implicit {
             Box::pin(self.start_tls()).await?;
