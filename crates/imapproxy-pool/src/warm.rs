@@ -26,7 +26,9 @@ impl managed::Manager for WarmManager {
     type Error = Error;
 
     async fn create(&self) -> Result<BackendConn, Error> {
-        let conn = BackendConn::connect(&self.target).await?;
+        // Boxed: deadpool nests this future in four layers of its own (timeouts, hooks),
+        // each a copy of its size in the state of every checkout that waits on it.
+        let conn = Box::pin(BackendConn::connect(&self.target)).await?;
         record_prelogin(&self.prelogin, &conn);
         Ok(conn)
     }
