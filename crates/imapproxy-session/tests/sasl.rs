@@ -95,6 +95,8 @@ fn dovecot() -> &'static Dovecot {
         .unwrap();
         Dovecot::builder()
             .users(6)
+            // Held in a static, never dropped: the watchdog removes the file at exit.
+            .remove_on_exit(&conf)
             .extra_config(&format!(
                 "auth_mechanisms = plain login scram-sha-1 scram-sha-256 xoauth2 oauthbearer\n\
                  passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {}\n}}\n",

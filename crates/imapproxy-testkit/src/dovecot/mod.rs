@@ -44,6 +44,7 @@ pub struct DovecotBuilder {
     seed: Option<Seed>,
     extra_config: String,
     mail_dir: Option<PathBuf>,
+    remove_on_exit: Vec<PathBuf>,
 }
 
 impl Default for DovecotBuilder {
@@ -55,6 +56,7 @@ impl Default for DovecotBuilder {
             seed: None,
             extra_config: String::new(),
             mail_dir: None,
+            remove_on_exit: Vec::new(),
         }
     }
 }
@@ -103,6 +105,16 @@ impl DovecotBuilder {
     /// maildir already exists there are not seeded again.
     pub fn mail_dir(mut self, shared_root: &Path) -> Self {
         self.mail_dir = Some(shared_root.to_owned());
+        self
+    }
+
+    /// Has the watchdog remove `path` too when the test process ends while this instance
+    /// still runs, as a `static` instance does: for files it needs that would otherwise
+    /// outlive the test binary (a [`shared_mail_dir`] or a config file kept in a `static`
+    /// beside it). Only paths whose name starts with `imapproxy-` are removed. An instance
+    /// that is dropped leaves them to their owner.
+    pub fn remove_on_exit(mut self, path: &Path) -> Self {
+        self.remove_on_exit.push(path.to_owned());
         self
     }
 
@@ -187,13 +199,15 @@ impl DovecotBuilder {
             let mut child = process::spawn(&binary, &config_path, &output_path)?;
             match process::wait_ready(&mut child, imap_addr, START_TIMEOUT) {
                 process::Ready::Yes => {
-                    let watchdog = match process::spawn_watchdog(child.id(), dir.path()) {
-                        Ok(w) => w,
-                        Err(e) => {
-                            process::kill(&mut child);
-                            return Err(e);
-                        }
-                    };
+                    let watchdog =
+                        match process::spawn_watchdog(child.id(), dir.path(), &self.remove_on_exit)
+                        {
+                            Ok(w) => w,
+                            Err(e) => {
+                                process::kill(&mut child);
+                                return Err(e);
+                            }
+                        };
                     return Ok(Dovecot {
                         child: Some(child),
                         watchdog: Some(watchdog),

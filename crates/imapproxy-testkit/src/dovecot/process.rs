@@ -47,8 +47,13 @@ pub(crate) fn spawn(binary: &Path, config: &Path, output: &Path) -> io::Result<C
 /// still alive and, once it is gone, stops Dovecot (SIGTERM, then SIGKILL to the
 /// group). A `static` Dovecot is never dropped, so without this it would outlive
 /// the test binary; nor would its temp dir be removed, so the watchdog removes
-/// `dir` too once Dovecot is gone. It ends by itself when Dovecot exits first.
-pub(crate) fn spawn_watchdog(dovecot_pid: u32, dir: &Path) -> io::Result<Child> {
+/// `dir` too once Dovecot is gone, and `extra` (paths named `imapproxy-*` only). It ends
+/// by itself when Dovecot exits first.
+pub(crate) fn spawn_watchdog(
+    dovecot_pid: u32,
+    dir: &Path,
+    extra: &[std::path::PathBuf],
+) -> io::Result<Child> {
     let script = r#"
         while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 0.2; done
         if kill -0 "$2" 2>/dev/null; then
@@ -59,6 +64,9 @@ pub(crate) fn spawn_watchdog(dovecot_pid: u32, dir: &Path) -> io::Result<Child> 
             case "$IMAPPROXY_TESTKIT_DIR" in
                 */imapproxy-dovecot-*) sleep 0.2; rm -rf -- "$IMAPPROXY_TESTKIT_DIR" ;;
             esac
+            printf '%s\n' "$IMAPPROXY_TESTKIT_EXTRA" | while IFS= read -r p; do
+                case "$p" in */imapproxy-*) rm -rf -- "$p" ;; esac
+            done
         fi
     "#;
     Command::new("sh")
@@ -69,11 +77,22 @@ pub(crate) fn spawn_watchdog(dovecot_pid: u32, dir: &Path) -> io::Result<Child> 
         .arg(dovecot_pid.to_string())
         // Passed in the environment, not argv, so `pgrep -f <dir>` finds Dovecot only.
         .env("IMAPPROXY_TESTKIT_DIR", dir)
+        .env("IMAPPROXY_TESTKIT_EXTRA", join_lines(extra))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()
+}
+
+/// `paths`, one per line (a path with a line break in it is left out).
+fn join_lines(paths: &[std::path::PathBuf]) -> String {
+    paths
+        .iter()
+        .filter_map(|p| p.to_str())
+        .filter(|p| !p.contains('\n'))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Outcome of waiting for the greeting.

@@ -172,8 +172,15 @@ pub fn shared_backends() -> &'static Backends {
     static B: OnceLock<Backends> = OnceLock::new();
     B.get_or_init(|| {
         let store = shared_mail_dir().unwrap();
-        let mail1 = Dovecot::builder().mail_dir(store.path()).start().unwrap();
-        let mail2 = Dovecot::builder().mail_dir(store.path()).start().unwrap();
+        // Held in a static, never dropped: the watchdogs remove the store at exit.
+        let start = || {
+            Dovecot::builder()
+                .mail_dir(store.path())
+                .remove_on_exit(store.path())
+                .start()
+                .unwrap()
+        };
+        let (mail1, mail2) = (start(), start());
         Backends {
             mail1,
             mail2,
