@@ -25,6 +25,7 @@ use crate::imap::{
 };
 use crate::proxy::ProxyProcess;
 use crate::report::{Series, print_table, unix_time, write_json};
+use crate::webmail::tail;
 
 /// HAProxy's memory per idle session on the same kind of machine (DESIGN.md).
 const AIM_PLAIN_KIB: f64 = 4.0;
@@ -303,12 +304,4 @@ pub(crate) fn ensure_fd_limit(sessions: u64) -> Result<(), BenchError> {
         return Err(BenchError::FdLimit { have, need });
     }
     Ok(())
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines
-        .get(lines.len().saturating_sub(n)..)
-        .unwrap_or(&[])
-        .join("\n")
 }

@@ -284,17 +284,10 @@ level = "warn"
         self.child.id()
     }
 
-    /// CPU time the process has used so far, all threads, in nanoseconds: the sum of the
-    /// first field of `/proc/<pid>/task/*/schedstat` (time on a CPU, at the scheduler's
-    /// precision rather than clock ticks). `None` where the kernel does not say.
+    /// CPU time the process has used so far, all threads, in nanoseconds
+    /// ([`procfs::process_cpu_ns`](crate::peers::procfs::process_cpu_ns)).
     pub fn cpu_ns(&self) -> Option<u64> {
-        let tasks = fs::read_dir(format!("/proc/{}/task", self.pid())).ok()?;
-        let mut total = 0u64;
-        for task in tasks.flatten() {
-            let text = fs::read_to_string(task.path().join("schedstat")).ok()?;
-            total += text.split_whitespace().next()?.parse::<u64>().ok()?;
-        }
-        Some(total)
+        crate::peers::procfs::process_cpu_ns(self.pid())
     }
 
     /// Resident set size (`VmRSS` of `/proc/<pid>/status`), in KiB (the kernel's "kB").

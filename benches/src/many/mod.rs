@@ -50,6 +50,7 @@ use crate::imap::{
     COMMAND_TIMEOUT, ImapConn, SMALL_READ_BUF, Security, bounded, insecure_connector, login_select,
 };
 use crate::proxy::{self, ProxyProcess};
+use crate::webmail::tail;
 use limits::{fit_fd_limit, open_files};
 use noop::{Noop, cpu_ns, noop_phase};
 use output::{DovecotLog, print_measurement, summarise};
@@ -444,12 +445,4 @@ async fn leave_idle(idle: Vec<(ImapConn, String)>) -> Result<Vec<ImapConn>, Benc
         Ok(conn)
     })
     .await
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines
-        .get(lines.len().saturating_sub(n)..)
-        .unwrap_or(&[])
-        .join("\n")
 }

@@ -1,7 +1,6 @@
 //! The NOOP phase: every session polls with `NOOP` on a schedule of its own, timed from the
 //! write to the tagged `OK`, while the CPU time of the proxy, Dovecot and loadbench is read.
 
-use std::fs;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -177,30 +176,11 @@ fn schedule(
     times
 }
 
-/// CPU time of every thread of `pid` (the first field of `/proc/<pid>/task/*/schedstat`,
-/// ns on a CPU: precise where utime + stime come in 10 ms ticks), or failing that its
+/// CPU time of every thread of `pid` ([`procfs::process_cpu_ns`]), or failing that its
 /// utime + stime.
 pub(super) fn cpu_ns(pid: u32) -> Option<u64> {
-    let threads = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut sum = 0u64;
-    let mut any = false;
-    for t in threads.flatten() {
-        let Ok(text) = fs::read_to_string(t.path().join("schedstat")) else {
-            continue;
-        };
-        if let Some(ns) = text
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            sum += ns;
-            any = true;
-        }
-    }
-    if any {
-        return Some(sum);
-    }
-    procfs::stat(pid).map(|s| (s.cpu_ticks as f64 / USER_HZ * 1e9) as u64)
+    procfs::process_cpu_ns(pid)
+        .or_else(|| procfs::stat(pid).map(|s| (s.cpu_ticks as f64 / USER_HZ * 1e9) as u64))
 }
 
 fn ms(d: Duration) -> f64 {

@@ -90,19 +90,26 @@ pub fn tree_cpu_ns(root: u32) -> Option<u64> {
     if members.is_empty() {
         return None;
     }
-    Some(members.iter().map(|p| process_cpu_ns(p.pid)).sum())
+    Some(
+        members
+            .iter()
+            .map(|p| process_cpu_ns(p.pid).unwrap_or(0))
+            .sum(),
+    )
 }
 
-/// CPU time of every thread of `pid`, in nanoseconds (0 when it is gone).
-fn process_cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
+/// CPU time of every thread of `pid` so far, in nanoseconds: the first field of
+/// `/proc/<pid>/task/<tid>/schedstat` (time on a CPU, at the scheduler's precision where
+/// utime + stime come in 10 ms ticks). A thread that ends while it is read is not counted;
+/// `None` when `pid` is gone or the kernel keeps no schedstat.
+pub fn process_cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let times: Vec<u64> = tasks
         .flatten()
         .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
         .filter_map(|text| text.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+        .collect();
+    (!times.is_empty()).then(|| times.iter().sum())
 }
 
 /// Sum of `Pss` over `root`'s tree, in KiB; `None` when `root` is gone. Processes that
