@@ -52,7 +52,7 @@ const EOF_LINGER: Duration = Duration::from_secs(5);
 pub(crate) enum RelayEnd {
     /// The client sent `LOGOUT` (with this tag) and everything before it was answered; the
     /// backend session is untouched and the client awaits the proxy's answer.
-    Logout(Tag),
+    Logout(Box<Tag>),
     /// The client closed its side.
     ClientClosed,
     /// The backend closed its side; everything it sent was delivered.
@@ -121,7 +121,8 @@ pub(crate) struct Link {
     facts: SessionFacts,
     state: SessionState,
     /// The client's `LOGOUT`, answered by the proxy once everything before it is answered.
-    logout: Option<Tag>,
+    /// Boxed: a session keeps this slot for its whole life and needs it once.
+    logout: Option<Box<Tag>>,
     intercept_logout: bool,
     /// The client closed its side; the relay lingers until its commands are answered.
     client_eof: bool,
@@ -573,7 +574,7 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
             // RFC 9051 §6.1.3: answer LOGOUT once every earlier command has its answer.
             if let Some(tag) = logout {
                 if state.outstanding() == 0 && down.is_idle() && up.drained() {
-                    return Poll::Ready(RelayEnd::Logout(*tag));
+                    return Poll::Ready(RelayEnd::Logout(tag.clone()));
                 }
             }
         }
@@ -609,7 +610,7 @@ struct Commands<'l> {
     metrics: Option<&'l CommandMetrics>,
     facts: &'l mut SessionFacts,
     state: &'l mut SessionState,
-    logout: &'l mut Option<Tag>,
+    logout: &'l mut Option<Box<Tag>>,
     intercept_logout: bool,
     /// The client sent bytes.
     active: bool,
@@ -632,7 +633,7 @@ impl Observer for Commands<'_> {
             && !self.state.is_desynchronised()
         {
             if let Some(tag) = frame.tag {
-                *self.logout = Some(tag);
+                *self.logout = Some(Box::new(tag));
                 return Action::Stop;
             }
         }

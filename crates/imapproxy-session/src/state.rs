@@ -234,7 +234,7 @@ pub(crate) struct SessionState {
     logout_sent: bool,
     /// The server answered the command being read before its end (see
     /// [`SessionState::answered_early`]).
-    answered_early: Option<Tag>,
+    answered_early: Option<Box<Tag>>,
     /// Untagged responses and continuations received so far.
     responses: u64,
 }
@@ -335,7 +335,7 @@ impl SessionState {
             self.worsen(Condition::Tainted(Taint::Unlisted));
             return effect;
         };
-        if self.answered_early.take_if(|t| *t == tag).is_some() {
+        if self.answered_early.take_if(|t| **t == tag).is_some() {
             // Its reply came while its literal was still streaming.
             if effect == Effect::Idle {
                 self.idling = false;
@@ -541,7 +541,7 @@ impl SessionState {
     /// the way): the command is answered once it ends. `BAD` still desynchronises.
     pub(crate) fn answered_early(&mut self, tag: Tag, status: Status) {
         match status {
-            Status::Ok | Status::No => self.answered_early = Some(tag),
+            Status::Ok | Status::No => self.answered_early = Some(Box::new(tag)),
             Status::Bad => self.worsen(Condition::Desynchronised(Desync::Bad)),
             _ => self.worsen(Condition::Desynchronised(Desync::Malformed)),
         }

@@ -23,7 +23,7 @@ pub struct ChunkBench {
     down: Pump,
     facts: SessionFacts,
     state: SessionState,
-    logout: Option<Tag>,
+    logout: Option<Box<Tag>>,
     swallow_continuation: bool,
     backend_bye: bool,
     delivering: Delivering,

@@ -6,7 +6,8 @@ use super::*;
 use std::time::Duration;
 
 use crate::registry::{MigrationCause, Request};
-use crate::relay::Link;
+use crate::relay::{Link, SessionFacts};
+use crate::state::Condition;
 use rehome::{Cause, Homed};
 
 const BYE_KICKED: &[u8] =
@@ -24,7 +25,7 @@ impl Session {
     /// every later state of the future), which is what an idle session costs.
     pub(super) async fn relay(&mut self, logged_in: Box<LoggedIn>) -> Result<(), Error> {
         let proxy = Arc::clone(&self.proxy);
-        let (mut homed, registration, mut link, mut leftover) = {
+        let (homed, registration, link, leftover) = {
             let mut logged_in = logged_in;
             let leftover = logged_in.session.conn().take_buffered();
             let intercept = proxy.pool.settings().reuse;
@@ -53,8 +54,14 @@ impl Session {
         };
         let shutdown = self.shutdown.clone();
         let park_after = proxy.settings.park_after;
-        let (end, facts, state_reusable, condition) = loop {
-            let Some(session) = homed.session.as_mut() else {
+        let mut live = Live {
+            homed,
+            link,
+            registration,
+            leftover,
+        };
+        loop {
+            let Some(session) = live.homed.session.as_mut() else {
                 return Ok(());
             };
             let mut asked: Option<MigrationCause> = None;
@@ -62,14 +69,14 @@ impl Session {
             // a slot), not on a timer, so an idle session costs no wake-ups. Only once someone
             // waits does a timer run, until the session has been quiet for `park_after`.
             let signal = park_after
-                .and_then(|_| proxy.pool.waiter_signal(&homed.user_key))
+                .and_then(|_| proxy.pool.waiter_signal(&live.homed.user_key))
                 .unwrap_or_else(|| Arc::clone(&NEVER));
             let mut waiter_arrived = std::pin::pin!(signal.notified());
             // Enabled: a client that starts waiting from here on is heard even before this
             // future is first polled, and while the timer below runs.
             waiter_arrived.as_mut().enable();
             let mut park_check: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-            if park_after.is_some() && proxy.pool.has_waiters(&homed.user_key) {
+            if park_after.is_some() && proxy.pool.has_waiters(&live.homed.user_key) {
                 // Someone already waits (a re-home, say): look at once.
                 park_check = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
             }
@@ -77,8 +84,8 @@ impl Session {
                 let mut relay = Relay::new(
                     &mut self.stream,
                     session.conn().stream_mut(),
-                    &mut link,
-                    std::mem::take(&mut leftover),
+                    &mut live.link,
+                    std::mem::take(&mut live.leftover),
                     &proxy.policy,
                     &proxy.command_metrics,
                 );
@@ -88,7 +95,7 @@ impl Session {
                         _ = shutdown.cancelled() => break None,
                         // While a move is under way a later one stays asked, for the next
                         // relay (a drain asked while a move picks its backend is not lost).
-                        request = registration.requested(asked.is_none()) => match request {
+                        request = live.registration.requested(asked.is_none()) => match request {
                             Request::End => break None,
                             Request::Move(cause) => {
                                 asked = Some(cause);
@@ -110,7 +117,7 @@ impl Session {
                             }
                         }, if park_check.is_some() => {
                             let quiet = park_after.unwrap_or_default();
-                            if !proxy.pool.has_waiters(&homed.user_key) {
+                            if !proxy.pool.has_waiters(&live.homed.user_key) {
                                 // Nobody waits (any more): back to the signal, no timer.
                                 park_check = None;
                                 continue;
@@ -141,120 +148,167 @@ impl Session {
                 // then the last ones.
                 Some(
                     RelayEnd::BackendClosed | RelayEnd::BackendError(_) | RelayEnd::BackendBye,
-                ) if !link.state().logging_out() && !link.state().is_desynchronised() => {
+                ) if !live.link.state().logging_out() && !live.link.state().is_desynchronised() => {
                     Some(Cause::Failure)
                 }
                 Some(RelayEnd::Migrate) => asked.map(Cause::from),
                 _ => None,
             };
-            if matches!(end, Some(RelayEnd::Park)) {
-                if let Some(session) = homed.session.take() {
-                    let disposition = if reusable {
-                        Disposition::Reuse
-                    } else {
-                        Disposition::Close
-                    };
-                    Box::pin(proxy.pool.checkin(session, disposition)).await;
-                }
-                homed.guard = None;
-                metrics::counter!("imapproxy_parks_total").increment(1);
-                debug!("session parked");
-                let deadline = last_client + proxy.settings.auth_timeout;
-                let read = tokio::select! {
-                    r = link.read_parked(&mut self.stream) => Some(r),
-                    _ = shutdown.cancelled() => None,
-                    () = registration.ended() => None,
-                    _ = tokio::time::sleep_until(deadline) => None,
-                };
-                let woke = match read {
-                    // The client went away while parked: nothing to move, nobody to tell.
-                    Some(Ok(0) | Err(_)) => {
-                        debug!("parked session's client closed");
-                        return Ok(());
-                    }
-                    Some(Ok(_)) => true,
-                    None => false,
-                };
-                // LOGOUT needs no backend (RFC 9051 §6.1.3): answered at once.
-                if let Some(tag) = link.lone_logout().filter(|_| woke) {
-                    let _ = self
-                        .untagged_and_tagged(b"* BYE Logging out.", &tag, "OK Logout completed.")
-                        .await;
-                    return Ok(());
-                }
-                if woke {
-                    match Box::pin(self.rehome(&mut link, &mut homed, Cause::Unpark)).await {
-                        Ok(rest) => {
-                            registration.set_backend(homed.backend.as_str());
-                            leftover = rest;
-                            continue;
-                        }
-                        Err(reason) => info!(reason, "parked session could not resume"),
-                    }
-                }
-                let bye: &[u8] = if registration.kicked() {
-                    BYE_KICKED
-                } else if shutdown.is_cancelled() {
-                    BYE_SHUTDOWN
-                } else if woke {
-                    BYE_UNAVAILABLE
-                } else {
-                    b"* BYE Autologout; idle for too long.\r\n"
-                };
-                Box::pin(self.say_bye(bye)).await;
+            // Each way on is boxed and takes what it needs by value: this future then keeps
+            // no slot for any of it beside the relay's (what an idle session costs).
+            let resumed = if matches!(end, Some(RelayEnd::Park)) {
+                drop(end);
+                Box::pin(self.park(&mut live, reusable, last_client)).await
+            } else if let (Some(cause), false) = (cause, facts.mid_response) {
+                // A response cut short cannot be completed from another server: the
+                // client's view of it would be wrong, so that session ends (below).
+                Box::pin(self.recover(&mut live, end, facts.mid_command, cause)).await
+            } else {
+                return Box::pin(self.finish(live, end, facts, reusable, condition)).await;
+            };
+            if !resumed {
                 return Ok(());
             }
-            // A response cut short cannot be completed from another server: the client's
-            // view of it would be wrong, so that session ends.
-            if let (Some(cause), false) = (cause, facts.mid_response) {
-                if let RelayEnd::BackendError(e) = end.as_ref().unwrap_or(&RelayEnd::Migrate) {
-                    warn!(error = %e, "backend connection failed");
-                }
-                // A command the client is still sending cannot go on elsewhere: the new
-                // backend never saw its start. One whose client waits for a literal's `+` is
-                // answered NO (the client then sends no literal); one whose bytes are still
-                // coming cannot be cut off cleanly, and that session ends.
-                let mut refused = None;
-                let movable = !facts.mid_command || {
-                    refused = link.cancel_waiting_command();
-                    refused.is_some()
-                };
-                if !movable {
-                    info!(
-                        cause = cause.as_str(),
-                        "session could not move: mid-command"
-                    );
-                    metrics::counter!("imapproxy_rehome_failures_total", "reason" => "mid_command")
-                        .increment(1);
-                } else if self.proxy.settings.rehome {
-                    match Box::pin(self.rehome(&mut link, &mut homed, cause)).await {
-                        Ok(rest) => {
-                            registration.set_backend(homed.backend.as_str());
-                            leftover = rest;
-                            if let Some(tag) = refused {
-                                let mut no = tag.as_bytes().to_vec();
-                                no.extend_from_slice(
-                                    b" NO [UNAVAILABLE] Server connection lost, please retry.\r\n",
-                                );
-                                if self.write(&no).await.is_err() {
-                                    return Ok(());
-                                }
-                            }
-                            continue;
-                        }
-                        Err(reason) => {
-                            info!(cause = cause.as_str(), reason, "session could not move");
-                        }
-                    }
-                }
-                if let Some(session) = homed.session.take() {
-                    Box::pin(proxy.pool.checkin(session, Disposition::Close)).await;
-                }
-                Box::pin(self.say_bye(BYE_UNAVAILABLE)).await;
-                return Ok(());
-            }
-            break (end, facts, reusable, condition);
+        }
+    }
+
+    /// A parked session: its backend session goes back to the pool (to the client waiting for
+    /// it) and the session waits for its client's next command, then moves to a backend
+    /// connection again. False when the session is over (it was told why).
+    async fn park(
+        &mut self,
+        live: &mut Live,
+        reusable: bool,
+        last_client: tokio::time::Instant,
+    ) -> bool {
+        let proxy = Arc::clone(&self.proxy);
+        let disposition = if reusable {
+            Disposition::Reuse
+        } else {
+            Disposition::Close
         };
+        checkin(&proxy, live.homed.session.take(), disposition).await;
+        live.homed.guard = None;
+        metrics::counter!("imapproxy_parks_total").increment(1);
+        debug!("session parked");
+        let deadline = last_client + proxy.settings.auth_timeout;
+        let read = tokio::select! {
+            r = live.link.read_parked(&mut self.stream) => Some(r),
+            _ = self.shutdown.cancelled() => None,
+            () = live.registration.ended() => None,
+            _ = tokio::time::sleep_until(deadline) => None,
+        };
+        let woke = match read {
+            // The client went away while parked: nothing to move, nobody to tell.
+            Some(Ok(0) | Err(_)) => {
+                debug!("parked session's client closed");
+                return false;
+            }
+            Some(Ok(_)) => true,
+            None => false,
+        };
+        // LOGOUT needs no backend (RFC 9051 §6.1.3): answered at once.
+        if let Some(tag) = live.link.lone_logout().filter(|_| woke) {
+            let _ = self
+                .untagged_and_tagged(b"* BYE Logging out.", &tag, "OK Logout completed.")
+                .await;
+            return false;
+        }
+        if woke {
+            match Box::pin(self.rehome(&mut live.link, &mut live.homed, Cause::Unpark)).await {
+                Ok(rest) => {
+                    live.registration.set_backend(live.homed.backend.as_str());
+                    live.leftover = rest;
+                    return true;
+                }
+                Err(reason) => info!(reason, "parked session could not resume"),
+            }
+        }
+        let bye: &[u8] = if live.registration.kicked() {
+            BYE_KICKED
+        } else if self.shutdown.is_cancelled() {
+            BYE_SHUTDOWN
+        } else if woke {
+            BYE_UNAVAILABLE
+        } else {
+            b"* BYE Autologout; idle for too long.\r\n"
+        };
+        self.say_bye(bye).await;
+        false
+    }
+
+    /// The session's backend connection failed, or an operator asked it to move: it moves to
+    /// another backend connection, replaying its state. False when it could not (the client
+    /// was told `BYE`).
+    async fn recover(
+        &mut self,
+        live: &mut Live,
+        end: Option<RelayEnd>,
+        mid_command: bool,
+        cause: Cause,
+    ) -> bool {
+        if let Some(RelayEnd::BackendError(e)) = &end {
+            warn!(error = %e, "backend connection failed");
+        }
+        drop(end);
+        // A command the client is still sending cannot go on elsewhere: the new backend never
+        // saw its start. One whose client waits for a literal's `+` is answered NO (the
+        // client then sends no literal); one whose bytes are still coming cannot be cut off
+        // cleanly, and that session ends.
+        let mut refused = None;
+        let movable = !mid_command || {
+            refused = live.link.cancel_waiting_command();
+            refused.is_some()
+        };
+        if !movable {
+            info!(
+                cause = cause.as_str(),
+                "session could not move: mid-command"
+            );
+            metrics::counter!("imapproxy_rehome_failures_total", "reason" => "mid_command")
+                .increment(1);
+        } else if self.proxy.settings.rehome {
+            match Box::pin(self.rehome(&mut live.link, &mut live.homed, cause)).await {
+                Ok(rest) => {
+                    live.registration.set_backend(live.homed.backend.as_str());
+                    live.leftover = rest;
+                    if let Some(tag) = refused {
+                        let mut no = tag.as_bytes().to_vec();
+                        no.extend_from_slice(
+                            b" NO [UNAVAILABLE] Server connection lost, please retry.\r\n",
+                        );
+                        if self.write(&no).await.is_err() {
+                            return false;
+                        }
+                    }
+                    return true;
+                }
+                Err(reason) => {
+                    info!(cause = cause.as_str(), reason, "session could not move");
+                }
+            }
+        }
+        let proxy = Arc::clone(&self.proxy);
+        checkin(&proxy, live.homed.session.take(), Disposition::Close).await;
+        self.say_bye(BYE_UNAVAILABLE).await;
+        false
+    }
+
+    /// The relay is over for good: the backend session goes back to the pool (cached when it
+    /// can serve another client) and the client gets its last answer.
+    async fn finish(
+        &mut self,
+        live: Live,
+        end: Option<RelayEnd>,
+        facts: SessionFacts,
+        state_reusable: bool,
+        condition: Condition,
+    ) -> Result<(), Error> {
+        let Live {
+            mut homed,
+            registration,
+            ..
+        } = live;
         debug!(
             bytes_up = facts.bytes_up,
             bytes_down = facts.bytes_down,
@@ -276,10 +330,8 @@ impl Session {
         };
         // Back to the pool before the client hears the answer to its LOGOUT, so that its
         // next login (webmail logs in again at once) finds the session cached.
-        // Boxed: the reset's state machine is needed once, not for the session's whole life.
-        if let Some(session) = homed.session.take() {
-            Box::pin(proxy.pool.checkin(session, disposition)).await;
-        }
+        let proxy = Arc::clone(&self.proxy);
+        checkin(&proxy, homed.session.take(), disposition).await;
         drop(homed);
         // A BYE written into the middle of a response would become part of it (a literal's
         // bytes, say): at such a point the connection is just closed.
@@ -329,5 +381,21 @@ impl Session {
     /// it runs once, at the end.
     async fn say_bye(&mut self, bye: &[u8]) {
         let _ = self.write(bye).await;
+    }
+}
+
+/// What a logged-in session keeps through its relays: one local, so that its future lays
+/// it out once.
+struct Live {
+    homed: Homed,
+    link: Link,
+    registration: Registration,
+    leftover: Vec<u8>,
+}
+
+/// Gives the backend session back to the pool (the reset it may need included).
+async fn checkin(proxy: &Proxy, session: Option<PooledSession>, disposition: Disposition) {
+    if let Some(session) = session {
+        proxy.pool.checkin(session, disposition).await;
     }
 }

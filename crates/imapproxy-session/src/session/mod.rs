@@ -205,10 +205,6 @@ impl Proxy {
 /// connection must start with a PROXY v1/v2 header from a trusted peer; otherwise it is
 /// dropped without a byte sent. The header's source address then stands for the client
 /// everywhere: logs, the backend `ID` fields, routing, and an outbound PROXY header.
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn keeps each argument twice in a long-lived task"
-)]
 pub fn serve(
     proxy: Arc<Proxy>,
     listener: Arc<ListenerSettings>,
@@ -219,11 +215,14 @@ pub fn serve(
     // Two phases, so that the task of a long-lived session holds each part once: what
     // admission needed (the PROXY header exchange) is gone once the session runs, and the
     // running future keeps the session where it was built. Not an `async fn`: one keeps
-    // each argument twice (the argument, and the local it is moved into).
+    // each argument twice (the argument, and the local it is moved into). Admission is boxed
+    // and made here, outside the task's future: its state is gone once it is done, and the
+    // task keeps no slots for the arguments (80 bytes) beside the session.
+    let admission = Box::pin(admit(proxy, listener, tcp, peer, shutdown));
     async move {
         // Pinned where it lands and awaited through the pin: a future moved into `.await`
-        // would keep its old place too. Admission boxed: its state is gone once it is done.
-        let admitted = std::pin::pin!(Box::pin(admit(proxy, listener, tcp, peer, shutdown)).await);
+        // would keep its old place too.
+        let admitted = std::pin::pin!(admission.await);
         if let Some(session) = admitted.as_pin_mut() {
             session.await;
         }
@@ -378,8 +377,9 @@ impl Session {
                 Err(Error::ClientClosed) => debug!("client closed the connection"),
                 Err(e) => info!(error = %e, "session ended"),
             }
-            // After the log line, so that no result is held across the await (task size).
-            self.close().await;
+            // After the log line, so that no result is held across the await (task size);
+            // boxed, so that the task is not sized for the TLS shutdown it needs once.
+            Box::pin(self.close()).await;
             drop(active);
             drop(permit);
         }
@@ -389,12 +389,16 @@ impl Session {
         if self.listener.tls == TlsMode::Implicit {
             Box::pin(self.start_tls()).await?;
         }
-        let greeting = format!(
-            "* OK [CAPABILITY {}] {}\r\n",
-            self.capabilities(),
-            self.proxy.settings.greeting
-        );
-        self.write(greeting.as_bytes()).await?;
+        {
+            // Scoped and boxed: neither the greeting nor the write's state stays in the
+            // future of a session that then idles for hours.
+            let greeting = format!(
+                "* OK [CAPABILITY {}] {}\r\n",
+                self.capabilities(),
+                self.proxy.settings.greeting
+            );
+            Box::pin(self.write(greeting.as_bytes())).await?;
+        }
         // Boxed so that its state (parser, read buffer, backend login) is freed before the
         // relay starts instead of sizing the session task for its whole life: an idle
         // logged-in session then costs only what the relay holds.
