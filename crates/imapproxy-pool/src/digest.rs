@@ -12,9 +12,13 @@ use crate::Error;
 /// The per-process key.
 pub(crate) struct DigestKey(hmac::Key);
 
-/// A credential digest; comparable only through [`Digest::matches`].
+/// A credential digest (HMAC-SHA256); comparable only through [`Digest::matches`]. The 32
+/// bytes themselves, not ring's `Tag` (72 bytes, room for any algorithm): every pooled
+/// session, and so every logged-in client, carries one.
 #[derive(Clone, Copy)]
-pub(crate) struct Digest(hmac::Tag);
+pub(crate) struct Digest([u8; DIGEST_LEN]);
+
+const DIGEST_LEN: usize = 32;
 
 impl std::fmt::Debug for Digest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -37,7 +41,11 @@ impl DigestKey {
         ctx.update(&(user.len() as u64).to_be_bytes());
         ctx.update(user.as_bytes());
         ctx.update(password);
-        Digest(ctx.sign())
+        let tag = ctx.sign();
+        let mut bytes = [0u8; DIGEST_LEN];
+        // HMAC-SHA256 gives exactly 32 bytes.
+        bytes.copy_from_slice(tag.as_ref());
+        Digest(bytes)
     }
 }
 
@@ -56,7 +64,7 @@ impl DigestKey {
 impl Digest {
     /// Constant-time equality: the time taken does not depend on where the digests differ.
     pub(crate) fn matches(&self, other: &Digest) -> bool {
-        imapproxy_codec::constant_time_eq(self.0.as_ref(), other.0.as_ref())
+        imapproxy_codec::constant_time_eq(&self.0, &other.0)
     }
 }
 

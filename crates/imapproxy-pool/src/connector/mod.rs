@@ -170,7 +170,7 @@ impl BackendConn {
             .reader
             .get_or_insert_with(|| Box::new(ResponseReader::new(limits)))
             .read_buf();
-        buf.reserve(4096);
+        buf.reserve(1024);
         let n = tokio::time::timeout(self.io_timeout, self.stream.read_buf(buf))
             .await
             .map_err(|_| self.timed_out("read"))??;
