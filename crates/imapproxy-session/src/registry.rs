@@ -95,9 +95,28 @@ pub struct SessionInfo {
     pub since: SystemTime,
 }
 
+/// What the registry keeps of a session; its [`SessionInfo`] is made when asked for. Kept
+/// small: the map holds one per live session, and up to twice as many slots.
 struct Entry {
-    info: SessionInfo,
+    /// Lower-cased.
+    user: Box<str>,
+    client: SocketAddr,
+    /// Shared with the backend's other sessions.
+    backend: BackendId,
+    since: SystemTime,
     control: Arc<Control>,
+}
+
+impl Entry {
+    fn info(&self, id: u64) -> SessionInfo {
+        SessionInfo {
+            id,
+            user: self.user.to_string(),
+            client: self.client,
+            backend: self.backend.as_str().to_owned(),
+            since: self.since,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -128,16 +147,19 @@ impl SessionRegistry {
 
     /// Registers session `id` of `user` (lower-cased here) from `client` on `backend`. The
     /// session stays listed until the returned guard is dropped.
-    pub fn register(&self, id: u64, user: &str, client: SocketAddr, backend: &str) -> Registration {
+    pub fn register(
+        &self,
+        id: u64,
+        user: &str,
+        client: SocketAddr,
+        backend: &BackendId,
+    ) -> Registration {
         let control = Arc::new(Control::default());
         let entry = Entry {
-            info: SessionInfo {
-                id,
-                user: user.to_lowercase(),
-                client,
-                backend: backend.to_owned(),
-                since: SystemTime::now(),
-            },
+            user: user.to_lowercase().into_boxed_str(),
+            client,
+            backend: backend.clone(),
+            since: SystemTime::now(),
             control: Arc::clone(&control),
         };
         lock(&self.inner.sessions).insert(id, entry);
@@ -152,19 +174,19 @@ impl SessionRegistry {
     /// login target: set the override first). Returns how many were asked.
     pub fn migrate_user(&self, user: &str) -> usize {
         let user = user.to_lowercase();
-        self.migrate_where(|info| info.user == user, MigrationCause::Move)
+        self.migrate_where(|e| *e.user == *user, MigrationCause::Move)
     }
 
     /// Asks every live session on `backend` to move to another backend. Returns how many
     /// were asked.
     pub fn migrate_backend(&self, backend: &str) -> usize {
-        self.migrate_where(|info| info.backend == backend, MigrationCause::Drain)
+        self.migrate_where(|e| e.backend.as_str() == backend, MigrationCause::Drain)
     }
 
-    fn migrate_where(&self, f: impl Fn(&SessionInfo) -> bool, cause: MigrationCause) -> usize {
+    fn migrate_where(&self, f: impl Fn(&Entry) -> bool, cause: MigrationCause) -> usize {
         let sessions = lock(&self.inner.sessions);
         let mut n = 0;
-        for e in sessions.values().filter(|e| f(&e.info)) {
+        for e in sessions.values().filter(|e| f(e)) {
             e.control.migrate(cause);
             n += 1;
         }
@@ -175,8 +197,8 @@ impl SessionRegistry {
     #[must_use]
     pub fn list(&self) -> Vec<SessionInfo> {
         let mut out: Vec<SessionInfo> = lock(&self.inner.sessions)
-            .values()
-            .map(|e| e.info.clone())
+            .iter()
+            .map(|(id, e)| e.info(*id))
             .collect();
         out.sort_by_key(|s| s.id);
         out
@@ -194,7 +216,7 @@ impl SessionRegistry {
         let user = user.to_lowercase();
         let sessions = lock(&self.inner.sessions);
         let mut n = 0;
-        for e in sessions.values().filter(|e| e.info.user == user) {
+        for e in sessions.values().filter(|e| *e.user == *user) {
             e.control.kick();
             n += 1;
         }
@@ -258,9 +280,9 @@ impl Registration {
     }
 
     /// The session now runs on `backend` (after a move).
-    pub fn set_backend(&self, backend: &str) {
+    pub fn set_backend(&self, backend: &BackendId) {
         if let Some(e) = lock(&self.registry.sessions).get_mut(&self.id) {
-            backend.clone_into(&mut e.info.backend);
+            e.backend = backend.clone();
         }
     }
 }
@@ -353,9 +375,9 @@ mod tests {
     #[tokio::test]
     async fn sessions_register_list_kick_move_and_deregister() {
         let reg = SessionRegistry::new();
-        let a = reg.register(1, "Alice", addr(), "mail1");
-        let b = reg.register(2, "bob", addr(), "mail2");
-        let a2 = reg.register(3, "alice", addr(), "mail2");
+        let a = reg.register(1, "Alice", addr(), &BackendId::new("mail1"));
+        let b = reg.register(2, "bob", addr(), &BackendId::new("mail2"));
+        let a2 = reg.register(3, "alice", addr(), &BackendId::new("mail2"));
         assert_eq!(reg.count(), 3);
         let list = reg.list();
         assert_eq!(list[0].user, "alice");
@@ -380,7 +402,7 @@ mod tests {
             Request::Move(MigrationCause::Drain)
         );
         assert!(asked_soon(&b).await.is_none());
-        b.set_backend("mail3");
+        b.set_backend(&BackendId::new("mail3"));
         assert_eq!(reg.list()[0].backend, "mail3");
         assert_eq!(reg.migrate_user("BOB"), 1);
         // Waiting for the end does not take a move away.

@@ -9,7 +9,8 @@
 //! Both directions run inside one future and one task, each with its own buffer, so a slow
 //! reader on one side never stops the other direction. A buffer exists only while bytes are in
 //! flight: when a read would block, an empty buffer is released and the relay waits on socket
-//! readiness instead, so an idle session holds no buffer at all.
+//! readiness instead; a direction at rest (at a message boundary, nothing held) drops its
+//! framer and offsets too, so an idle session holds 16 bytes per direction.
 //!
 //! Reads go into the buffer's spare capacity without initialising it first
 //! (`tokio_util::io::poll_read_buf` into a `BytesMut`), so a 20-byte command costs no 16 KiB
@@ -26,7 +27,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use imapproxy_codec::Tag;
 use imapproxy_codec::capability::filter_capabilities;
 use imapproxy_codec::framer::{CommandName, Direction, Frame, FrameKind, Framer, UntaggedKind};
@@ -163,7 +163,7 @@ impl Link {
                 logout,
                 ..
             } = &mut link;
-            up.buf = BytesMut::from(&client_leftover[..]);
+            up.buffer_mut().extend_from_slice(&client_leftover);
             up.scan(&mut Commands {
                 metrics: None,
                 facts,
@@ -181,7 +181,7 @@ impl Link {
     fn facts_with(&self, down_idle: bool) -> SessionFacts {
         let mut facts = self.facts;
         facts.outstanding = self.state.outstanding();
-        facts.mid_command = !self.up.framer.at_boundary() || !self.up.drained();
+        facts.mid_command = !self.up.at_boundary() || !self.up.drained();
         facts.mid_response = !down_idle;
         facts
     }
@@ -206,7 +206,7 @@ impl Link {
     /// client already has its `IDLE` continuation.
     pub(crate) fn resume(&mut self, swallow_continuation: bool) {
         self.migrate = false;
-        self.up.paused = false;
+        self.up.resume();
         self.swallow_continuation = swallow_continuation;
     }
 
@@ -218,9 +218,7 @@ impl Link {
         if !self.up.drained() {
             return None;
         }
-        let frame = self.up.framer.refused()?;
-        self.up.msg_start = None;
-        frame.tag
+        self.up.refuse()?.tag
     }
 
     /// Reads what a parked session's client sends next (keeping it for the relay that
@@ -230,8 +228,9 @@ impl Link {
         C: tokio::io::AsyncRead + Unpin,
     {
         use tokio::io::AsyncReadExt;
-        self.up.buf.reserve(BUF_SIZE);
-        let n = client.read_buf(&mut self.up.buf).await?;
+        let buf = self.up.buffer_mut();
+        buf.reserve(BUF_SIZE);
+        let n = client.read_buf(buf).await?;
         if n > 0 {
             self.last_client = Instant::now();
         }
@@ -241,7 +240,7 @@ impl Link {
     /// The tag of a `LOGOUT` that is all the client sent while parked: the proxy answers it
     /// itself, with no backend.
     pub(crate) fn lone_logout(&self) -> Option<Tag> {
-        let pending = self.up.buf.get(self.up.scanned..)?;
+        let pending = self.up.unscanned()?;
         let mut framer = Framer::new(Direction::Client);
         let (n, frame) = framer.advance(pending)?;
         (n == pending.len()
@@ -253,7 +252,7 @@ impl Link {
 
     /// Whether the client's side is at a command boundary with nothing half-forwarded.
     pub(crate) fn client_quiet(&self) -> bool {
-        self.up.framer.at_boundary() && self.up.drained()
+        self.up.at_boundary() && self.up.drained()
     }
 }
 
@@ -287,7 +286,7 @@ impl<'a, C: ReadReady, B: ReadReady> Relay<'a, C, B> {
         let mut backend_bye = false;
         let mut delivering = Delivering::default();
         if !backend_leftover.is_empty() {
-            down.buf = BytesMut::from(&backend_leftover[..]);
+            down.buffer_mut().extend_from_slice(&backend_leftover);
             let Link {
                 up,
                 state,
@@ -389,7 +388,7 @@ impl Observer for Responses<'_> {
                 return Action::Replace(Vec::new());
             }
             // A synchronizing literal the client waits to send may come now.
-            FrameKind::Continuation => up.framer.continuation_seen(),
+            FrameKind::Continuation => up.continuation_seen(),
             // RFC 9051 §7.1.5: a BYE that does not answer LOGOUT means the server is going
             // away. The client is not told: the session may move to another backend.
             // A desynchronised session cannot know what the BYE answers: it is relayed.
@@ -401,14 +400,13 @@ impl Observer for Responses<'_> {
             }
             FrameKind::Tagged(_) => {
                 if let Some(tag) = frame.tag.filter(|t| !state.is_outstanding(t)) {
-                    if up.framer.partial_tag() == Some(tag) {
-                        match up.framer.refused() {
+                    if up.partial_tag() == Some(tag) {
+                        match up.refuse() {
                             // RFC 9051 §4.3, §7.5: a reply to a command whose synchronizing
                             // literal the server never asked for (`NO [TRYCREATE]` to an
                             // APPEND) ends that command; the client sends neither the literal
                             // nor the rest of it.
                             Some(refused) => {
-                                up.msg_start = None;
                                 state.on_command(&refused, None, at);
                             }
                             // RFC 7888 §4: a server may answer a command whose
@@ -530,8 +528,8 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
 
             // While a move is pending, no new command is read: the session gets to a point
             // where it can move.
-            if *migrate && up.framer.at_boundary() && up.drained() {
-                up.paused = true;
+            if *migrate && up.at_boundary() && up.drained() {
+                up.pause();
             }
             let mut client_active = false;
             if !*client_eof {

@@ -60,7 +60,7 @@ impl ChunkBench {
     /// `chunk` as a read from the client brings it, relayed to the backend. Returns the bytes
     /// written to the backend.
     pub fn client(&mut self, chunk: &[u8]) -> usize {
-        self.up.buf.extend_from_slice(chunk);
+        self.up.buffer_mut().extend_from_slice(chunk);
         let mut obs = Commands {
             metrics: Some(&self.metrics),
             facts: &mut self.facts,
@@ -76,7 +76,7 @@ impl ChunkBench {
     /// `chunk` as a read from the backend brings it, relayed to the client. Returns the bytes
     /// written to the client.
     pub fn server(&mut self, chunk: &[u8]) -> usize {
-        self.down.buf.extend_from_slice(chunk);
+        self.down.buffer_mut().extend_from_slice(chunk);
         let mut obs = Responses {
             policy: &self.policy,
             metrics: &self.metrics,

@@ -58,8 +58,152 @@ pub(super) trait Observer {
     fn on_flushed(&mut self) {}
 }
 
-/// One direction: bytes read from `src`, scanned, written to `dst`.
+/// One direction: bytes read from `src`, scanned, written to `dst`. What it needs while bytes
+/// flow (the framer, the buffer, the offsets into it, a splice pipe) is boxed and exists only
+/// then: at rest (nothing buffered, at a message boundary, nothing to flush) it is dropped,
+/// so that an idle session holds 16 bytes per direction instead of 248. A framer at a
+/// boundary is a new framer, so nothing is lost; the one thing forgotten is that making a
+/// pipe failed, and the next long literal tries again.
 pub(super) struct Pump {
+    dir: Direction,
+    /// On end of stream, shut the destination's write side. Not towards the backend: a
+    /// session whose client vanished may still be reused.
+    shutdown_on_eof: bool,
+    flow: Option<Box<Flow>>,
+}
+
+impl Pump {
+    /// A direction whose first poll reads at once (rather than waiting for the socket): a
+    /// TLS stream may already hold decrypted bytes from before the relay started.
+    pub(super) fn new(dir: Direction, shutdown_on_eof: bool) -> Self {
+        Self {
+            dir,
+            shutdown_on_eof,
+            flow: Some(Box::new(Flow::new(dir, shutdown_on_eof, BUF_SIZE))),
+        }
+    }
+
+    /// The direction's working state, made if it is at rest.
+    fn flow(&mut self) -> &mut Flow {
+        let (dir, shutdown_on_eof) = (self.dir, self.shutdown_on_eof);
+        self.flow
+            .get_or_insert_with(|| Box::new(Flow::new(dir, shutdown_on_eof, 0)))
+    }
+
+    /// Drops the working state if it is at rest.
+    fn rest(&mut self) {
+        if self.flow.as_ref().is_some_and(|f| f.at_rest()) {
+            self.flow = None;
+        }
+    }
+
+    /// Nothing buffered and no message half-way.
+    pub(super) fn is_idle(&self) -> bool {
+        self.flow.as_ref().is_none_or(|f| f.is_idle())
+    }
+
+    /// Everything read was written.
+    pub(super) fn drained(&self) -> bool {
+        self.flow.as_ref().is_none_or(|f| f.drained())
+    }
+
+    /// At a message boundary.
+    pub(super) fn at_boundary(&self) -> bool {
+        self.flow.as_ref().is_none_or(|f| f.framer.at_boundary())
+    }
+
+    /// See [`Framer::partial_tag`].
+    pub(super) fn partial_tag(&self) -> Option<imapproxy_codec::Tag> {
+        self.flow.as_ref()?.framer.partial_tag()
+    }
+
+    /// See [`Framer::continuation_seen`]; nothing to do at rest.
+    pub(super) fn continuation_seen(&mut self) {
+        if let Some(f) = &mut self.flow {
+            f.framer.continuation_seen();
+        }
+    }
+
+    /// See [`Framer::refused`]: the unfinished command ends here (its start is no longer
+    /// held back). `None` at rest.
+    pub(super) fn refuse(&mut self) -> Option<Frame> {
+        let f = self.flow.as_mut()?;
+        let frame = f.framer.refused()?;
+        f.msg_start = None;
+        Some(frame)
+    }
+
+    /// Stops reading (after the client's `LOGOUT`, or to move the session).
+    pub(super) fn pause(&mut self) {
+        self.flow().paused = true;
+    }
+
+    /// Reads again after [`Pump::pause`].
+    pub(super) fn resume(&mut self) {
+        if let Some(f) = &mut self.flow {
+            f.paused = false;
+        }
+        self.rest();
+    }
+
+    /// The buffer, for bytes that arrived outside the relay (behind a login, while parked).
+    pub(super) fn buffer_mut(&mut self) -> &mut BytesMut {
+        &mut self.flow().buf
+    }
+
+    /// Bytes read and not yet fed to the framer.
+    pub(super) fn unscanned(&self) -> Option<&[u8]> {
+        let f = self.flow.as_ref()?;
+        f.buf.get(f.scanned..)
+    }
+
+    /// Feeds the unscanned bytes to the framer and decides what may be forwarded.
+    pub(super) fn scan(&mut self, obs: &mut impl Observer) {
+        if let Some(f) = &mut self.flow {
+            f.scan(obs);
+        }
+    }
+
+    /// Moves this direction forward as far as it can. `Ready(Ok(()))` means the source reached
+    /// end of stream and everything was delivered.
+    pub(super) fn poll_pump<S, D>(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut S,
+        dst: &mut D,
+        obs: &mut impl Observer,
+    ) -> Poll<Result<(), Side>>
+    where
+        S: ReadReady,
+        D: ReadReady,
+    {
+        if self.flow.is_none() {
+            // At rest: wait for the socket without holding anything.
+            ready!(src.poll_read_ready(cx)).map_err(Side::Src)?;
+        }
+        let polled = self.flow().poll_pump(cx, src, dst, obs);
+        if polled.is_pending() {
+            self.rest();
+        }
+        polled
+    }
+
+    /// A read appended `filled` bytes to [`Pump::buffer_mut`] (0: end of stream): they are
+    /// framed. For measuring the relay without sockets.
+    pub(super) fn read(&mut self, filled: usize, obs: &mut impl Observer) {
+        self.flow().read(filled, obs);
+    }
+
+    /// See [`Flow::write_all_to_sink`].
+    pub(super) fn write_all_to_sink(&mut self, obs: &mut impl Observer) -> usize {
+        let n = self.flow().write_all_to_sink(obs);
+        self.rest();
+        n
+    }
+}
+
+/// What a [`Pump`] needs while bytes flow.
+struct Flow {
     pub(super) framer: Framer,
     pub(super) buf: BytesMut,
     /// Bytes of spare room asked for before a read: [`BUF_SIZE`], doubled while reads fill it.
@@ -76,8 +220,7 @@ pub(super) struct Pump {
     eof: bool,
     /// Stop reading (after the client's `LOGOUT`).
     pub(super) paused: bool,
-    /// On end of stream, shut the destination's write side. Not towards the backend: a
-    /// session whose client vanished may still be reused.
+    /// See [`Pump`]'s.
     shutdown_on_eof: bool,
     /// While a long literal streams between plain sockets: the pipe its bytes go through.
     /// Dropped when the direction goes idle.
@@ -88,14 +231,12 @@ pub(super) struct Pump {
     no_splice: bool,
 }
 
-impl Pump {
-    pub(super) fn new(dir: Direction, shutdown_on_eof: bool) -> Self {
+impl Flow {
+    /// With a buffer of `capacity` (none: the first poll waits for the socket).
+    fn new(dir: Direction, shutdown_on_eof: bool, capacity: usize) -> Self {
         Self {
             framer: Framer::new(dir),
-            // Start with a buffer so the first poll reads instead of waiting for the socket:
-            // a TLS stream may already hold decrypted bytes from before the relay started.
-            // It is released at the first read that would block.
-            buf: BytesMut::with_capacity(BUF_SIZE),
+            buf: BytesMut::with_capacity(capacity),
             read_size: BUF_SIZE,
             written: 0,
             forwardable: 0,
@@ -122,17 +263,35 @@ impl Pump {
     }
 
     /// Nothing buffered and no message half-way.
-    pub(super) fn is_idle(&self) -> bool {
+    fn is_idle(&self) -> bool {
         self.buf.is_empty() && self.framer.at_boundary() && self.piped() == 0
     }
 
+    /// Nothing held, nothing owed (a flush, an end of stream to deliver), reading: what a new
+    /// [`Flow`] would be, so it can go.
+    fn at_rest(&self) -> bool {
+        self.buf.capacity() == 0
+            && self.framer.at_boundary()
+            && self.pipe_is_none()
+            && !self.needs_flush
+            && !self.eof
+            && !self.paused
+    }
+
+    fn pipe_is_none(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        return self.pipe.is_none();
+        #[cfg(not(target_os = "linux"))]
+        true
+    }
+
     /// Everything read was written.
-    pub(super) fn drained(&self) -> bool {
+    fn drained(&self) -> bool {
         self.written == self.buf.len() && self.piped() == 0
     }
 
     /// Feeds the unscanned bytes to the framer and decides what may be forwarded.
-    pub(super) fn scan(&mut self, obs: &mut impl Observer) {
+    fn scan(&mut self, obs: &mut impl Observer) {
         // Read when a message ends here, once for all that end in these bytes (which came
         // with one read, microseconds ago): a chunk in the middle of a literal costs no clock.
         let mut now = None;
@@ -191,9 +350,8 @@ impl Pump {
         }
     }
 
-    /// Moves this direction forward as far as it can. `Ready(Ok(()))` means the source reached
-    /// end of stream and everything was delivered.
-    pub(super) fn poll_pump<S, D>(
+    /// See [`Pump::poll_pump`].
+    fn poll_pump<S, D>(
         &mut self,
         cx: &mut Context<'_>,
         src: &mut S,
@@ -344,7 +502,7 @@ impl Pump {
     }
 
     /// A read appended `filled` bytes to the buffer (0: end of stream): they are framed.
-    pub(super) fn read(&mut self, filled: usize, obs: &mut impl Observer) {
+    fn read(&mut self, filled: usize, obs: &mut impl Observer) {
         if filled == 0 {
             self.eof = true;
         } else {
@@ -369,7 +527,7 @@ impl Pump {
     /// What [`Pump::poll_pump`] does with a destination that takes everything at once: the
     /// forwardable bytes are written and flushed, the buffer compacted. Returns how many
     /// bytes were written. For measuring the relay without sockets.
-    pub(super) fn write_all_to_sink(&mut self, obs: &mut impl Observer) -> usize {
+    fn write_all_to_sink(&mut self, obs: &mut impl Observer) -> usize {
         let n = self.forwardable - self.written;
         if n > 0 {
             self.wrote(n, obs);
@@ -382,7 +540,7 @@ impl Pump {
     }
 
     /// Between reads with nothing buffered: give the memory back and start small again.
-    pub(super) fn release_if_empty(&mut self) {
+    fn release_if_empty(&mut self) {
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
             self.read_size = BUF_SIZE;

@@ -217,7 +217,7 @@ impl Session {
         if woke {
             match Box::pin(self.rehome(&mut live.link, &mut live.homed, Cause::Unpark)).await {
                 Ok(rest) => {
-                    live.registration.set_backend(live.homed.backend.as_str());
+                    live.registration.set_backend(&live.homed.backend);
                     live.leftover = rest;
                     return true;
                 }
@@ -270,7 +270,7 @@ impl Session {
         } else if self.proxy.settings.rehome {
             match Box::pin(self.rehome(&mut live.link, &mut live.homed, cause)).await {
                 Ok(rest) => {
-                    live.registration.set_backend(live.homed.backend.as_str());
+                    live.registration.set_backend(&live.homed.backend);
                     live.leftover = rest;
                     if let Some(tag) = refused {
                         let mut no = tag.as_bytes().to_vec();

@@ -485,10 +485,10 @@ impl Session {
             .registry
             .state(backend_id)
             .map(|state| state.session_started());
-        let registration =
-            self.proxy
-                .sessions
-                .register(self.id, user_key, self.peer, backend_id.as_str());
+        let registration = self
+            .proxy
+            .sessions
+            .register(self.id, user_key, self.peer, backend_id);
         Ok(Next::LoggedIn(Box::new(LoggedIn {
             session,
             backend: backend_id.clone(),
