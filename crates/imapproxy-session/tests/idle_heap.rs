@@ -24,15 +24,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Heap per idle session, the proxy's and the test client's socket registration together.
-/// Measured about 2,820 bytes (Rust 1.95, tokio 1.54, this test's debug build) in 14
-/// allocations: the relay's boxed state 1,168, the session task 512, three socket
+/// Measured about 2,660 bytes (Rust 1.95, tokio 1.54, this test's debug build) in 13
+/// allocations: the relay's boxed state 1,168, the session task 384, three socket
 /// registrations of 256, the rest under 120, and growth of shared tables spread over the
-/// sessions. (Before: 3,280, with each direction's framer, buffer and offsets (248 bytes)
-/// kept while at rest; 4,110 with a relay future that kept slots for the values of its rare
-/// ways out (a parked wait, a re-home's reply, the last answer) beside the relay's own, a
-/// session task that kept its greeting and the slots of its arguments, and a 160-byte list
-/// of replies to time kept by every session that had sent a command; 4,600 before that.)
-const BUDGET: isize = 3_100;
+/// sessions. (Before: 2,820 with a session task in tokio's 512-byte cell; 3,280 with each
+/// direction's framer, buffer and offsets (248 bytes) kept while at rest; 4,110 with a relay
+/// future that kept slots for the values of its rare ways out (a parked wait, a re-home's
+/// reply, the last answer) beside the relay's own, a session task that kept its greeting and
+/// the slots of its arguments, and a 160-byte list of replies to time kept by every session
+/// that had sent a command; 4,600 before that.)
+const BUDGET: isize = 2_900;
 
 /// Sizes counted one by one up to this; larger allocations share the last slot.
 const SIZES: usize = 65_536;

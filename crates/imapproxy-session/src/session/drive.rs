@@ -24,6 +24,7 @@ impl Session {
     /// holds each part once (an argument by value, or a local moved from, keeps its slot in
     /// every later state of the future), which is what an idle session costs.
     pub(super) async fn relay(&mut self, logged_in: Box<LoggedIn>) -> Result<(), Error> {
+        self.pre = None;
         let proxy = Arc::clone(&self.proxy);
         let (homed, registration, link, leftover) = {
             let mut logged_in = logged_in;

@@ -56,7 +56,7 @@ impl Session {
         tag: &Tag,
         creds: Credentials,
     ) -> Result<Next, Error> {
-        self.login_started = Some(std::time::Instant::now());
+        self.pre().login_started = Some(std::time::Instant::now());
         if creds.username.is_empty()
             || creds.username.len() > MAX_USERNAME
             || creds.username.bytes().any(|b| b.is_ascii_control())
@@ -131,7 +131,7 @@ impl Session {
         mechanism: &str,
         initial_response: Option<Secret<Vec<u8>>>,
     ) -> Result<Next, Error> {
-        self.login_started = Some(std::time::Instant::now());
+        self.pre().login_started = Some(std::time::Instant::now());
         let first = match initial_response {
             Some(ir) => ir,
             None => match self.auth_step(parser, buf, b"+ \r\n").await? {
@@ -348,7 +348,11 @@ impl Session {
         creds: Option<&Credentials>,
     ) -> Result<Option<Vec<BackendId>>, Error> {
         let password = creds.map(|c| c.password.expose().as_slice());
-        self.login_attempts += 1;
+        let login_attempts = {
+            let pre = self.pre();
+            pre.login_attempts += 1;
+            pre.login_attempts
+        };
         let upstreams = self.proxy.upstreams();
         let candidates: Vec<BackendId> = {
             let request = Request {
@@ -380,7 +384,7 @@ impl Session {
                     .lookup_with(&{
                         let ctx = LookupContext::new(user_key)
                             .with_client_ip(self.peer.ip())
-                            .with_login_attempt(self.login_attempts);
+                            .with_login_attempt(login_attempts);
                         match password {
                             Some(p) => ctx.with_password(p),
                             None => ctx,
@@ -470,7 +474,7 @@ impl Session {
         self.write(&out).await?;
         info!(reused = session.reused(), "logged in");
         count_login(if session.reused() { "reused" } else { "ok" });
-        if let Some(started) = self.login_started.take() {
+        if let Some(started) = self.pre.as_mut().and_then(|p| p.login_started.take()) {
             metrics::histogram!("imapproxy_login_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
         }

@@ -214,19 +214,14 @@ pub fn serve(
 ) -> impl Future<Output = ()> + Send + use<> {
     // Two phases, so that the task of a long-lived session holds each part once: what
     // admission needed (the PROXY header exchange) is gone once the session runs, and the
-    // running future keeps the session where it was built. Not an `async fn`: one keeps
-    // each argument twice (the argument, and the local it is moved into). Admission is boxed
-    // and made here, outside the task's future: its state is gone once it is done, and the
-    // task keeps no slots for the arguments (80 bytes) beside the session.
-    let admission = Box::pin(admit(proxy, listener, tcp, peer, shutdown));
-    async move {
-        // Pinned where it lands and awaited through the pin: a future moved into `.await`
-        // would keep its old place too.
-        let admitted = std::pin::pin!(admission.await);
-        if let Some(session) = admitted.as_pin_mut() {
-            session.await;
-        }
-    }
+    // running future keeps the session where it was built. Admission is boxed: its state is
+    // gone once it is done. `then` rather than an async block, which would keep the box's
+    // slot and a pointer to the pinned session beside the session: the task's future is then
+    // small enough for tokio's 384-byte task cell instead of the 512-byte one.
+    use futures_util::FutureExt as _;
+    Box::pin(admit(proxy, listener, tcp, peer, shutdown))
+        .then(futures_util::future::OptionFuture::from)
+        .map(|_| ())
 }
 
 /// The PROXY header (where the listener expects one) and the connection limits; then the
@@ -288,10 +283,8 @@ async fn admit(
         local,
         id,
         shutdown,
-        client_id: Vec::new(),
-        bad_commands: 0,
-        login_started: None,
-        login_attempts: 0,
+        client_id: Box::default(),
+        pre: None,
     };
     Some(session.serve(permit).instrument(span))
 }
@@ -304,12 +297,20 @@ struct Session {
     local: Option<SocketAddr>,
     id: u64,
     shutdown: CancellationToken,
-    client_id: Vec<(String, Option<String>)>,
+    /// The client's `ID` fields (forwarded to every backend it logs in to, moves included).
+    client_id: Box<[(String, Option<String>)]>,
+    /// What only the time before login needs; dropped when the relay starts.
+    pre: Option<Box<PreAuthCounts>>,
+}
+
+/// Counts kept until login: boxed, so that a logged-in session's task holds none of it.
+#[derive(Debug, Default)]
+struct PreAuthCounts {
     bad_commands: u32,
-    /// When the current login attempt began, for the login latency histogram.
-    login_started: Option<std::time::Instant>,
     /// Login attempts so far in this connection (nginx's `Auth-Login-Attempt`).
     login_attempts: u32,
+    /// When the current login attempt began, for the login latency histogram.
+    login_started: Option<std::time::Instant>,
 }
 
 /// `imapproxy_sessions_active`: up while a client connection lives.
@@ -389,16 +390,9 @@ impl Session {
         if self.listener.tls == TlsMode::Implicit {
             Box::pin(self.start_tls()).await?;
         }
-        {
-            // Scoped and boxed: neither the greeting nor the write's state stays in the
-            // future of a session that then idles for hours.
-            let greeting = format!(
-                "* OK [CAPABILITY {}] {}\r\n",
-                self.capabilities(),
-                self.proxy.settings.greeting
-            );
-            Box::pin(self.write(greeting.as_bytes())).await?;
-        }
+        // Boxed: neither the greeting nor the write's state stays in the future of a
+        // session that then idles for hours.
+        Box::pin(self.greet()).await?;
         // Boxed so that its state (parser, read buffer, backend login) is freed before the
         // relay starts instead of sizing the session task for its whole life: an idle
         // logged-in session then costs only what the relay holds.
@@ -410,8 +404,22 @@ impl Session {
         Box::pin(self.relay(logged_in)).await
     }
 
+    async fn greet(&mut self) -> Result<(), Error> {
+        let greeting = format!(
+            "* OK [CAPABILITY {}] {}\r\n",
+            self.capabilities(),
+            self.proxy.settings.greeting
+        );
+        self.write(greeting.as_bytes()).await
+    }
+
     fn secure(&self) -> bool {
         self.stream.is_tls()
+    }
+
+    /// The pre-login counts, made on first use.
+    fn pre(&mut self) -> &mut PreAuthCounts {
+        self.pre.get_or_insert_with(Box::default)
     }
 
     fn login_disabled(&self) -> bool {

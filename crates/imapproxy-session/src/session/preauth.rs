@@ -97,8 +97,12 @@ impl Session {
         tag: Option<&Tag>,
         reason: &str,
     ) -> Result<(), Error> {
-        self.bad_commands += 1;
-        if self.bad_commands > self.proxy.settings.max_bad_commands {
+        let bad_commands = {
+            let pre = self.pre();
+            pre.bad_commands += 1;
+            pre.bad_commands
+        };
+        if bad_commands > self.proxy.settings.max_bad_commands {
             self.write(b"* BYE Too many invalid commands.\r\n").await?;
             return Err(Error::Protocol("too many invalid commands"));
         }
