@@ -154,8 +154,9 @@ pub(crate) struct Answered {
 #[derive(Clone, Copy, Debug)]
 struct Waiting {
     name: CommandName,
-    /// The proxy's time on the command's way up.
-    up: Duration,
+    /// The proxy's time on the command's way up, in nanoseconds (saturating at 4.3 s, as
+    /// [`CommandTiming`] holds it): a relay keeps one of these inline.
+    up_ns: u32,
     /// When the read that brought the reply returned.
     read_at: Instant,
 }
@@ -188,7 +189,7 @@ impl Delivering {
             .record(name, at.saturating_duration_since(forwarded));
         let waiting = Waiting {
             name,
-            up,
+            up_ns: u32::try_from(up.as_nanos()).unwrap_or(u32::MAX),
             read_at: at,
         };
         if self.first.is_none() {
@@ -208,7 +209,8 @@ impl Delivering {
         let more = std::mem::take(&mut self.more);
         for w in self.first.take().into_iter().chain(more) {
             let down = at.saturating_duration_since(w.read_at);
-            metrics.histograms.proxy.record(w.name, w.up + down);
+            let up = Duration::from_nanos(u64::from(w.up_ns));
+            metrics.histograms.proxy.record(w.name, up + down);
         }
     }
 }

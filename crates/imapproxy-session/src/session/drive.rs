@@ -25,14 +25,13 @@ impl Session {
     /// every later state of the future), which is what an idle session costs.
     pub(super) async fn relay(&mut self, logged_in: Box<LoggedIn>) -> Result<(), Error> {
         self.pre = None;
-        let proxy = Arc::clone(&self.proxy);
         let (homed, registration, link, leftover) = {
             let mut logged_in = logged_in;
             let leftover = logged_in.session.conn().take_buffered();
-            let intercept = proxy.pool.settings().reuse;
+            let intercept = self.proxy.pool.settings().reuse;
             let link = Link::new(
                 std::mem::take(&mut logged_in.pipelined),
-                proxy.settings.auth_timeout,
+                self.proxy.settings.auth_timeout,
                 intercept,
             );
             let LoggedIn {
@@ -53,8 +52,6 @@ impl Session {
             };
             (homed, registration, link, leftover)
         };
-        let shutdown = self.shutdown.clone();
-        let park_after = proxy.settings.park_after;
         let mut live = Live {
             homed,
             link,
@@ -68,16 +65,21 @@ impl Session {
             let mut asked: Option<MigrationCause> = None;
             // Parking: the session sleeps on its user's signal (a client started waiting for
             // a slot), not on a timer, so an idle session costs no wake-ups. Only once someone
-            // waits does a timer run, until the session has been quiet for `park_after`.
-            let signal = park_after
-                .and_then(|_| proxy.pool.waiter_signal(&live.homed.user_key))
+            // waits does a timer run, until the session has been quiet for `self.proxy.settings.park_after`.
+            let signal = self
+                .proxy
+                .settings
+                .park_after
+                .and_then(|_| self.proxy.pool.waiter_signal(&live.homed.user_key))
                 .unwrap_or_else(|| Arc::clone(&NEVER));
             let mut waiter_arrived = std::pin::pin!(signal.notified());
             // Enabled: a client that starts waiting from here on is heard even before this
             // future is first polled, and while the timer below runs.
             waiter_arrived.as_mut().enable();
             let mut park_check: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-            if park_after.is_some() && proxy.pool.has_waiters(&live.homed.user_key) {
+            if self.proxy.settings.park_after.is_some()
+                && self.proxy.pool.has_waiters(&live.homed.user_key)
+            {
                 // Someone already waits (a re-home, say): look at once.
                 park_check = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
             }
@@ -87,13 +89,13 @@ impl Session {
                     session.conn().stream_mut(),
                     &mut live.link,
                     std::mem::take(&mut live.leftover),
-                    &proxy.policy,
-                    &proxy.command_metrics,
+                    &self.proxy.policy,
+                    &self.proxy.command_metrics,
                 );
                 let end = loop {
                     tokio::select! {
                         end = &mut relay => break Some(end),
-                        _ = shutdown.cancelled() => break None,
+                        _ = self.shutdown.cancelled() => break None,
                         // While a move is under way a later one stays asked, for the next
                         // relay (a drain asked while a move picks its backend is not lost).
                         request = live.registration.requested(asked.is_none()) => match request {
@@ -117,8 +119,8 @@ impl Session {
                                 None => std::future::pending().await,
                             }
                         }, if park_check.is_some() => {
-                            let quiet = park_after.unwrap_or_default();
-                            if !proxy.pool.has_waiters(&live.homed.user_key) {
+                            let quiet = self.proxy.settings.park_after.unwrap_or_default();
+                            if !self.proxy.pool.has_waiters(&live.homed.user_key) {
                                 // Nobody waits (any more): back to the signal, no timer.
                                 park_check = None;
                                 continue;
