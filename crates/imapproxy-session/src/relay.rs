@@ -142,7 +142,7 @@ impl Link {
         intercept_logout: bool,
     ) -> Self {
         let mut link = Self {
-            up: Pump::new(Direction::Client, false),
+            up: Pump::new(Direction::Client),
             idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
             last_client: Instant::now(),
@@ -281,8 +281,7 @@ impl<'a, C: ReadReady, B: ReadReady> Relay<'a, C, B> {
         policy: &'a ResponsePolicy,
         metrics: &'a CommandMetrics,
     ) -> Self {
-        // The backend's end of stream is not the client's: the session may move on.
-        let mut down = Pump::new(Direction::Server, false);
+        let mut down = Pump::new(Direction::Server);
         let mut backend_bye = false;
         let mut delivering = Delivering::default();
         if !backend_leftover.is_empty() {

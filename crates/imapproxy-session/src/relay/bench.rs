@@ -41,8 +41,8 @@ impl ChunkBench {
     /// A session just logged in, with the proxy's default capability filter.
     pub fn new() -> Self {
         Self {
-            up: Pump::new(Direction::Client, false),
-            down: Pump::new(Direction::Server, false),
+            up: Pump::new(Direction::Client),
+            down: Pump::new(Direction::Server),
             facts: SessionFacts::default(),
             state: SessionState::new(),
             logout: None,

@@ -66,28 +66,23 @@ pub(super) trait Observer {
 /// pipe failed, and the next long literal tries again.
 pub(super) struct Pump {
     dir: Direction,
-    /// On end of stream, shut the destination's write side. Not towards the backend: a
-    /// session whose client vanished may still be reused.
-    shutdown_on_eof: bool,
     flow: Option<Box<Flow>>,
 }
 
 impl Pump {
     /// A direction whose first poll reads at once (rather than waiting for the socket): a
     /// TLS stream may already hold decrypted bytes from before the relay started.
-    pub(super) fn new(dir: Direction, shutdown_on_eof: bool) -> Self {
+    pub(super) fn new(dir: Direction) -> Self {
         Self {
             dir,
-            shutdown_on_eof,
-            flow: Some(Box::new(Flow::new(dir, shutdown_on_eof, BUF_SIZE))),
+            flow: Some(Box::new(Flow::new(dir, BUF_SIZE))),
         }
     }
 
     /// The direction's working state, made if it is at rest.
     fn flow(&mut self) -> &mut Flow {
-        let (dir, shutdown_on_eof) = (self.dir, self.shutdown_on_eof);
-        self.flow
-            .get_or_insert_with(|| Box::new(Flow::new(dir, shutdown_on_eof, 0)))
+        let dir = self.dir;
+        self.flow.get_or_insert_with(|| Box::new(Flow::new(dir, 0)))
     }
 
     /// Drops the working state if it is at rest.
@@ -204,24 +199,22 @@ impl Pump {
 
 /// What a [`Pump`] needs while bytes flow.
 struct Flow {
-    pub(super) framer: Framer,
-    pub(super) buf: BytesMut,
+    framer: Framer,
+    buf: BytesMut,
     /// Bytes of spare room asked for before a read: [`BUF_SIZE`], doubled while reads fill it.
     read_size: usize,
     /// `buf[..written]` has been written to the destination.
-    pub(super) written: usize,
+    written: usize,
     /// `buf[..forwardable]` may be written.
     forwardable: usize,
     /// `buf[..scanned]` has been fed to the framer.
-    pub(super) scanned: usize,
+    scanned: usize,
     /// Start in `buf` of the unfinished message, while none of it has been forwarded.
-    pub(super) msg_start: Option<usize>,
+    msg_start: Option<usize>,
     needs_flush: bool,
     eof: bool,
     /// Stop reading (after the client's `LOGOUT`).
-    pub(super) paused: bool,
-    /// See [`Pump`]'s.
-    shutdown_on_eof: bool,
+    paused: bool,
     /// While a long literal streams between plain sockets: the pipe its bytes go through.
     /// Dropped when the direction goes idle.
     #[cfg(target_os = "linux")]
@@ -233,7 +226,7 @@ struct Flow {
 
 impl Flow {
     /// With a buffer of `capacity` (none: the first poll waits for the socket).
-    fn new(dir: Direction, shutdown_on_eof: bool, capacity: usize) -> Self {
+    fn new(dir: Direction, capacity: usize) -> Self {
         Self {
             framer: Framer::new(dir),
             buf: BytesMut::with_capacity(capacity),
@@ -245,7 +238,6 @@ impl Flow {
             needs_flush: false,
             eof: false,
             paused: false,
-            shutdown_on_eof,
             #[cfg(target_os = "linux")]
             pipe: None,
             #[cfg(target_os = "linux")]
@@ -395,9 +387,9 @@ impl Flow {
             }
             self.compact();
             if self.eof {
-                if self.shutdown_on_eof {
-                    ready!(Pin::new(&mut *dst).poll_shutdown(cx)).map_err(Side::Dst)?;
-                }
+                // The destination's write side stays open: the client's end of stream is
+                // not the backend's (its session may be reused), nor the backend's the
+                // client's (the session may move on).
                 return Poll::Ready(Ok(()));
             }
             if self.paused {

@@ -65,7 +65,7 @@ impl Session {
             let mut asked: Option<MigrationCause> = None;
             // Parking: the session sleeps on its user's signal (a client started waiting for
             // a slot), not on a timer, so an idle session costs no wake-ups. Only once someone
-            // waits does a timer run, until the session has been quiet for `self.proxy.settings.park_after`.
+            // waits does a timer run, until the session has been quiet for `park_after`.
             let signal = self
                 .proxy
                 .settings
@@ -184,17 +184,12 @@ impl Session {
         reusable: bool,
         last_client: tokio::time::Instant,
     ) -> bool {
-        let proxy = Arc::clone(&self.proxy);
-        let disposition = if reusable {
-            Disposition::Reuse
-        } else {
-            Disposition::Close
-        };
-        checkin(&proxy, live.homed.session.take(), disposition).await;
+        self.checkin(live.homed.session.take(), disposition(reusable))
+            .await;
         live.homed.guard = None;
         metrics::counter!("imapproxy_parks_total").increment(1);
         debug!("session parked");
-        let deadline = last_client + proxy.settings.auth_timeout;
+        let deadline = last_client + self.proxy.settings.auth_timeout;
         let read = tokio::select! {
             r = live.link.read_parked(&mut self.stream) => Some(r),
             _ = self.shutdown.cancelled() => None,
@@ -291,8 +286,8 @@ impl Session {
                 }
             }
         }
-        let proxy = Arc::clone(&self.proxy);
-        checkin(&proxy, live.homed.session.take(), Disposition::Close).await;
+        self.checkin(live.homed.session.take(), Disposition::Close)
+            .await;
         self.say_bye(BYE_UNAVAILABLE).await;
         false
     }
@@ -325,16 +320,10 @@ impl Session {
         // or the user's next login could be handed the old backend again.
         let kicked = end.is_none() && registration.kicked();
         let clean = !kicked && matches!(end, Some(RelayEnd::Logout(_) | RelayEnd::ClientClosed));
-        let reusable = clean && state_reusable;
-        let disposition = if reusable {
-            Disposition::Reuse
-        } else {
-            Disposition::Close
-        };
         // Back to the pool before the client hears the answer to its LOGOUT, so that its
         // next login (webmail logs in again at once) finds the session cached.
-        let proxy = Arc::clone(&self.proxy);
-        checkin(&proxy, homed.session.take(), disposition).await;
+        self.checkin(homed.session.take(), disposition(clean && state_reusable))
+            .await;
         drop(homed);
         // A BYE written into the middle of a response would become part of it (a literal's
         // bytes, say): at such a point the connection is just closed.
@@ -396,9 +385,20 @@ struct Live {
     leftover: Vec<u8>,
 }
 
-/// Gives the backend session back to the pool (the reset it may need included).
-async fn checkin(proxy: &Proxy, session: Option<PooledSession>, disposition: Disposition) {
-    if let Some(session) = session {
-        proxy.pool.checkin(session, disposition).await;
+impl Session {
+    /// Gives the backend session back to the pool (the reset it may need included).
+    async fn checkin(&self, session: Option<PooledSession>, disposition: Disposition) {
+        if let Some(session) = session {
+            self.proxy.pool.checkin(session, disposition).await;
+        }
+    }
+}
+
+/// How a backend session goes back to the pool: cached only when it may serve another client.
+fn disposition(reusable: bool) -> Disposition {
+    if reusable {
+        Disposition::Reuse
+    } else {
+        Disposition::Close
     }
 }
