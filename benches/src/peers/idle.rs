@@ -3,7 +3,10 @@
 //! Per run and column, a freshly started target: open `--idle-baseline` sessions (LOGIN,
 //! SELECT INBOX, IDLE, `+ idling`), read the target's memory; open the rest up to
 //! `--idle-sessions` in batches of 50 (4 for up-imapproxy); wait `--idle-settle-secs`; read it again. Figure:
-//! growth / added sessions. Memory is the sum of `Pss` over the target's process tree
+//! growth / added sessions. Then, for the proxies, open more up to `--idle-scale-sessions`,
+//! wait and read a third time: the cost of a session at scale, where what a target spends
+//! once (tables, allocator arenas, the high-water mark of a login burst) no longer weighs
+//! on each of 190 sessions. Memory is the sum of `Pss` over the target's process tree
 //! ([`super::procfs`]), so nginx's master and workers count, and a forking or threaded
 //! peer is measured the same way as a single process.
 //!
@@ -38,9 +41,12 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Outcome, BenchError> {
     let args = ctx.args;
     let sessions = args.idle_sessions as usize;
     let baseline = (args.idle_baseline as usize).min(sessions.saturating_sub(1));
-    crate::idle::ensure_fd_limit(sessions as u64)?;
+    // 0 (or not above `sessions`): no third reading.
+    let scale = Some(args.idle_scale_sessions as usize).filter(|&n| n > sessions);
+    let most = scale.unwrap_or(sessions);
+    crate::idle::ensure_fd_limit(most as u64)?;
     let users = args.users as usize;
-    let per_user = sessions.div_ceil(users.max(1));
+    let per_user = most.div_ceil(users.max(1));
     let names: Vec<String> = (1..=users).map(|i| format!("user{i}")).collect();
     let seed: Seed = names
         .iter()
@@ -53,8 +59,8 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Outcome, BenchError> {
          default_process_limit = 500\n\
          service imap {{\n  process_limit = {procs}\n}}\n\
          service imap-login {{\n  process_limit = {procs}\n}}\n",
-        clients = sessions * 4 + 1000,
-        procs = sessions * 2 + 100,
+        clients = most * 4 + 1000,
+        procs = most * 2 + 100,
     );
     let dovecot = Dovecot::builder()
         .users(users)
@@ -81,6 +87,15 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Outcome, BenchError> {
         Better::Lower,
         1,
     );
+    let mut scale_row = scale.map(|n| {
+        Row::new(
+            "idle KiB at scale",
+            &format!("idle at scale: memory per session added from {sessions} to {n} in IDLE"),
+            "KiB",
+            Better::Lower,
+            1,
+        )
+    });
     for r in 1..=ctx.runs {
         for col in rotated(&columns, r) {
             settle(&dovecot).await;
@@ -122,14 +137,33 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Outcome, BenchError> {
                 open.append(&mut rest);
                 tokio::time::sleep(Duration::from_secs(args.idle_settle_secs)).await;
                 let after = memory()?;
+                // Direct Dovecot is left at `sessions`: its figure is the server's own cost,
+                // already known, and 1,000 TLS sessions would take it 1.8 GB.
+                let scaled = match scale {
+                    Some(n) if col.server() != Server::Direct => {
+                        let mut more = open_sessions(
+                            sessions..n,
+                            addr,
+                            col.security(),
+                            &tls,
+                            &accounts,
+                            batch,
+                        )
+                        .await?;
+                        open.append(&mut more);
+                        tokio::time::sleep(Duration::from_secs(args.idle_settle_secs)).await;
+                        Some((n, memory()?))
+                    }
+                    _ => None,
+                };
                 let load = probe.finish();
                 drop(open);
                 drop(running);
-                Ok::<_, BenchError>((before, after, open_secs, load))
+                Ok::<_, BenchError>((before, after, scaled, open_secs, load))
             }
             .await;
             match res {
-                Ok((before, after, open_secs, load)) => {
+                Ok((before, after, scaled, open_secs, load)) => {
                     let kib = after.saturating_sub(before) as f64 / (sessions - baseline) as f64;
                     let disturbed = load.disturbed(args.disturbed_cores);
                     eprintln!(
@@ -146,15 +180,30 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Outcome, BenchError> {
                         disturbed,
                     });
                     row.push(col, r, kib, disturbed);
+                    if let (Some((n, at_scale)), Some(row)) = (scaled, scale_row.as_mut()) {
+                        let kib = at_scale.saturating_sub(after) as f64 / (n - sessions) as f64;
+                        eprintln!(
+                            "  {SCENARIO} run {r}: {:<18} {at_scale:>8} KiB at {n} -> {kib:7.2} \
+                             KiB/session from {sessions}",
+                            col.name(),
+                        );
+                        row.push(col, r, kib, disturbed);
+                    }
                 }
                 Err(e) => {
                     note_failure(&mut out, SCENARIO, r, col, &e)?;
                     row.push(col, r, f64::NAN, false);
+                    if let Some(row) = scale_row.as_mut() {
+                        if col.server() != Server::Direct {
+                            row.push(col, r, f64::NAN, false);
+                        }
+                    }
                 }
             }
         }
     }
     out.rows.push(row);
+    out.rows.extend(scale_row);
     out.notes.push(format!(
         "idle: growth of the summed `Pss` of the target's process tree from {baseline} to \
          {sessions} sessions in IDLE, per added session. Direct: Dovecot's own tree (its \
@@ -163,6 +212,13 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Outcome, BenchError> {
          {UP_IMAPPROXY_BATCH} at a time: its listen backlog is 5), nginx with its workers \
          (all counted)."
     ));
+    if let Some(n) = scale {
+        out.notes.push(format!(
+            "idle at scale: the same processes, opened on from {sessions} to {n} sessions in \
+             IDLE, growth per added session; proxies only (direct Dovecot's cost per session \
+             is the row above)."
+        ));
+    }
     Ok(out)
 }
 

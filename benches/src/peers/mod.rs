@@ -104,6 +104,11 @@ pub struct PeersArgs {
     /// Sessions open at the first memory reading.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub idle_baseline: u32,
+    /// Sessions in IDLE at a third reading, for the per-session cost at scale (growth from
+    /// `--idle-sessions` to this, per added session); proxies only, not direct Dovecot (an
+    /// imap process per session: 1.8 GB at 1,000 TLS sessions). 0: no third reading.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub idle_scale_sessions: u32,
     /// Seconds between the last session entering IDLE and the second reading.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=60))]
     pub idle_settle_secs: u64,

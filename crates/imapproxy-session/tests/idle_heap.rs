@@ -6,15 +6,12 @@
 //! its deterministic part, fine-grained enough to catch a regression of a few hundred bytes:
 //! the relay's future once kept its arguments' slots after moving out of them (3,352 bytes
 //! per session instead of 2,160, 5.7 KiB in all).
-//!
-//! `unsafe` is allowed in this file only: a `GlobalAlloc` cannot be written without it, and
-//! it only forwards to the system allocator.
-#![allow(clippy::unwrap_used, clippy::expect_used, unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/counting.rs"]
+mod counting;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use imapproxy_pool::PoolSettings;
@@ -35,41 +32,8 @@ use tokio::net::TcpStream;
 /// that had sent a command; 4,600 before that.)
 const BUDGET: isize = 2_900;
 
-/// Sizes counted one by one up to this; larger allocations share the last slot.
-const SIZES: usize = 65_536;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-static BY_SIZE: [AtomicIsize; SIZES] = [const { AtomicIsize::new(0) }; SIZES];
-
-struct Counting;
-
-fn count(size: usize, delta: isize) {
-    LIVE.fetch_add(delta * size as isize, Ordering::Relaxed);
-    BY_SIZE[size.min(SIZES - 1)].fetch_add(delta, Ordering::Relaxed);
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count(layout.size(), 1);
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        count(layout.size(), -1);
-        // SAFETY: `ptr` came from `System` with this layout (every allocation goes there).
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count(layout.size(), -1);
-        count(new_size, 1);
-        // SAFETY: as for `dealloc`; the new size is the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: counting::Counting = counting::Counting;
 
 /// A client holding no buffer of its own: greeting, `LOGIN`, then silence.
 async fn idle_client(addr: std::net::SocketAddr, login: &[u8]) -> TcpStream {
@@ -119,22 +83,14 @@ async fn an_idle_logged_in_session_stays_within_its_heap_budget() {
     let n = 200;
     let mut clients = Vec::with_capacity(n);
     // The snapshot first: its own allocation must not count.
-    let sizes_before: Vec<isize> = BY_SIZE.iter().map(|a| a.load(Ordering::Relaxed)).collect();
-    let before = LIVE.load(Ordering::Relaxed);
+    let sizes_before = counting::sizes();
+    let before = counting::live();
     for _ in 0..n {
         clients.push(idle_client(proxy.plain, &login).await);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let per_session = (LIVE.load(Ordering::Relaxed) - before) / n as isize;
-    let grown: Vec<String> = BY_SIZE
-        .iter()
-        .zip(&sizes_before)
-        .enumerate()
-        .filter_map(|(size, (now, then))| {
-            let d = now.load(Ordering::Relaxed) - then;
-            (d >= n as isize / 2).then(|| format!("{size} B x {:.1}", d as f64 / n as f64))
-        })
-        .collect();
+    let per_session = (counting::live() - before) / n as isize;
+    let grown = counting::grown(&sizes_before, n);
     println!("heap per idle session: {per_session} bytes; by size: {grown:?}");
     assert!(
         per_session <= BUDGET,

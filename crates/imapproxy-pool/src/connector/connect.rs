@@ -57,9 +57,15 @@ impl BackendConn {
         }
         let stream = match target.tls {
             TlsMode::Implicit => {
-                let s = tls_client(target)?
-                    .connect(tcp, &target.server_name, target.connect_timeout)
-                    .await?;
+                // Boxed, as is `start_tls` below: a handshake's state (1.3 KB) would otherwise
+                // size this future, and every future awaiting it, for the whole of a plain
+                // backend's login too; a burst of logins holds one each.
+                let s = Box::pin(tls_client(target)?.connect(
+                    tcp,
+                    &target.server_name,
+                    target.connect_timeout,
+                ))
+                .await?;
                 BackendStream::Tls(Box::new(s))
             }
             _ => BackendStream::Plain(tcp),
@@ -81,12 +87,15 @@ impl BackendConn {
             conn.capabilities = caps;
         }
         if target.tls == TlsMode::StartTls {
-            conn = conn.start_tls(target).await?;
+            conn = Box::pin(conn.start_tls(target)).await?;
         }
         if conn.capabilities.is_empty() {
-            tokio::time::timeout(target.greeting_timeout, conn.refresh_capabilities())
-                .await
-                .map_err(|_| timed_out("CAPABILITY"))??;
+            tokio::time::timeout(
+                target.greeting_timeout,
+                Box::pin(conn.refresh_capabilities()),
+            )
+            .await
+            .map_err(|_| timed_out("CAPABILITY"))??;
         }
         Ok(conn)
     }

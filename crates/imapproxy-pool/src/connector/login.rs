@@ -75,9 +75,9 @@ impl BackendConn {
             push_quoted(&mut out, pass);
             out.extend(b"\r\n");
         } else {
-            return self
-                .login_with_literals(out, id_tag, &login_tag, creds)
-                .await;
+            // Boxed: the rare literal exchange would size the common login's future (and
+            // every future awaiting it) while a burst of logins waits on the server.
+            return Box::pin(self.login_with_literals(out, id_tag, &login_tag, creds)).await;
         }
         self.write_all(out.as_slice()).await?;
         drop(out);
@@ -182,7 +182,8 @@ impl BackendConn {
         }
         match Capabilities::from_line(&resp.tagged) {
             Some(caps) => self.capabilities = caps,
-            None => self.refresh_capabilities().await?,
+            // Boxed for the same reason: Dovecot and most servers send them with the OK.
+            None => Box::pin(self.refresh_capabilities()).await?,
         }
         Ok(())
     }

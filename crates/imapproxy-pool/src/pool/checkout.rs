@@ -111,7 +111,10 @@ impl SessionPool {
         let mut plan = self.plan(&user, &backend, digest);
         loop {
             match plan {
-                Plan::Reuse(idle) => match self.revive(*idle).await {
+                // Boxed, as is the warm take in `login`: a revival (1.2 KB of state) is one
+                // way of several, and inline it would size the future of every login in
+                // flight, whichever way it went.
+                Plan::Reuse(idle) => match Box::pin(self.revive(*idle)).await {
                     Ok(session) => {
                         Counters::bump(&counters.hits);
                         metrics::counter!("imapproxy_pool_checkouts_total", "result" => "hit")
@@ -236,7 +239,7 @@ impl SessionPool {
         }
         let warm = match &be.warm {
             // A warm connection's PROXY header (if any) could not name this client.
-            Some(pool) if !be.target.proxy_protocol => warm::take_ready(pool).await,
+            Some(pool) if !be.target.proxy_protocol => Box::pin(warm::take_ready(pool)).await,
             _ => None,
         };
         let mut conn = match warm {

@@ -126,7 +126,6 @@ impl Session {
     pub(super) async fn sasl_passthrough(
         &mut self,
         parser: &mut PreAuthParser,
-        buf: &mut [u8],
         tag: &Tag,
         mechanism: &str,
         initial_response: Option<Secret<Vec<u8>>>,
@@ -134,7 +133,7 @@ impl Session {
         self.pre().login_started = Some(std::time::Instant::now());
         let first = match initial_response {
             Some(ir) => ir,
-            None => match self.auth_step(parser, buf, b"+ \r\n").await? {
+            None => match self.auth_step(parser, b"+ \r\n").await? {
                 Some(d) => d,
                 None => {
                     self.auth_cancelled(tag).await?;
@@ -238,7 +237,7 @@ impl Session {
                 prompt.extend_from_slice(b"+ ");
                 prompt.extend_from_slice(&challenge);
                 prompt.extend_from_slice(b"\r\n");
-                let Some(answer) = self.auth_step(parser, buf, &prompt).await? else {
+                let Some(answer) = self.auth_step(parser, &prompt).await? else {
                     // RFC 9051 §6.2.2: the client's `*` cancels; the backend is told too (its
                     // connection is then dropped with the login).
                     let _ = login.cancel().await;

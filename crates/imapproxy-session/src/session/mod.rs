@@ -17,7 +17,7 @@ use imapproxy_pool::{
 };
 use imapproxy_route::{BackendId, Health, Request, SessionGuard, route_first};
 use imapproxy_tls::TlsMode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -40,10 +40,10 @@ mod rehome;
 
 /// The ID the proxy gives for itself, before and after login (RFC 2971). It names no backend.
 const PROXY_ID: &[u8] = b"* ID (\"name\" \"imapproxy\")\r\n";
-/// Read size before login: small, because pre-auth connections are the cheapest to open,
-/// and a burst of logins leaves its high-water mark in the allocator (a `LOGIN` line is a
-/// few dozen bytes; a longer SASL response takes a few reads).
-const PREAUTH_READ: usize = 1024;
+/// Largest read before login, through a buffer on the stack for the length of one poll (see
+/// `preauth::read_into`): no session keeps it, so it can take a `LOGIN` and the commands
+/// pipelined behind it in one read.
+const PREAUTH_READ: usize = 4096;
 /// Longest user name accepted; anything longer is an attack or a mistake.
 const MAX_USERNAME: usize = 256;
 /// RFC 2971 §3.3: at most 30 field-value pairs.

@@ -8,7 +8,6 @@ impl Session {
     pub(super) async fn next_event(
         &mut self,
         parser: &mut PreAuthParser,
-        buf: &mut [u8],
     ) -> Result<PreAuthEvent, Error> {
         // One deadline for the whole command: trickling a byte at a time does not extend it.
         let deadline = tokio::time::Instant::now() + self.proxy.settings.preauth_timeout;
@@ -17,37 +16,32 @@ impl Session {
                 return Ok(ev);
             }
             // Read no more than the parser may buffer: pre-auth memory stays bounded.
-            let want = parser.wanted().clamp(1, buf.len());
+            let want = parser.wanted().clamp(1, PREAUTH_READ);
             let read = tokio::select! {
-                r = tokio::time::timeout_at(deadline, self.stream.read(&mut buf[..want])) => r,
+                r = tokio::time::timeout_at(deadline, read_into(&mut self.stream, parser, want)) => r,
                 _ = self.shutdown.cancelled() => {
                     let _ = self.write(b"* BYE [UNAVAILABLE] Server shutting down.\r\n").await;
                     return Err(Error::Shutdown);
                 }
             };
-            let n = match read {
+            match read {
                 Ok(Ok(0)) => return Err(Error::ClientClosed),
-                Ok(Ok(n)) => {
-                    // A command split over two writes must not wait for our delayed ACK.
-                    self.stream.quickack();
-                    n
-                }
+                // A command split over two writes must not wait for our delayed ACK.
+                Ok(Ok(_)) => self.stream.quickack(),
                 Ok(Err(e)) => return Err(Error::Client(e)),
                 Err(_) => {
                     let _ = self.write(b"* BYE Disconnected for inactivity.\r\n").await;
                     return Err(Error::Timeout);
                 }
-            };
-            parser.push(&buf[..n]);
+            }
         }
     }
 
     /// The pre-auth loop: answers everything itself until a backend login succeeds.
     pub(super) async fn preauth(&mut self) -> Result<Option<Box<LoggedIn>>, Error> {
         let mut parser = PreAuthParser::new(self.proxy.settings.preauth_limits);
-        let mut buf = vec![0u8; PREAUTH_READ];
         loop {
-            match self.next_event(&mut parser, &mut buf).await? {
+            match self.next_event(&mut parser).await? {
                 PreAuthEvent::ContinuationNeeded => {
                     self.write(b"+ Ready for literal data\r\n").await?;
                 }
@@ -81,7 +75,7 @@ impl Session {
                         .await?;
                 }
                 PreAuthEvent::Command { tag, command } => {
-                    match self.command(&mut parser, &mut buf, tag, command).await? {
+                    match self.command(&mut parser, tag, command).await? {
                         Next::Continue => {}
                         Next::LoggedIn(done) => return Ok(Some(done)),
                         Next::Logout => return Ok(None),
@@ -118,7 +112,6 @@ impl Session {
     pub(super) async fn command(
         &mut self,
         parser: &mut PreAuthParser,
-        buf: &mut [u8],
         tag: Tag,
         command: PreAuthCommand,
     ) -> Result<Next, Error> {
@@ -183,17 +176,11 @@ impl Session {
                     && self.proxy.pool.common_prelogin_mechanisms().contains(name)
                 {
                     let name = name.clone();
-                    return Box::pin(self.sasl_passthrough(
-                        parser,
-                        buf,
-                        &tag,
-                        &name,
-                        initial_response,
-                    ))
-                    .await;
+                    return Box::pin(self.sasl_passthrough(parser, &tag, &name, initial_response))
+                        .await;
                 }
                 let creds = self
-                    .authenticate(parser, buf, &tag, mechanism, initial_response)
+                    .authenticate(parser, &tag, mechanism, initial_response)
                     .await?;
                 if let Some(creds) = creds {
                     return self.login(parser, &tag, creds).await;
@@ -209,7 +196,6 @@ impl Session {
     pub(super) async fn authenticate(
         &mut self,
         parser: &mut PreAuthParser,
-        buf: &mut [u8],
         tag: &Tag,
         mechanism: Mechanism,
         initial_response: Option<Secret<Vec<u8>>>,
@@ -218,7 +204,7 @@ impl Session {
             Mechanism::Plain => {
                 let data = match initial_response {
                     Some(ir) => ir,
-                    None => match self.auth_step(parser, buf, b"+ \r\n").await? {
+                    None => match self.auth_step(parser, b"+ \r\n").await? {
                         Some(d) => d,
                         None => return self.auth_cancelled(tag).await,
                     },
@@ -242,13 +228,12 @@ impl Session {
                 // draft-murchison-sasl-login: the server prompts "Username:" and "Password:".
                 let user = match initial_response {
                     Some(ir) => ir,
-                    None => match self.auth_step(parser, buf, b"+ VXNlcm5hbWU6\r\n").await? {
+                    None => match self.auth_step(parser, b"+ VXNlcm5hbWU6\r\n").await? {
                         Some(d) => d,
                         None => return self.auth_cancelled(tag).await,
                     },
                 };
-                let Some(password) = self.auth_step(parser, buf, b"+ UGFzc3dvcmQ6\r\n").await?
-                else {
+                let Some(password) = self.auth_step(parser, b"+ UGFzc3dvcmQ6\r\n").await? else {
                     return self.auth_cancelled(tag).await;
                 };
                 match String::from_utf8(user.expose().clone()) {
@@ -272,12 +257,11 @@ impl Session {
     pub(super) async fn auth_step(
         &mut self,
         parser: &mut PreAuthParser,
-        buf: &mut [u8],
         prompt: &[u8],
     ) -> Result<Option<Secret<Vec<u8>>>, Error> {
         self.write(prompt).await?;
         parser.expect_auth_data(true);
-        let ev = self.next_event(parser, buf).await;
+        let ev = self.next_event(parser).await;
         parser.expect_auth_data(false);
         match ev? {
             PreAuthEvent::AuthData(AuthData::Data(d)) => Ok(Some(d)),
@@ -300,4 +284,30 @@ impl Session {
         self.tagged(tag, "NO [AUTHENTICATIONFAILED] Authentication failed.")
             .await
     }
+}
+
+/// Reads at most `want` bytes (up to [`PREAUTH_READ`]) from the client into `parser`.
+///
+/// The bytes pass through a stack buffer that lives only for one poll, so a session waiting
+/// for its client or for a backend login keeps no read buffer of its own (1 KiB each, held
+/// by every login of a burst), and the parser's buffer, zeroed when dropped, is the only copy
+/// of a password on the heap. Cancel-safe: nothing is kept between polls.
+async fn read_into(
+    stream: &mut ClientStream,
+    parser: &mut PreAuthParser,
+    want: usize,
+) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let mut chunk = [0u8; PREAUTH_READ];
+        let mut read = tokio::io::ReadBuf::new(&mut chunk[..want.min(PREAUTH_READ)]);
+        std::task::ready!(tokio::io::AsyncRead::poll_read(
+            std::pin::Pin::new(&mut *stream),
+            cx,
+            &mut read
+        ))?;
+        let n = read.filled().len();
+        parser.push(read.filled());
+        std::task::Poll::Ready(Ok(n))
+    })
+    .await
 }
