@@ -5,8 +5,8 @@
 //! `--idle-sessions` in batches of 50 (4 for up-imapproxy); wait `--idle-settle-secs`; read it again. Figure:
 //! growth / added sessions. Then, for the proxies, open more up to `--idle-scale-sessions`,
 //! wait and read a third time: the cost of a session at scale, where what a target spends
-//! once (tables, allocator arenas, the high-water mark of a login burst) no longer weighs
-//! on each of 190 sessions. Memory is the sum of `Pss` over the target's process tree
+//! once (tables, allocator arenas, the high-water mark of a login burst) weighs on each
+//! added session far less. Memory is the sum of `Pss` over the target's process tree
 //! ([`super::procfs`]), so nginx's master and workers count, and a forking or threaded
 //! peer is measured the same way as a single process.
 //!
@@ -28,6 +28,8 @@ use crate::idle::open_sessions;
 use crate::imap::{Security, insecure_connector};
 
 const SCENARIO: &str = "idle";
+/// The third reading's part of the scenario, with a load reading and failures of its own.
+const SCALE: &str = "idle at scale";
 /// Sessions opened concurrently.
 const BATCH: u32 = 50;
 /// Sessions opened concurrently through up-imapproxy: it listens with a backlog of 5,
@@ -137,26 +139,32 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Outcome, BenchError> {
                 open.append(&mut rest);
                 tokio::time::sleep(Duration::from_secs(args.idle_settle_secs)).await;
                 let after = memory()?;
+                let load = probe.finish();
                 // Direct Dovecot is left at `sessions`: its figure is the server's own cost,
-                // already known, and 1,000 TLS sessions would take it 1.8 GB.
+                // already known, and 1,000 TLS sessions would take it 1.8 GB. A failure here
+                // costs only the third reading.
                 let scaled = match scale {
                     Some(n) if col.server() != Server::Direct => {
-                        let mut more = open_sessions(
-                            sessions..n,
-                            addr,
-                            col.security(),
-                            &tls,
-                            &accounts,
-                            batch,
-                        )
-                        .await?;
-                        open.append(&mut more);
-                        tokio::time::sleep(Duration::from_secs(args.idle_settle_secs)).await;
-                        Some((n, memory()?))
+                        let probe = Probe::start();
+                        let reading = async {
+                            let mut more = open_sessions(
+                                sessions..n,
+                                addr,
+                                col.security(),
+                                &tls,
+                                &accounts,
+                                batch,
+                            )
+                            .await?;
+                            open.append(&mut more);
+                            tokio::time::sleep(Duration::from_secs(args.idle_settle_secs)).await;
+                            memory()
+                        }
+                        .await;
+                        Some((n, reading, probe.finish()))
                     }
                     _ => None,
                 };
-                let load = probe.finish();
                 drop(open);
                 drop(running);
                 Ok::<_, BenchError>((before, after, scaled, open_secs, load))
@@ -180,14 +188,32 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Outcome, BenchError> {
                         disturbed,
                     });
                     row.push(col, r, kib, disturbed);
-                    if let (Some((n, at_scale)), Some(row)) = (scaled, scale_row.as_mut()) {
-                        let kib = at_scale.saturating_sub(after) as f64 / (n - sessions) as f64;
-                        eprintln!(
-                            "  {SCENARIO} run {r}: {:<18} {at_scale:>8} KiB at {n} -> {kib:7.2} \
-                             KiB/session from {sessions}",
-                            col.name(),
-                        );
-                        row.push(col, r, kib, disturbed);
+                    if let (Some((n, reading, load)), Some(row)) = (scaled, scale_row.as_mut()) {
+                        match reading {
+                            Ok(at_scale) => {
+                                let kib =
+                                    at_scale.saturating_sub(after) as f64 / (n - sessions) as f64;
+                                let disturbed = load.disturbed(args.disturbed_cores);
+                                eprintln!(
+                                    "  {SCENARIO} run {r}: {:<18} {at_scale:>8} KiB at {n} -> \
+                                     {kib:7.2} KiB/session from {sessions}{}",
+                                    col.name(),
+                                    if disturbed { "  [disturbed]" } else { "" }
+                                );
+                                out.loads.push(LoadRecord {
+                                    scenario: SCALE,
+                                    run: r,
+                                    column: Some(col),
+                                    load,
+                                    disturbed,
+                                });
+                                row.push(col, r, kib, disturbed);
+                            }
+                            Err(e) => {
+                                note_failure(&mut out, SCALE, r, col, &e)?;
+                                row.push(col, r, f64::NAN, false);
+                            }
+                        }
                     }
                 }
                 Err(e) => {
@@ -212,6 +238,13 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Outcome, BenchError> {
          {UP_IMAPPROXY_BATCH} at a time: its listen backlog is 5), nginx with its workers \
          (all counted)."
     ));
+    if args.idle_scale_sessions != 0 && scale.is_none() {
+        out.notes.push(format!(
+            "idle at scale: not measured (--idle-scale-sessions {} is not above \
+             --idle-sessions {sessions}).",
+            args.idle_scale_sessions
+        ));
+    }
     if let Some(n) = scale {
         out.notes.push(format!(
             "idle at scale: the same processes, opened on from {sessions} to {n} sessions in \

@@ -182,7 +182,8 @@ impl BackendConn {
         }
         match Capabilities::from_line(&resp.tagged) {
             Some(caps) => self.capabilities = caps,
-            // Boxed for the same reason: Dovecot and most servers send them with the OK.
+            // Boxed: Dovecot and most servers send them with the OK, and inline this rare
+            // exchange would size the future of every login waiting on its server.
             None => Box::pin(self.refresh_capabilities()).await?,
         }
         Ok(())

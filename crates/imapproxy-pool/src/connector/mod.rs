@@ -13,7 +13,7 @@ mod target;
 use std::fmt;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::capabilities::Capabilities;
 use crate::error::Error;
@@ -26,6 +26,9 @@ pub use sasl::SaslStep;
 pub use target::BackendTarget;
 
 use response::response_code;
+
+/// Largest read of a backend exchange outside the relay (greeting, login, revival).
+const READ_CHUNK: usize = 4096;
 
 /// An open backend connection that has been greeted and whose capabilities are known, not yet
 /// logged in (or logged in, after [`BackendConn::login`]).
@@ -164,14 +167,28 @@ impl BackendConn {
 
     /// Reads more bytes into the reader, bounded by the I/O timeout; EOF is
     /// [`Error::Closed`].
+    ///
+    /// Through a buffer on the stack for the length of one poll, appended to the reader's
+    /// buffer as read: a connection waiting on its server (every login of a burst is one)
+    /// holds no empty read buffer.
     async fn fill(&mut self) -> Result<(), Error> {
         let limits = self.limits;
-        let buf = self
+        let reader = self
             .reader
-            .get_or_insert_with(|| Box::new(ResponseReader::new(limits)))
-            .read_buf();
-        buf.reserve(1024);
-        let n = tokio::time::timeout(self.io_timeout, self.stream.read_buf(buf))
+            .get_or_insert_with(|| Box::new(ResponseReader::new(limits)));
+        let stream = &mut self.stream;
+        let read = std::future::poll_fn(|cx| {
+            let mut chunk = [const { std::mem::MaybeUninit::<u8>::uninit() }; READ_CHUNK];
+            let mut read = tokio::io::ReadBuf::uninit(&mut chunk);
+            std::task::ready!(tokio::io::AsyncRead::poll_read(
+                std::pin::Pin::new(&mut *stream),
+                cx,
+                &mut read
+            ))?;
+            reader.read_buf().extend_from_slice(read.filled());
+            std::task::Poll::Ready(std::io::Result::Ok(read.filled().len()))
+        });
+        let n = tokio::time::timeout(self.io_timeout, read)
             .await
             .map_err(|_| self.timed_out("read"))??;
         if n == 0 {
