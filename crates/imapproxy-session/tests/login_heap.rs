@@ -23,9 +23,10 @@ use tokio::net::TcpStream;
 /// Heap per login in flight at the backend, with the test client's socket registration.
 /// Measured 5,675 bytes (Rust 1.95, tokio 1.54, this test's debug build) in about 30
 /// allocations: the session's boxed pre-auth state 3,240 (the login's whole chain of
-/// futures down to the backend connection), two tasks' cells of 384, four socket
-/// registrations of 256, and small ones (the `LOGIN` line, the user's name in the throttle,
-/// pool and routing tables, the backend connection's response reader). (Before: 9,155, with
+/// futures down to the backend connection), two of 384 (one the session's task), four of
+/// 256 (three of them socket registrations: the test client's and the session's two), and
+/// small ones (the `LOGIN` line, the user's name in the throttle, pool and routing tables,
+/// the backend connection's response reader). (Before: 9,155, with
 /// the backend TLS handshake, STARTTLS, a literal login, a capability refresh, a pool revival
 /// and a warm take inline in every login's future (4,672 bytes instead of 3,240), a 1 KiB
 /// pre-auth read buffer per session and a 1 KiB backend read buffer reserved while waiting
