@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use imapproxy_testkit::{Dovecot, Seed, small_message};
 
-use super::disturbance::Probe;
+use super::disturbance::{Load, Probe};
 use super::procfs;
 use super::table::{Better, LoadRecord, Row};
-use super::target::{Server, Stack, rotated};
+use super::target::{Column, Server, Stack, rotated};
 use super::{Ctx, Outcome, note_failure};
 use crate::error::BenchError;
 use crate::idle::open_sessions;
@@ -173,41 +173,41 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Outcome, BenchError> {
             match res {
                 Ok((before, after, scaled, open_secs, load)) => {
                     let kib = after.saturating_sub(before) as f64 / (sessions - baseline) as f64;
-                    let disturbed = load.disturbed(args.disturbed_cores);
+                    let mark = record(
+                        &mut out,
+                        &mut row,
+                        SCENARIO,
+                        r,
+                        col,
+                        kib,
+                        load,
+                        args.disturbed_cores,
+                    );
                     eprintln!(
                         "  {SCENARIO} run {r}: {:<18} {before:>8} KiB at {baseline}, {after:>8} KiB \
-                         at {sessions} -> {kib:7.2} KiB/session (opened in {open_secs:.1} s){}",
+                         at {sessions} -> {kib:7.2} KiB/session (opened in {open_secs:.1} s){mark}",
                         col.name(),
-                        if disturbed { "  [disturbed]" } else { "" }
                     );
-                    out.loads.push(LoadRecord {
-                        scenario: SCENARIO,
-                        run: r,
-                        column: Some(col),
-                        load,
-                        disturbed,
-                    });
-                    row.push(col, r, kib, disturbed);
                     if let (Some((n, reading, load)), Some(row)) = (scaled, scale_row.as_mut()) {
                         match reading {
                             Ok(at_scale) => {
                                 let kib =
                                     at_scale.saturating_sub(after) as f64 / (n - sessions) as f64;
-                                let disturbed = load.disturbed(args.disturbed_cores);
+                                let mark = record(
+                                    &mut out,
+                                    row,
+                                    SCALE,
+                                    r,
+                                    col,
+                                    kib,
+                                    load,
+                                    args.disturbed_cores,
+                                );
                                 eprintln!(
                                     "  {SCENARIO} run {r}: {:<18} {at_scale:>8} KiB at {n} -> \
-                                     {kib:7.2} KiB/session from {sessions}{}",
+                                     {kib:7.2} KiB/session from {sessions}{mark}",
                                     col.name(),
-                                    if disturbed { "  [disturbed]" } else { "" }
                                 );
-                                out.loads.push(LoadRecord {
-                                    scenario: SCALE,
-                                    run: r,
-                                    column: Some(col),
-                                    load,
-                                    disturbed,
-                                });
-                                row.push(col, r, kib, disturbed);
                             }
                             Err(e) => {
                                 note_failure(&mut out, SCALE, r, col, &e)?;
@@ -253,6 +253,31 @@ pub async fn run(ctx: &Ctx<'_>) -> Result<Outcome, BenchError> {
         ));
     }
     Ok(out)
+}
+
+/// Files one measurement: its load reading, and its figure in `row` (marked if disturbed).
+/// Returns the mark for the run's line.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    out: &mut Outcome,
+    row: &mut Row,
+    scenario: &'static str,
+    run: u32,
+    column: Column,
+    kib: f64,
+    load: Load,
+    limit: f64,
+) -> &'static str {
+    let disturbed = load.disturbed(limit);
+    out.loads.push(LoadRecord {
+        scenario,
+        run,
+        column: Some(column),
+        load,
+        disturbed,
+    });
+    row.push(column, run, kib, disturbed);
+    if disturbed { "  [disturbed]" } else { "" }
 }
 
 /// Waits until Dovecot's process count stops falling (the previous target's sessions

@@ -14,8 +14,6 @@ mod counting;
 
 use std::time::Duration;
 
-use imapproxy_pool::PoolSettings;
-use imapproxy_session::SessionSettings;
 use imapproxy_testkit::Dovecot;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -61,17 +59,7 @@ async fn an_idle_logged_in_session_stays_within_its_heap_budget() {
         .start()
         .unwrap();
     let (user, pass) = d.user(1);
-    let (proxy, _pool) = common::start_proxy_pooled(
-        &[d.imap_addr()],
-        SessionSettings::default(),
-        PoolSettings {
-            reuse: false,
-            warm: 0,
-            max_per_user: 1000,
-            ..PoolSettings::default()
-        },
-    )
-    .await;
+    let (proxy, _pool) = common::start_proxy_unpooled(&[d.imap_addr()]).await;
     let login = format!("a LOGIN {user} {pass}\r\n").into_bytes();
     // Warm up: lazily built tables (registry, pool, runtime) reach their size first.
     let mut warm = Vec::new();

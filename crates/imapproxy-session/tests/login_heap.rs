@@ -15,8 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use imapproxy_pool::PoolSettings;
-use imapproxy_session::SessionSettings;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -79,17 +77,7 @@ async fn a_login_in_flight_stays_within_its_heap_budget() {
             }
         })
     };
-    let (proxy, _pool) = common::start_proxy_pooled(
-        &[backend],
-        SessionSettings::default(),
-        PoolSettings {
-            reuse: false,
-            warm: 0,
-            max_per_user: 1000,
-            ..PoolSettings::default()
-        },
-    )
-    .await;
+    let (proxy, _pool) = common::start_proxy_unpooled(&[backend]).await;
     // Warm up: lazily built tables reach their size first.
     let mut warm = Vec::new();
     for user in 0..10 {

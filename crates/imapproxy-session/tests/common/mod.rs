@@ -60,6 +60,22 @@ pub async fn start_proxy_pooled(
     .await
 }
 
+/// A proxy for the heap-budget tests: every session logs in to the backend (no reuse, no
+/// warm connections), up to 1,000 of one user.
+pub async fn start_proxy_unpooled(backends: &[SocketAddr]) -> (TestProxy, SessionPool) {
+    start_proxy_pooled(
+        backends,
+        SessionSettings::default(),
+        PoolSettings {
+            reuse: false,
+            warm: 0,
+            max_per_user: 1000,
+            ..PoolSettings::default()
+        },
+    )
+    .await
+}
+
 /// A proxy with its own selector and directory; backends are named `backend0`, `backend1`...
 pub async fn start_proxy_routed(
     backends: &[SocketAddr],
