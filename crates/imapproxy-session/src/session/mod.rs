@@ -393,7 +393,7 @@ impl Session {
         // Boxed: neither the greeting nor the write's state stays in the future of a
         // session that then idles for hours.
         Box::pin(self.greet()).await?;
-        // Boxed so that its state (parser, read buffer, backend login) is freed before the
+        // Boxed so that its state (parser, backend login) is freed before the
         // relay starts instead of sizing the session task for its whole life: an idle
         // logged-in session then costs only what the relay holds.
         let Some(logged_in) = Box::pin(self.preauth()).await? else {
