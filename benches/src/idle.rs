@@ -47,8 +47,9 @@ pub struct IdleArgs {
     /// Sessions opened concurrently.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
     pub batch: u32,
-    /// Seconds to wait after the last session entered IDLE before measuring.
-    #[arg(long, default_value_t = 2)]
+    /// Seconds to wait after the last session entered IDLE before measuring (the proxy gives
+    /// freed memory back once its resident size held still for a second).
+    #[arg(long, default_value_t = 3)]
     pub settle_secs: u64,
 }
 

@@ -84,8 +84,9 @@ pub struct ManyArgs {
     /// seconds).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=20_000))]
     pub rate: u32,
-    /// Seconds after the last session entered IDLE before the memory reading.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=60))]
+    /// Seconds after the last session entered IDLE before the memory reading (the proxy gives
+    /// freed memory back once its resident size held still for a second).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=60))]
     pub settle_secs: u64,
     /// Dovecot's `service imap { client_limit }`: sessions one imap process serves.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=5000))]

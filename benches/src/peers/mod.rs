@@ -109,8 +109,10 @@ pub struct PeersArgs {
     /// imap process per session: 1.8 GB at 1,000 TLS sessions). 0: no third reading.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub idle_scale_sessions: u32,
-    /// Seconds between the last session entering IDLE and the second reading.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(0..=60))]
+    /// Seconds between the last session entering IDLE and the second reading: long enough
+    /// for a proxy that gives freed memory back after a burst to have done so (imapproxy
+    /// looks once a second and waits for a still second), the same for every target.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=60))]
     pub idle_settle_secs: u64,
     /// Workers of the burst part, all the same user.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]

@@ -9,6 +9,8 @@ mod build;
 mod config;
 mod fleet;
 mod server;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod trim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

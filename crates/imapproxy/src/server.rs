@@ -75,6 +75,9 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
         warn!("[pool] max_per_user_fleet has no effect without [fleet]");
     }
     let maintenance = tokio::spawn(proxy.pool().clone().maintain());
+    // Freed heap pages go back to the system after a burst (glibc keeps them otherwise).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    let trimmer = tokio::spawn(crate::trim::run());
     // Active checks of every backend; stopped (dropped) at shutdown.
     let mut health = proxy
         .upstreams()
@@ -189,6 +192,8 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
     // Cached backend sessions get a polite LOGOUT.
     proxy.pool().close_all();
     maintenance.abort();
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    trimmer.abort();
     drop(health);
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop_admin.cancel();
