@@ -77,7 +77,10 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
     let maintenance = tokio::spawn(proxy.pool().clone().maintain());
     // Freed heap pages go back to the system after a burst (glibc keeps them otherwise).
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    let trimmer = tokio::spawn(crate::trim::run());
+    let trimmer = cfg
+        .server
+        .heap_trim
+        .then(|| tokio::spawn(crate::trim::run()));
     // Active checks of every backend; stopped (dropped) at shutdown.
     let mut health = proxy
         .upstreams()
@@ -193,7 +196,9 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
     proxy.pool().close_all();
     maintenance.abort();
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    trimmer.abort();
+    if let Some(trimmer) = trimmer {
+        trimmer.abort();
+    }
     drop(health);
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop_admin.cancel();

@@ -1,63 +1,99 @@
 //! Giving the system back the heap pages the allocator keeps after a burst (glibc only).
 //!
 //! glibc returns freed memory to the system only from the top of an arena. What a burst
-//! freed below memory that stays in use (the relay's read buffers, each login's state, a few
-//! KB more than the idle session it becomes) stays resident for good, and a proxy that once
-//! saw a login storm keeps that size. So once a second this looks at the process's resident
-//! size; when it grew since the last trim and then held still (the burst is over), and the
-//! allocator holds free memory, it calls `malloc_trim(0)`: each arena's free pages go back
-//! with `madvise(MADV_DONTNEED)`, live allocations untouched. HAProxy does the same when it
-//! releases its pools. Waiting for the burst to end keeps the trim (a walk of the arenas
-//! holding their locks, a few hundred µs) out of busy moments and off memory about to be
-//! reused; in a steady state all it does is read `/proc/self/statm`.
+//! freed below memory that stays in use (a flood of connections that went away, the relay's
+//! read buffers, each login's state) stays resident for good, and a proxy that once saw a
+//! login storm keeps that size. So once a second this looks at the process's resident size;
+//! when it held still since the previous look (no burst under way), it asks glibc how much it
+//! holds free, and when the resident size grew, or the free memory did, since the last trim,
+//! it calls `malloc_trim(0)`: each arena's free pages go back with `madvise(MADV_DONTNEED)`,
+//! live allocations untouched. Waiting for a still moment keeps the trim (a walk of the arenas
+//! holding their locks: a few hundred µs, 1 to 2 ms at 10,000 sessions) out of busy moments
+//! and off memory about to be reused; [`MIN_INTERVAL`] bounds how often it runs, and a trim
+//! that gave back little doubles the growth the next one waits for. HAProxy calls
+//! `malloc_trim` too, when it releases its pools; `[server] heap_trim = false` turns this off,
+//! as `no-memory-trimming` does there.
 //!
-//! The binary's one `unsafe`: three libc calls that take no pointers.
+//! The binary's one `unsafe`: two glibc calls that take no pointers.
 #![allow(unsafe_code)]
 
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::time::Duration;
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// How often the resident size is looked at.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
-/// Growth of the resident size since the last trim worth a look at the allocator.
+/// Growth of the resident size, or of the allocator's free memory, since the last trim worth
+/// a trim (doubled, up to [`GROWTH_MAX`], after each trim that gave back less than a quarter
+/// of it).
 const GROWTH_MIN: u64 = 64 * 1024;
-/// A change of the resident size between two looks below which the process is quiet.
-const QUIET_MAX: u64 = 16 * 1024;
-/// Free memory held by the allocator below which a trim is not worth its walk of the arenas
-/// (glibc's own threshold for trimming an arena's top).
+const GROWTH_MAX: u64 = 8 * 1024 * 1024;
+/// A change of the resident size between two looks below which the process is still, or a
+/// thousandth of the resident size if more.
+const STILL_MIN: u64 = 16 * 1024;
+/// Free memory held by the allocator below which a trim is not worth its walk of the arenas.
 const FREE_MIN: u64 = 128 * 1024;
+/// Looks between two trims at least.
+const MIN_INTERVAL: u32 = 5;
 
-/// When to trim, from the resident sizes seen once per [`CHECK_EVERY`].
+/// When to trim, from the resident size and the allocator's free memory.
 #[derive(Debug)]
 struct Watch {
-    /// The resident size after the last trim (or the smallest since).
-    base: u64,
+    /// The resident size after the last trim, or the smallest seen since.
+    rss_base: u64,
+    /// The allocator's free memory at the last trim, or the least seen since.
+    free_base: u64,
+    /// Growth that makes a trim due.
+    growth: u64,
     previous: u64,
+    /// Looks since the last trim.
+    since_trim: u32,
 }
 
 impl Watch {
     fn new(resident: u64) -> Self {
         Self {
-            base: resident,
+            rss_base: resident,
+            free_base: 0,
+            growth: GROWTH_MIN,
             previous: resident,
+            since_trim: MIN_INTERVAL,
         }
     }
 
-    /// True when the resident size grew by [`GROWTH_MIN`] since the last trim and held still
-    /// since the previous look.
-    fn look(&mut self, now: u64) -> bool {
-        let quiet = now.abs_diff(self.previous) < QUIET_MAX;
+    /// One look at the resident size: true when it held still since the previous look and
+    /// the last trim is [`MIN_INTERVAL`] looks old (then ask [`Watch::due`]).
+    fn still(&mut self, now: u64) -> bool {
+        let still = now.abs_diff(self.previous) < STILL_MIN.max(now / 1000);
         self.previous = now;
-        // Shrunk (sessions ended, the kernel reclaimed): growth counts from here.
-        self.base = self.base.min(now);
-        quiet && now >= self.base + GROWTH_MIN
+        self.since_trim = self.since_trim.saturating_add(1);
+        still && self.since_trim >= MIN_INTERVAL
     }
 
-    /// A trim was done, or not needed (the growth is memory in use): growth counts from `now`.
-    fn settled(&mut self, now: u64) {
-        self.base = now;
-        self.previous = now;
+    /// Whether to trim, the allocator holding `free` bytes free: the resident size or the
+    /// free memory grew by `growth` since the last trim (or since their lowest since).
+    fn due(&mut self, now: u64, free: u64) -> bool {
+        self.rss_base = self.rss_base.min(now);
+        self.free_base = self.free_base.min(free);
+        free >= FREE_MIN
+            && (now.saturating_sub(self.rss_base) >= self.growth
+                || free.saturating_sub(self.free_base) >= self.growth)
+    }
+
+    /// A trim took the resident size from `before` to `after`: growth counts from here, and
+    /// the next trim waits for twice the growth if this one gave back little.
+    fn trimmed(&mut self, before: u64, after: u64, free: u64) {
+        self.growth = if before.saturating_sub(after) < self.growth / 4 {
+            self.growth.saturating_mul(2).min(GROWTH_MAX)
+        } else {
+            GROWTH_MIN
+        };
+        self.rss_base = after;
+        self.free_base = free;
+        self.previous = after;
+        self.since_trim = 0;
     }
 }
 
@@ -71,8 +107,8 @@ struct HeapUse {
 }
 
 fn heap_use() -> HeapUse {
-    // SAFETY: `mallinfo2` takes no arguments and returns a plain struct by value; glibc takes
-    // each arena's lock while it sums them.
+    // SAFETY: `mallinfo2` (glibc 2.33) takes no arguments and returns a plain struct by
+    // value; glibc documents it MT-Safe (it locks each arena in turn while it sums them).
     let info = unsafe { libc::mallinfo2() };
     HeapUse {
         in_use: info.uordblks as u64,
@@ -80,60 +116,92 @@ fn heap_use() -> HeapUse {
     }
 }
 
-fn trim() -> bool {
-    // SAFETY: `malloc_trim` takes no pointers; glibc serialises it with every other allocator
-    // call through the arenas' locks, and it only returns pages no allocation uses.
-    unsafe { libc::malloc_trim(0) == 1 }
+/// `malloc_trim(0)`, timed.
+fn trim() -> Duration {
+    let started = std::time::Instant::now();
+    // SAFETY: `malloc_trim` takes no pointers and is documented MT-Safe: it locks each arena
+    // in turn and gives back only pages of free chunks, which no allocation uses. Its result
+    // (whether it called `madvise` at all) says nothing of what the resident size did.
+    let _ = unsafe { libc::malloc_trim(0) };
+    started.elapsed()
 }
 
-fn page_size() -> u64 {
-    // SAFETY: `sysconf` takes a constant and reads a system setting.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
+/// `/proc/self/statm`, opened once (a flood that exhausts descriptors must not stop it) and
+/// read again from the start at each look.
+struct Statm {
+    file: File,
+    page: u64,
+    text: String,
 }
 
-/// The process's resident size in bytes, from `/proc/self/statm` (in pages).
-fn resident(page: u64) -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * page)
+impl Statm {
+    fn open() -> std::io::Result<Self> {
+        Ok(Self {
+            file: File::open("/proc/self/statm")?,
+            page: rustix::param::page_size() as u64,
+            text: String::with_capacity(64),
+        })
+    }
+
+    /// The process's resident size in bytes.
+    fn resident(&mut self) -> Option<u64> {
+        self.text.clear();
+        self.file.seek(SeekFrom::Start(0)).ok()?;
+        self.file.read_to_string(&mut self.text).ok()?;
+        let pages: u64 = self.text.split_whitespace().nth(1)?.parse().ok()?;
+        pages.checked_mul(self.page)
+    }
 }
 
-/// Runs until aborted (or until `/proc/self/statm` cannot be read): trims the heap once the
-/// resident size grew and held still, when the allocator holds [`FREE_MIN`] free.
+/// Runs until aborted: trims the heap when [`Watch`] says so.
 pub(crate) async fn run() {
-    let page = page_size();
-    let Some(start) = resident(page) else { return };
+    let (mut statm, start) = match Statm::open() {
+        Ok(mut statm) => match statm.resident() {
+            Some(start) => (statm, start),
+            None => {
+                warn!("heap trimming off: /proc/self/statm unreadable");
+                return;
+            }
+        },
+        Err(e) => {
+            warn!(error = %e, "heap trimming off: cannot open /proc/self/statm");
+            return;
+        }
+    };
     let mut watch = Watch::new(start);
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Some(now) = resident(page) else { return };
-        if !watch.look(now) {
+        // An unreadable look (should it happen) is skipped.
+        let Some(now) = statm.resident() else {
+            continue;
+        };
+        if !watch.still(now) {
             continue;
         }
-        let started = std::time::Instant::now();
         // Both walk the arenas holding their locks: on a blocking thread, not a worker.
-        let Ok((heap, trimmed)) = tokio::task::spawn_blocking(|| {
-            let heap = heap_use();
-            (heap, heap.free >= FREE_MIN && trim())
-        })
-        .await
-        else {
+        let Ok(heap) = tokio::task::spawn_blocking(heap_use).await else {
+            debug!("heap trimming stopped: the runtime is shutting down");
             return;
         };
-        let after = resident(page).unwrap_or(now);
+        if !watch.due(now, heap.free) {
+            continue;
+        }
+        let Ok(took) = tokio::task::spawn_blocking(trim).await else {
+            debug!("heap trimming stopped: the runtime is shutting down");
+            return;
+        };
+        let after = statm.resident().unwrap_or(now);
         debug!(
             resident_before = now,
-            resident_after = after,
+            released = now.saturating_sub(after),
             in_use = heap.in_use,
             free = heap.free,
-            trimmed,
-            took_us = started.elapsed().as_micros() as u64,
-            "heap trim"
+            took_us = took.as_micros() as u64,
+            "heap trimmed"
         );
-        watch.settled(after);
+        watch.trimmed(now, after, heap.free);
     }
 }
 
@@ -143,28 +211,85 @@ mod tests {
 
     const K: u64 = 1024;
 
-    #[test]
-    fn trims_once_growth_holds_still() {
-        let mut w = Watch::new(8000 * K);
-        // A burst: growing at every look.
-        assert!(!w.look(8100 * K));
-        assert!(!w.look(8300 * K));
-        // Over: still, and 300 KiB above the start.
-        assert!(w.look(8304 * K));
-        w.settled(8150 * K);
-        // Steady afterwards: nothing.
-        assert!(!w.look(8150 * K));
-        assert!(!w.look(8152 * K));
+    /// Looks until the interval since the last trim is over, the resident size at `rss`.
+    fn wait_out(w: &mut Watch, rss: u64) {
+        for _ in 0..MIN_INTERVAL {
+            w.still(rss);
+        }
     }
 
     #[test]
-    fn small_growth_and_shrinking_do_not_trim() {
+    fn trims_once_a_burst_is_over() {
         let mut w = Watch::new(8000 * K);
-        assert!(!w.look(8040 * K));
-        assert!(!w.look(8040 * K), "40 KiB is under GROWTH_MIN");
-        // Shrinks, then grows 70 KiB from the low point: measured from there.
-        assert!(!w.look(7900 * K));
-        assert!(!w.look(7970 * K));
-        assert!(w.look(7972 * K));
+        // A burst: growing at every look, nothing asked of the allocator.
+        assert!(!w.still(8100 * K));
+        assert!(!w.still(8300 * K));
+        // Over: still, 300 KiB above the start, 200 KiB free.
+        assert!(w.still(8304 * K));
+        assert!(w.due(8304 * K, 200 * K));
+        w.trimmed(8304 * K, 8150 * K, 200 * K);
+        // Steady afterwards: nothing, however long.
+        for _ in 0..20 {
+            if w.still(8150 * K) {
+                assert!(!w.due(8150 * K, 200 * K));
+            }
+        }
+    }
+
+    #[test]
+    fn trims_when_sessions_end_without_growth() {
+        // A flood held still (nothing free yet), then gone: the resident size does not move,
+        // the allocator's free memory does.
+        let mut w = Watch::new(8000 * K);
+        w.still(12000 * K);
+        assert!(w.still(12000 * K));
+        assert!(!w.due(12000 * K, 20 * K), "nothing free to give back");
+        assert!(w.still(12000 * K));
+        assert!(w.due(12000 * K, 4000 * K));
+    }
+
+    #[test]
+    fn small_changes_and_busy_moments_do_not_trim() {
+        let mut w = Watch::new(8000 * K);
+        w.trimmed(8100 * K, 8000 * K, 300 * K);
+        wait_out(&mut w, 8040 * K);
+        assert!(
+            !w.due(8040 * K, 340 * K),
+            "40 KiB more of either is under GROWTH_MIN"
+        );
+        // Shrinks, then grows 70 KiB from the low point: counted from there.
+        assert!(!w.still(7900 * K), "moving: not still");
+        assert!(w.still(7900 * K));
+        assert!(!w.due(7900 * K, 300 * K));
+        assert!(!w.still(7970 * K), "moving: not still");
+        assert!(w.still(7972 * K));
+        assert!(w.due(7972 * K, 300 * K));
+        w.trimmed(7972 * K, 7900 * K, 300 * K);
+        // Right after a trim, a still moment is not asked about for MIN_INTERVAL looks.
+        assert!(!w.still(8200 * K));
+        assert!(!w.still(8200 * K));
+        wait_out(&mut w, 8200 * K);
+        assert!(w.still(8200 * K));
+        assert!(w.due(8200 * K, 300 * K));
+    }
+
+    #[test]
+    fn slow_growth_backs_off() {
+        // Sessions added slowly (9 KiB a second: every look is still) with free memory that
+        // trims cannot give back: the trims thin out instead of coming every few seconds.
+        let mut w = Watch::new(8000 * K);
+        let mut rss = 8000 * K;
+        let mut trims = 0;
+        for _ in 0..600 {
+            rss += 9 * K;
+            if w.still(rss) && w.due(rss, 300 * K) {
+                trims += 1;
+                w.trimmed(rss, rss, 300 * K);
+            }
+        }
+        assert!(trims <= 8, "{trims} trims in 600 looks");
+        // One that gives back a lot resets the growth it waits for.
+        w.trimmed(rss, rss - 4000 * K, 300 * K);
+        assert_eq!(w.growth, GROWTH_MIN);
     }
 }

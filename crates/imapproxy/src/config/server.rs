@@ -5,7 +5,7 @@ use std::num::NonZeroUsize;
 use serde::Deserialize;
 
 /// `[server]`.
-#[derive(Debug, Deserialize, Clone, Copy, Default)]
+#[derive(Debug, Deserialize, Clone, Copy)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Worker threads of the async runtime that runs every session. `0` or absent: one per
@@ -13,6 +13,24 @@ pub struct ServerConfig {
     /// start only (a reload cannot resize a running runtime).
     #[serde(default)]
     pub threads: WorkerThreads,
+    /// Give the allocator's free pages back to the system once a burst is over (glibc
+    /// builds; see `trim.rs`). On by default; off where a trim's walk of a very large heap
+    /// is unwelcome (HAProxy's `no-memory-trimming`).
+    #[serde(default = "default_true")]
+    pub heap_trim: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            threads: WorkerThreads::default(),
+            heap_trim: true,
+        }
+    }
 }
 
 /// A number of runtime worker threads, checked when the file is read (so that

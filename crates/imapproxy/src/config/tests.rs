@@ -247,3 +247,16 @@ fn server_threads_default_to_all_cores_and_are_bounded() {
     let err = parse("[server]\nworkers = 2\n").unwrap_err().to_string();
     assert!(err.contains("workers"), "{err}");
 }
+
+#[test]
+fn heap_trim_is_on_unless_turned_off() {
+    assert!(parse("").unwrap().server.heap_trim);
+    assert!(parse("[server]\nthreads = 2\n").unwrap().server.heap_trim);
+    assert!(
+        !parse("[server]\nheap_trim = false\n")
+            .unwrap()
+            .server
+            .heap_trim
+    );
+    assert!(parse("[server]\nheap_trim = \"no\"\n").is_err());
+}
