@@ -43,7 +43,8 @@ const MIN_INTERVAL: u32 = 5;
 struct Watch {
     /// The resident size after the last trim, or the smallest seen since.
     rss_base: u64,
-    /// The allocator's free memory at the last trim, or the least seen since.
+    /// The allocator's free memory at the last trim, or the least seen since (before the
+    /// first trim: since the first look at it).
     free_base: u64,
     /// Growth that makes a trim due.
     growth: u64,
@@ -56,7 +57,7 @@ impl Watch {
     fn new(resident: u64) -> Self {
         Self {
             rss_base: resident,
-            free_base: 0,
+            free_base: u64::MAX,
             growth: GROWTH_MIN,
             previous: resident,
             since_trim: MIN_INTERVAL,
@@ -234,6 +235,19 @@ mod tests {
                 assert!(!w.due(8150 * K, 200 * K));
             }
         }
+    }
+
+    #[test]
+    fn free_memory_at_start_alone_does_not_trim() {
+        let mut w = Watch::new(8000 * K);
+        wait_out(&mut w, 8000 * K);
+        assert!(w.still(8000 * K));
+        assert!(
+            !w.due(8000 * K, 500 * K),
+            "free since start, not freed since"
+        );
+        assert!(w.still(8000 * K));
+        assert!(!w.due(8000 * K, 520 * K));
     }
 
     #[test]
