@@ -111,7 +111,8 @@ pub struct PeersArgs {
     pub idle_scale_sessions: u32,
     /// Seconds between the last session entering IDLE and the second reading: long enough
     /// for a proxy that gives freed memory back after a burst to have done so (imapproxy
-    /// looks once a second and waits for a still second), the same for every target.
+    /// looks once a second and waits for a still second, unless it trimmed in the last 5),
+    /// the same for every target.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(0..=60))]
     pub idle_settle_secs: u64,
     /// Workers of the burst part, all the same user.

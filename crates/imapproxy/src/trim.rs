@@ -25,11 +25,14 @@ use tracing::{debug, warn};
 
 /// How often the resident size is looked at.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
-/// Growth of the resident size, or of the allocator's free memory, since the last trim worth
-/// a trim (doubled, up to [`GROWTH_MAX`], after each trim that gave back less than a quarter
-/// of it).
+/// Growth of the allocator's free memory since the last trim worth a trim (memory freed:
+/// sessions that ended, a burst that passed), and of the resident size at first. The latter
+/// doubles, up to [`GROWTH_MAX`], after each trim that gave back less than a quarter of it
+/// (sessions added slowly grow the resident size with nothing to give back), and halves again
+/// every [`DECAY_LOOKS`] looks without a trim.
 const GROWTH_MIN: u64 = 64 * 1024;
 const GROWTH_MAX: u64 = 8 * 1024 * 1024;
+const DECAY_LOOKS: u32 = 300;
 /// A change of the resident size between two looks below which the process is still, or a
 /// thousandth of the resident size if more.
 const STILL_MIN: u64 = 16 * 1024;
@@ -46,7 +49,7 @@ struct Watch {
     /// The allocator's free memory at the last trim, or the least seen since (before the
     /// first trim: since the first look at it).
     free_base: u64,
-    /// Growth that makes a trim due.
+    /// Growth of the resident size that makes a trim due.
     growth: u64,
     previous: u64,
     /// Looks since the last trim.
@@ -70,21 +73,25 @@ impl Watch {
         let still = now.abs_diff(self.previous) < STILL_MIN.max(now / 1000);
         self.previous = now;
         self.since_trim = self.since_trim.saturating_add(1);
+        if self.since_trim % DECAY_LOOKS == 0 {
+            self.growth = (self.growth / 2).max(GROWTH_MIN);
+        }
         still && self.since_trim >= MIN_INTERVAL
     }
 
-    /// Whether to trim, the allocator holding `free` bytes free: the resident size or the
-    /// free memory grew by `growth` since the last trim (or since their lowest since).
+    /// Whether to trim, the allocator holding `free` bytes free: the free memory grew by
+    /// [`GROWTH_MIN`], or the resident size by `growth`, since the last trim (or since their
+    /// lowest since).
     fn due(&mut self, now: u64, free: u64) -> bool {
         self.rss_base = self.rss_base.min(now);
         self.free_base = self.free_base.min(free);
         free >= FREE_MIN
-            && (now.saturating_sub(self.rss_base) >= self.growth
-                || free.saturating_sub(self.free_base) >= self.growth)
+            && (free.saturating_sub(self.free_base) >= GROWTH_MIN
+                || now.saturating_sub(self.rss_base) >= self.growth)
     }
 
     /// A trim took the resident size from `before` to `after`: growth counts from here, and
-    /// the next trim waits for twice the growth if this one gave back little.
+    /// the next trim waits for twice the resident growth if this one gave back little.
     fn trimmed(&mut self, before: u64, after: u64, free: u64) {
         self.growth = if before.saturating_sub(after) < self.growth / 4 {
             self.growth.saturating_mul(2).min(GROWTH_MAX)
@@ -230,11 +237,14 @@ mod tests {
         assert!(w.due(8304 * K, 200 * K));
         w.trimmed(8304 * K, 8150 * K, 200 * K);
         // Steady afterwards: nothing, however long.
+        let mut asked = 0;
         for _ in 0..20 {
             if w.still(8150 * K) {
+                asked += 1;
                 assert!(!w.due(8150 * K, 200 * K));
             }
         }
+        assert!(asked > 10, "asked {asked} times");
     }
 
     #[test]
@@ -252,14 +262,43 @@ mod tests {
 
     #[test]
     fn trims_when_sessions_end_without_growth() {
-        // A flood held still (nothing free yet), then gone: the resident size does not move,
-        // the allocator's free memory does.
+        // A flood held still and trimmed (nothing given back: its memory is in use), then
+        // gone: the resident size does not move, the allocator's free memory does.
         let mut w = Watch::new(8000 * K);
         w.still(12000 * K);
         assert!(w.still(12000 * K));
-        assert!(!w.due(12000 * K, 20 * K), "nothing free to give back");
+        assert!(w.due(12000 * K, 200 * K));
+        w.trimmed(12000 * K, 12000 * K, 200 * K);
+        wait_out(&mut w, 12000 * K);
         assert!(w.still(12000 * K));
-        assert!(w.due(12000 * K, 4000 * K));
+        assert!(
+            !w.due(12000 * K, 240 * K),
+            "40 KiB freed is under GROWTH_MIN"
+        );
+        assert!(w.still(12000 * K));
+        assert!(w.due(12000 * K, 4000 * K), "4 MB freed");
+        // However slow growth had made the resident trigger.
+        w.growth = GROWTH_MAX;
+        w.trimmed(12000 * K, 8000 * K, 4000 * K);
+        w.growth = GROWTH_MAX;
+        wait_out(&mut w, 8000 * K);
+        assert!(w.still(8000 * K));
+        assert!(w.due(8000 * K, 4100 * K), "100 KiB freed");
+    }
+
+    #[test]
+    fn the_resident_trigger_decays_back() {
+        let mut w = Watch::new(8000 * K);
+        w.growth = GROWTH_MAX;
+        w.trimmed(8000 * K, 8000 * K, 200 * K);
+        assert_eq!(
+            w.growth, GROWTH_MAX,
+            "gave back nothing: doubled, at most the cap"
+        );
+        for _ in 0..(DECAY_LOOKS * 7) {
+            w.still(8000 * K);
+        }
+        assert_eq!(w.growth, GROWTH_MIN);
     }
 
     #[test]

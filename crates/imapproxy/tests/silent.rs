@@ -174,7 +174,7 @@ async fn thousand_silent_connections_cost_little_and_are_all_timed_out() {
     // The proxy gives the memory back once they are gone: glibc keeps what the flood freed,
     // the proxy's trim returns it once its resident size held still for a second (checked
     // once a second; 10 s leaves room for a busy machine).
-    let mut after = proxy.rss_kib();
+    let mut after = 0;
     let returned = common::wait_until(TRIM_WITHIN, || {
         after = proxy.rss_kib();
         after <= before + growth / 4
