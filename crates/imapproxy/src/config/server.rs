@@ -4,6 +4,8 @@ use std::num::NonZeroUsize;
 
 use serde::Deserialize;
 
+use super::defaults::default_true;
+
 /// `[server]`.
 #[derive(Debug, Deserialize, Clone, Copy)]
 #[serde(deny_unknown_fields)]
@@ -18,10 +20,6 @@ pub struct ServerConfig {
     /// is unwelcome (HAProxy's `no-memory-trimming`).
     #[serde(default = "default_true")]
     pub heap_trim: bool,
-}
-
-fn default_true() -> bool {
-    true
 }
 
 impl Default for ServerConfig {
