@@ -9,15 +9,18 @@
 //! connection without the client noticing.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::Poll;
+use std::time::{Duration, SystemTime};
+
+use futures_util::task::AtomicWaker;
+use imapproxy_route::BackendId;
+use tokio::time::Instant;
 
 use crate::sync::lock;
-use std::time::SystemTime;
-
-use imapproxy_route::BackendId;
-use tokio::sync::Notify;
 
 /// Why an operator asked a session to move to another backend connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -56,27 +59,77 @@ pub enum Request {
     Move(MigrationCause),
 }
 
-/// What operators asked of one session, shared by its entry and its [`Registration`]: one
-/// allocation per session, woken through one `Notify`.
-#[derive(Debug, Default)]
+/// Bits of [`Control::flags`]: what reached a session from outside, besides its sockets.
+const KICKED: u8 = 1;
+/// A client of the session's user started waiting for one of the user's slots (parking).
+const WAITER: u8 = 2;
+/// The session's idle deadline passed, as the registry's sweep saw it.
+const DUE: u8 = 4;
+
+/// How often the registry looks for sessions past their idle deadline: the precision of the
+/// authenticated idle timeout (RFC 9051 §5.4 asks for at least 30 minutes).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// What reaches one session from outside (an operator's kick or move, a waiting client of its
+/// user, its idle deadline), shared by its entry and its [`Registration`]. One allocation per
+/// session, and the session waits on all of it with one waker instead of a future per cause:
+/// what an idle session holds is what every idle session costs.
+#[derive(Debug)]
 struct Control {
-    notify: Notify,
-    kicked: std::sync::atomic::AtomicBool,
+    waker: AtomicWaker,
+    /// [`KICKED`], [`WAITER`], [`DUE`].
+    flags: AtomicU8,
     /// A [`MigrationCause`] code, 0 when none is pending.
     cause: AtomicU8,
+    /// The idle deadline in milliseconds of the registry's clock; `u64::MAX` when none.
+    due: AtomicU64,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self {
+            waker: AtomicWaker::new(),
+            flags: AtomicU8::new(0),
+            cause: AtomicU8::new(0),
+            due: AtomicU64::new(u64::MAX),
+        }
+    }
 }
 
 impl Control {
+    /// Sets `flag` and wakes the session; the flag stays set until the session takes it, so
+    /// a session that is not waiting right now (mid-re-home, say) hears it when it next does.
+    fn raise(&self, flag: u8) {
+        self.flags.fetch_or(flag, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
     fn migrate(&self, cause: MigrationCause) {
         self.cause.store(cause.code(), Ordering::Release);
-        // A permit is stored when the session is not waiting right now (mid-re-home, say).
-        self.notify.notify_one();
+        self.waker.wake();
     }
 
     fn kick(&self) {
-        self.kicked.store(true, Ordering::Release);
-        self.notify.notify_one();
+        self.raise(KICKED);
     }
+
+    /// Takes `flag` if it is set.
+    fn take(&self, flag: u8) -> bool {
+        self.flags.load(Ordering::Acquire) & flag != 0
+            && self.flags.fetch_and(!flag, Ordering::AcqRel) & flag != 0
+    }
+}
+
+/// What woke a session, as [`Registration::signalled`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Signal {
+    /// An operator's request.
+    Request(Request),
+    /// A client of the session's user started waiting for a slot.
+    WaiterArrived,
+    /// The idle deadline armed with [`Registration::arm_idle`] passed (give or take the
+    /// sweep's second): the session checks its own clock and ends or arms it again.
+    IdleDue,
 }
 
 /// One live logged-in session, as listed by [`SessionRegistry::list`].
@@ -119,9 +172,66 @@ impl Entry {
     }
 }
 
-#[derive(Default)]
 struct Inner {
     sessions: Mutex<HashMap<u64, Entry>>,
+    /// The clock of the idle deadlines.
+    epoch: Instant,
+    /// The sweep that raises [`DUE`] runs (started with the first deadline armed).
+    sweeping: AtomicBool,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            sessions: Mutex::default(),
+            epoch: Instant::now(),
+            sweeping: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Inner {
+    /// `at` in milliseconds of the registry's clock.
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Starts the sweep once, on the current runtime (none: no idle deadline is enforced, and
+    /// the next arm tries again).
+    fn start_sweep(self: &Arc<Self>) {
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(sweep(Arc::downgrade(self)));
+            }
+            Err(_) => self.sweeping.store(false, Ordering::Release),
+        }
+    }
+}
+
+/// Once a second, wakes the sessions whose idle deadline passed: one timer for the whole
+/// proxy instead of one per session (a timer entry and a 100-byte allocation each). Ends
+/// with the registry.
+async fn sweep(inner: Weak<Inner>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let now = inner.millis(Instant::now());
+        for e in lock(&inner.sessions).values() {
+            let c = &e.control;
+            if c.due.load(Ordering::Relaxed) <= now {
+                // Raised once: the session arms its next deadline itself.
+                c.due.store(u64::MAX, Ordering::Relaxed);
+                c.raise(DUE);
+            }
+        }
+    }
 }
 
 /// The proxy's live logged-in sessions. Cheap to clone; clones share the sessions.
@@ -223,6 +333,16 @@ impl SessionRegistry {
         n
     }
 
+    /// Tells every live session of `user` (lower-cased) that a client of the user started
+    /// waiting for one of its slots: a session quiet between commands may then park.
+    pub(crate) fn waiter_arrived(&self, user: &str) {
+        for e in lock(&self.inner.sessions).values() {
+            if *e.user == *user {
+                e.control.raise(WAITER);
+            }
+        }
+    }
+
     /// Ends session `id`. False when there is no such session.
     pub fn kick(&self, id: u64) -> bool {
         match lock(&self.inner.sessions).get(&id) {
@@ -247,29 +367,18 @@ impl Registration {
     /// Whether an operator ended the session.
     #[must_use]
     pub fn kicked(&self) -> bool {
-        self.control.kicked.load(Ordering::Acquire)
+        self.control.flags.load(Ordering::Acquire) & KICKED != 0
     }
 
     /// Resolves when an operator asks something of the session: at once, and every time
     /// after, once it was kicked; once per move asked, with why. With `moves` false only a
-    /// kick is reported, and a move asked meanwhile stays asked for a later call (one
-    /// future for both, so that a session that waits on either holds one).
+    /// kick is reported, and a move asked meanwhile stays asked for a later call. One waiter
+    /// at a time: a session waits on its registration from one place.
     pub async fn requested(&self, moves: bool) -> Request {
         loop {
-            let notified = self.control.notify.notified();
-            let mut notified = std::pin::pin!(notified);
-            // Listening before looking: a request made in between is not missed.
-            notified.as_mut().enable();
-            if self.kicked() {
-                return Request::End;
+            if let Signal::Request(request) = self.signalled(moves, false).await {
+                return request;
             }
-            if moves
-                && let Some(cause) =
-                    MigrationCause::from_code(self.control.cause.swap(0, Ordering::AcqRel))
-            {
-                return Request::Move(cause);
-            }
-            notified.await;
         }
     }
 
@@ -277,6 +386,47 @@ impl Registration {
     /// [`Registration::requested`]).
     pub async fn ended(&self) {
         self.requested(false).await;
+    }
+
+    /// Resolves with the next thing that reached the session from outside: a kick (at once,
+    /// and every time after), a move (with `moves`; otherwise it stays asked), a waiting
+    /// client of its user, its idle deadline (with `timers`; otherwise they stay raised).
+    /// Small (a reference and two flags), unlike a `Notified` per cause.
+    pub(crate) fn signalled(
+        &self,
+        moves: bool,
+        timers: bool,
+    ) -> impl Future<Output = Signal> + Send + '_ {
+        let c = &*self.control;
+        std::future::poll_fn(move |cx| {
+            // Listening before looking: what is raised in between is not missed.
+            c.waker.register(cx.waker());
+            if c.flags.load(Ordering::Acquire) & KICKED != 0 {
+                return Poll::Ready(Signal::Request(Request::End));
+            }
+            if moves
+                && let Some(cause) = MigrationCause::from_code(c.cause.swap(0, Ordering::AcqRel))
+            {
+                return Poll::Ready(Signal::Request(Request::Move(cause)));
+            }
+            if timers {
+                if c.take(DUE) {
+                    return Poll::Ready(Signal::IdleDue);
+                }
+                if c.take(WAITER) {
+                    return Poll::Ready(Signal::WaiterArrived);
+                }
+            }
+            Poll::Pending
+        })
+    }
+
+    /// Wakes the session with [`Signal::IdleDue`] once `deadline` passed (checked by the
+    /// registry's sweep, once a second), replacing any deadline armed before.
+    pub(crate) fn arm_idle(&self, deadline: Instant) {
+        let ms = self.registry.millis(deadline);
+        self.control.due.store(ms, Ordering::Relaxed);
+        self.registry.start_sweep();
     }
 
     /// The session now runs on `backend` (after a move).
@@ -417,6 +567,66 @@ mod tests {
         drop(b);
         assert!(!reg.kick(2));
         assert_eq!(reg.count(), 0);
+    }
+
+    /// What `signalled` reports within `within` (paused time advances on its own).
+    async fn signalled_within(r: &Registration, timers: bool, within: Duration) -> Option<Signal> {
+        tokio::time::timeout(within, r.signalled(true, timers))
+            .await
+            .ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_clients_and_idle_deadlines_are_heard_once_each() {
+        let reg = SessionRegistry::new();
+        let a = reg.register(1, "Alice", addr(), &BackendId::new("mail1"));
+        let b = reg.register(2, "bob", addr(), &BackendId::new("mail1"));
+        let soon = Duration::from_millis(20);
+        reg.waiter_arrived("alice");
+        assert_eq!(
+            signalled_within(&a, true, soon).await,
+            Some(Signal::WaiterArrived)
+        );
+        assert_eq!(signalled_within(&a, true, soon).await, None, "taken");
+        assert_eq!(signalled_within(&b, true, soon).await, None, "another user");
+        // Without timers it is not reported, and stays raised for a later wait.
+        reg.waiter_arrived("alice");
+        assert_eq!(signalled_within(&a, false, soon).await, None);
+        assert_eq!(
+            signalled_within(&a, true, soon).await,
+            Some(Signal::WaiterArrived)
+        );
+
+        // The sweep wakes a session once its deadline passed, within its second, and once.
+        let start = Instant::now();
+        a.arm_idle(start + Duration::from_secs(5));
+        b.arm_idle(start + Duration::from_secs(60));
+        let heard = signalled_within(&a, true, Duration::from_secs(10)).await;
+        let waited = start.elapsed();
+        assert_eq!(heard, Some(Signal::IdleDue));
+        assert!(waited >= Duration::from_secs(5), "{waited:?}");
+        assert!(waited <= Duration::from_secs(5) + SWEEP_EVERY, "{waited:?}");
+        assert_eq!(
+            signalled_within(&a, true, Duration::from_secs(5)).await,
+            None
+        );
+        assert_eq!(signalled_within(&b, true, soon).await, None, "not due yet");
+        // Armed again: heard again.
+        a.arm_idle(Instant::now());
+        assert_eq!(
+            signalled_within(&a, true, Duration::from_secs(2)).await,
+            Some(Signal::IdleDue)
+        );
+        // A kick comes first, and is heard every time.
+        b.arm_idle(Instant::now());
+        reg.waiter_arrived("bob");
+        assert!(reg.kick(2));
+        for _ in 0..2 {
+            assert_eq!(
+                signalled_within(&b, true, soon).await,
+                Some(Signal::Request(Request::End))
+            );
+        }
     }
 
     #[test]

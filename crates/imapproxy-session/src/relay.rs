@@ -30,9 +30,10 @@ use std::time::Duration;
 use imapproxy_codec::Tag;
 use imapproxy_codec::capability::filter_capabilities;
 use imapproxy_codec::framer::{CommandName, Direction, Frame, FrameKind, Framer, UntaggedKind};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::command_metrics::{CommandMetrics, Delivering};
+use crate::registry::Registration;
 use crate::state::{Condition, SessionState};
 use crate::stream::ReadReady;
 
@@ -111,11 +112,12 @@ pub(crate) struct ResponsePolicy {
 }
 
 /// What outlives one backend connection of a logged-in session: the client direction, the
-/// session's state, the idle timer. A session re-homed onto another backend keeps its `Link`
+/// session's state, its idle timeout. A session re-homed onto another backend keeps its `Link`
 /// and gets a new [`Relay`].
 pub(crate) struct Link {
     up: Pump,
-    idle: Pin<Box<Sleep>>,
+    /// The authenticated idle timeout (the linger once the client closed its side); its
+    /// deadline is watched by the registry's sweep (see [`Relay::idle_expired`]).
     idle_timeout: Duration,
     last_client: Instant,
     facts: SessionFacts,
@@ -143,7 +145,6 @@ impl Link {
     ) -> Self {
         let mut link = Self {
             up: Pump::new(Direction::Client),
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
             idle_timeout,
             last_client: Instant::now(),
             facts: SessionFacts::default(),
@@ -184,6 +185,11 @@ impl Link {
         facts.mid_command = !self.up.at_boundary() || !self.up.drained();
         facts.mid_response = !down_idle;
         facts
+    }
+
+    /// When the session times out unless the client is heard from again.
+    pub(crate) fn idle_deadline(&self) -> Instant {
+        self.last_client + self.idle_timeout
     }
 
     /// The session's state.
@@ -256,12 +262,15 @@ impl Link {
     }
 }
 
-/// The relay of one logged-in session over one backend connection: both directions plus the
-/// authenticated idle timeout.
+/// The relay of one logged-in session over one backend connection: both directions. The
+/// authenticated idle timeout is its caller's, woken by the registry (see
+/// [`Relay::idle_expired`]).
 pub(crate) struct Relay<'a, C, B> {
     client: &'a mut C,
     backend: &'a mut B,
     link: &'a mut Link,
+    /// Where the idle deadline is armed (shortened to the linger when the client closes).
+    registration: &'a Registration,
     down: Pump,
     backend_bye: bool,
     policy: &'a ResponsePolicy,
@@ -277,6 +286,7 @@ impl<'a, C: ReadReady, B: ReadReady> Relay<'a, C, B> {
         client: &'a mut C,
         backend: &'a mut B,
         link: &'a mut Link,
+        registration: &'a Registration,
         backend_leftover: Vec<u8>,
         policy: &'a ResponsePolicy,
         metrics: &'a CommandMetrics,
@@ -304,10 +314,12 @@ impl<'a, C: ReadReady, B: ReadReady> Relay<'a, C, B> {
                 bytes_down: &mut facts.bytes_down,
             });
         }
+        registration.arm_idle(link.idle_deadline());
         Self {
             client,
             backend,
             link,
+            registration,
             down,
             backend_bye,
             policy,
@@ -350,6 +362,24 @@ impl<'a, C: ReadReady, B: ReadReady> Relay<'a, C, B> {
     /// When the client was last heard from.
     pub(crate) fn last_client(&self) -> Instant {
         self.link.last_client
+    }
+
+    /// After the registry's [`Signal::IdleDue`](crate::registry::Signal::IdleDue): how the
+    /// relay ends when the client was silent for the idle timeout (the linger, once it closed
+    /// its side). Otherwise (the client was heard from since the deadline was armed) the next
+    /// deadline is armed, and `None`: the timer moves only when it fires early, cheaper than
+    /// moving it on every read.
+    pub(crate) fn idle_expired(&self) -> Option<RelayEnd> {
+        let deadline = self.link.idle_deadline();
+        if deadline <= Instant::now() {
+            return Some(if self.link.client_eof {
+                RelayEnd::ClientClosed
+            } else {
+                RelayEnd::IdleTimeout
+            });
+        }
+        self.registration.arm_idle(deadline);
+        None
     }
 
     /// Whether the session is where it can move: nothing half-sent either way, and nothing
@@ -479,6 +509,7 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
             client,
             backend,
             link,
+            registration,
             down,
             backend_bye,
             policy,
@@ -487,7 +518,6 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
         } = this;
         let Link {
             up,
-            idle,
             idle_timeout,
             last_client,
             facts,
@@ -549,7 +579,7 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
                         *client_eof = true;
                         *last_client = Instant::now();
                         *idle_timeout = EOF_LINGER;
-                        idle.as_mut().reset(Instant::now() + EOF_LINGER);
+                        registration.arm_idle(*last_client + EOF_LINGER);
                     }
                     Poll::Ready(Err(Side::Src(e))) => {
                         return Poll::Ready(RelayEnd::ClientError(e));
@@ -564,8 +594,8 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
                 return Poll::Ready(RelayEnd::ClientClosed);
             }
             if client_active {
-                // Cheaper than resetting the timer on every read: the timer is only moved
-                // when it fires early.
+                // Cheaper than moving the deadline on every read: it is only moved when it
+                // fires early (see `idle_expired`).
                 *last_client = Instant::now();
             }
             // RFC 9051 §6.1.3: answer LOGOUT once every earlier command has its answer.
@@ -577,25 +607,6 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
         }
         if this.link.migrate && this.movable() {
             return Poll::Ready(RelayEnd::Migrate);
-        }
-        let Link {
-            idle,
-            idle_timeout,
-            last_client,
-            client_eof,
-            ..
-        } = &mut *this.link;
-
-        while idle.as_mut().poll(cx).is_ready() {
-            let deadline = *last_client + *idle_timeout;
-            if deadline <= Instant::now() {
-                return Poll::Ready(if *client_eof {
-                    RelayEnd::ClientClosed
-                } else {
-                    RelayEnd::IdleTimeout
-                });
-            }
-            idle.as_mut().reset(deadline);
         }
         Poll::Pending
     }

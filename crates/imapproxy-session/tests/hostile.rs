@@ -181,3 +181,54 @@ async fn trickling_bytes_does_not_extend_the_command_deadline() {
         started.elapsed()
     );
 }
+
+/// The authenticated idle timeout (`auth_timeout`): a logged-in client silent for that long,
+/// in `IDLE` or between commands, is told `* BYE` and closed, not before; one that keeps
+/// talking is not. The proxy watches every session's deadline from one sweep a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_logged_in_client_is_logged_out_after_the_idle_timeout() {
+    let timeout = Duration::from_secs(2);
+    let settings = SessionSettings {
+        auth_timeout: timeout,
+        ..SessionSettings::default()
+    };
+    let proxy = start_proxy_with(&[dovecot().imap_addr()], settings).await;
+    let (user, pass) = dovecot().user(9);
+    let mut talking = TestClient::connect(proxy.plain).await.unwrap();
+    assert!(talking.login(&user, &pass).await.unwrap().tagged_ok());
+    let mut idling = TestClient::connect(proxy.plain).await.unwrap();
+    assert!(idling.login(&user, &pass).await.unwrap().tagged_ok());
+    assert!(idling.cmd("s", "SELECT INBOX").await.unwrap().tagged_ok());
+    idling.send_raw(b"i IDLE\r\n").await.unwrap();
+    assert!(idling.read_line().await.unwrap().starts_with(b"+"));
+    let idle_from = std::time::Instant::now();
+    let mut silent = TestClient::connect(proxy.plain).await.unwrap();
+    let silent_from = std::time::Instant::now();
+    assert!(silent.login(&user, &pass).await.unwrap().tagged_ok());
+
+    // Talking past twice the timeout keeps a session, meanwhile.
+    let talker = tokio::spawn(async move {
+        for i in 0..8 {
+            tokio::time::sleep(timeout / 4).await;
+            let r = talking.cmd(&format!("n{i}"), "NOOP").await.unwrap();
+            assert!(r.tagged_ok(), "{}", r.text());
+        }
+        talking
+    });
+    for (c, from) in [(&mut silent, silent_from), (&mut idling, idle_from)] {
+        c.set_timeout(Duration::from_secs(10));
+        let bye = String::from_utf8_lossy(&c.read_line().await.unwrap()).into_owned();
+        // After its deadline, not before; within the sweep's second and scheduling slack.
+        let waited = from.elapsed();
+        assert!(bye.starts_with("* BYE"), "{bye}");
+        assert!(waited >= timeout, "BYE after {waited:?}");
+        assert!(
+            waited < timeout * 2 + Duration::from_secs(1),
+            "BYE after {waited:?}"
+        );
+        assert!(c.expect_eof(Duration::from_secs(3)).await);
+    }
+    let mut talking = talker.await.unwrap();
+    let r = talking.cmd("last", "NOOP").await.unwrap();
+    assert!(r.tagged_ok(), "{}", r.text());
+}

@@ -32,7 +32,8 @@ struct LoginFor<'a> {
 enum Plan {
     Reuse(Box<Idle>),
     New(UserSlot, Option<Box<Lease>>),
-    Wait(u64, oneshot::Receiver<Grant>),
+    /// The waiter's id, its grant, and whether it is the first of the user's queue.
+    Wait(u64, oneshot::Receiver<Grant>, bool),
 }
 
 impl SessionPool {
@@ -144,8 +145,12 @@ impl SessionPool {
                     };
                     return self.login(backend, &be, slot, digest, who).await;
                 }
-                Plan::Wait(id, rx) => {
+                Plan::Wait(id, rx, first) => {
                     Counters::bump(&counters.waits);
+                    if first {
+                        // Outside the users lock: sessions of the user may now park.
+                        self.inner.waiter_arrived(&user);
+                    }
                     match tokio::time::timeout(settings.wait_timeout, rx).await {
                         Ok(Ok(Grant::Session(idle))) => plan = Plan::Reuse(idle),
                         Ok(Ok(Grant::Slot(slot))) => plan = Plan::New(slot, None),
@@ -191,14 +196,14 @@ impl SessionPool {
         } else {
             let (tx, rx) = oneshot::channel();
             let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
+            let first = state.waiters.is_empty();
             state.waiters.push_back(Waiter {
                 id,
                 backend: Arc::clone(backend),
                 digest,
                 tx,
             });
-            state.waiter_arrived.notify_waiters();
-            Plan::Wait(id, rx)
+            Plan::Wait(id, rx, first)
         }
     }
 

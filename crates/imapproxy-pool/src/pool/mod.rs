@@ -55,6 +55,21 @@ struct Inner {
     counters: Counters,
     /// Places per user shared with other proxies, if any.
     shared_cap: Mutex<Option<Arc<dyn SharedUserCap>>>,
+    /// Told the user's key when a client of the user starts a queue (see
+    /// [`SessionPool::on_waiter`]).
+    waiter_hook: Mutex<Option<WaiterHook>>,
+}
+
+/// See [`SessionPool::on_waiter`].
+type WaiterHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+impl Inner {
+    fn waiter_arrived(&self, user: &str) {
+        let hook = lock(&self.waiter_hook).clone();
+        if let Some(hook) = hook {
+            hook(user);
+        }
+    }
 }
 
 /// Backend sessions shared by many clients: see the crate docs.
@@ -87,6 +102,7 @@ impl SessionPool {
                 next_waiter: AtomicU64::new(1),
                 counters: Counters::default(),
                 shared_cap: Mutex::new(None),
+                waiter_hook: Mutex::new(None),
             }),
         })
     }
@@ -186,19 +202,14 @@ impl SessionPool {
             .is_some_and(|s| !s.waiters.is_empty())
     }
 
-    /// What tells the sessions of `user` (compared case-insensitively) that a client of the
-    /// user started waiting for a slot (`Notify::notify_waiters`: only futures already
-    /// waiting, or [enabled](tokio::sync::futures::Notified::enable), hear it). `None` when
-    /// the pool holds nothing of the user. A session that holds one of the user's slots keeps
-    /// the user known, and with it the same signal.
-    ///
-    /// With it, a session that could park sleeps until someone waits instead of checking
-    /// [`SessionPool::has_waiters`] on a timer: idle sessions cost no wake-ups.
-    pub fn waiter_signal(&self, user: &str) -> Option<Arc<tokio::sync::Notify>> {
-        let key = user.to_lowercase();
-        lock(&self.inner.users)
-            .get(key.as_str())
-            .map(|s| Arc::clone(&s.waiter_arrived))
+    /// Calls `hook` with the user's key (lower-cased) when a client of that user starts
+    /// waiting for one of the user's `max_per_user` slots and nobody of the user waited
+    /// before (the queue's first; [`SessionPool::has_waiters`] stays true for as long as
+    /// anyone waits). With it, sessions that could park sleep until someone waits instead of
+    /// checking [`SessionPool::has_waiters`] on a timer: idle sessions cost no wake-ups.
+    /// Called outside the pool's locks; replaces any hook set before.
+    pub fn on_waiter(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        *lock(&self.inner.waiter_hook) = Some(Arc::new(hook));
     }
 }
 

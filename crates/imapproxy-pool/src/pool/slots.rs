@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 use super::Inner;
 use super::cache::Idle;
@@ -34,9 +34,6 @@ pub(super) struct UserState {
     pub(super) slots: usize,
     pub(super) idle: Vec<Idle>,
     pub(super) waiters: VecDeque<Waiter>,
-    /// Told when a client starts waiting: sessions of this user that could park wait on it
-    /// rather than checking on a timer.
-    pub(super) waiter_arrived: Arc<Notify>,
 }
 
 /// One of a user's `max_per_user` slots. Dropping it hands the slot to the first waiter or

@@ -5,7 +5,7 @@ use super::*;
 
 use std::time::Duration;
 
-use crate::registry::{MigrationCause, Request};
+use crate::registry::{MigrationCause, Request, Signal};
 use crate::relay::{Link, SessionFacts};
 use crate::state::Condition;
 use rehome::{Cause, Homed};
@@ -14,10 +14,6 @@ const BYE_KICKED: &[u8] =
     b"* BYE [UNAVAILABLE] Session ended by the administrator, please reconnect.\r\n";
 const BYE_SHUTDOWN: &[u8] = b"* BYE [UNAVAILABLE] Server shutting down.\r\n";
 const BYE_UNAVAILABLE: &[u8] = b"* BYE [UNAVAILABLE] Server unavailable, please reconnect.\r\n";
-
-/// The signal of sessions that cannot park (parking off): nobody ever sends it.
-static NEVER: std::sync::LazyLock<Arc<tokio::sync::Notify>> =
-    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Notify::new()));
 
 impl Session {
     /// Takes the login boxed and moves its parts out in a block: this future's state then
@@ -63,23 +59,13 @@ impl Session {
                 return Ok(());
             };
             let mut asked: Option<MigrationCause> = None;
-            // Parking: the session sleeps on its user's signal (a client started waiting for
-            // a slot), not on a timer, so an idle session costs no wake-ups. Only once someone
-            // waits does a timer run, until the session has been quiet for `park_after`.
-            let signal = self
-                .proxy
-                .settings
-                .park_after
-                .and_then(|_| self.proxy.pool.waiter_signal(&live.homed.user_key))
-                .unwrap_or_else(|| Arc::clone(&NEVER));
-            let mut waiter_arrived = std::pin::pin!(signal.notified());
-            // Enabled: a client that starts waiting from here on is heard even before this
-            // future is first polled, and while the timer below runs.
-            waiter_arrived.as_mut().enable();
+            // Parking: the session learns from its registration that a client of its user
+            // started waiting for a slot (no timer while nobody waits, so an idle session
+            // costs no wake-ups). Only once someone waits does a timer run, until the session
+            // has been quiet for `park_after`.
+            let parking = self.proxy.settings.park_after;
             let mut park_check: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-            if self.proxy.settings.park_after.is_some()
-                && self.proxy.pool.has_waiters(&live.homed.user_key)
-            {
+            if parking.is_some() && self.proxy.pool.has_waiters(&live.homed.user_key) {
                 // Someone already waits (a re-home, say): look at once.
                 park_check = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
             }
@@ -88,6 +74,7 @@ impl Session {
                     &mut self.stream,
                     session.conn().stream_mut(),
                     &mut live.link,
+                    &live.registration,
                     std::mem::take(&mut live.leftover),
                     &self.proxy.policy,
                     &self.proxy.command_metrics,
@@ -96,21 +83,27 @@ impl Session {
                     tokio::select! {
                         end = &mut relay => break Some(end),
                         _ = self.shutdown.cancelled() => break None,
-                        // While a move is under way a later one stays asked, for the next
-                        // relay (a drain asked while a move picks its backend is not lost).
-                        request = live.registration.requested(asked.is_none()) => match request {
-                            Request::End => break None,
-                            Request::Move(cause) => {
+                        // One small future for everything from outside. While a move is under
+                        // way a later one stays asked, for the next relay (a drain asked while
+                        // a move picks its backend is not lost).
+                        signal = live.registration.signalled(asked.is_none(), true) => match signal {
+                            Signal::Request(Request::End) => break None,
+                            Signal::Request(Request::Move(cause)) => {
                                 asked = Some(cause);
                                 relay.request_migration();
                             }
+                            Signal::IdleDue => {
+                                if let Some(end) = relay.idle_expired() {
+                                    break Some(end);
+                                }
+                            }
+                            // A client of this user started waiting: check from now on.
+                            Signal::WaiterArrived => {
+                                if parking.is_some() && park_check.is_none() {
+                                    park_check = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
+                                }
+                            }
                         },
-                        // A client of this user started waiting: check from now on.
-                        () = &mut waiter_arrived, if park_check.is_none() => {
-                            waiter_arrived.set(signal.notified());
-                            waiter_arrived.as_mut().enable();
-                            park_check = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
-                        }
                         // Parking: give the backend session to a waiting client of this user
                         // while this one is quiet between commands.
                         _ = async {
@@ -119,7 +112,7 @@ impl Session {
                                 None => std::future::pending().await,
                             }
                         }, if park_check.is_some() => {
-                            let quiet = self.proxy.settings.park_after.unwrap_or_default();
+                            let quiet = parking.unwrap_or_default();
                             if !self.proxy.pool.has_waiters(&live.homed.user_key) {
                                 // Nobody waits (any more): back to the signal, no timer.
                                 park_check = None;

@@ -109,6 +109,11 @@ impl Proxy {
                 || (cap.len() >= 9 && cap[..9].eq_ignore_ascii_case(b"COMPRESS="))
                 || extra.iter().any(|e| e.eq_ignore_ascii_case(cap))
         });
+        let sessions = SessionRegistry::new();
+        // Sessions that could park hear of a waiting client of their user through the
+        // registry (one small future per session for everything from outside).
+        let registry = sessions.clone();
+        pool.on_waiter(move |user| registry.waiter_arrived(user));
         let throttle = Throttle::new(settings.limits.throttle.clone());
         let limits = Arc::new(ConnectionLimits::new(settings.limits.connections.clone()));
         Ok(Self {
@@ -122,7 +127,7 @@ impl Proxy {
             command_metrics: CommandMetrics::default(),
             pool,
             next_id: AtomicU64::new(1),
-            sessions: SessionRegistry::new(),
+            sessions,
             overrides: Overrides::new(),
             rehomes: tokio::sync::Semaphore::new(settings.max_concurrent_rehomes.max(1)),
             settings,
