@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::task::AtomicWaker;
 use imapproxy_route::BackendId;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::sync::lock;
 
@@ -65,19 +66,21 @@ const KICKED: u8 = 1;
 const WAITER: u8 = 2;
 /// The session's idle deadline passed, as the registry's sweep saw it.
 const DUE: u8 = 4;
+/// The proxy is shutting down (the session's shutdown token was cancelled).
+const SHUTDOWN: u8 = 8;
 
 /// How often the registry looks for sessions past their idle deadline: the precision of the
 /// authenticated idle timeout (RFC 9051 §5.4 asks for at least 30 minutes).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// What reaches one session from outside (an operator's kick or move, a waiting client of its
-/// user, its idle deadline), shared by its entry and its [`Registration`]. One allocation per
+/// What reaches one session from outside (an operator's kick or move, the proxy's shutdown, a
+/// waiting client of its user, its idle deadline), shared by its entry and its [`Registration`]. One allocation per
 /// session, and the session waits on all of it with one waker instead of a future per cause:
 /// what an idle session holds is what every idle session costs.
 #[derive(Debug)]
 struct Control {
     waker: AtomicWaker,
-    /// [`KICKED`], [`WAITER`], [`DUE`].
+    /// [`KICKED`], [`WAITER`], [`DUE`], [`SHUTDOWN`].
     flags: AtomicU8,
     /// A [`MigrationCause`] code, 0 when none is pending.
     cause: AtomicU8,
@@ -113,6 +116,17 @@ impl Control {
         self.raise(KICKED);
     }
 
+    /// A kick (every time once kicked), else a move asked (taken; with `moves` only).
+    fn request(&self, moves: bool) -> Option<Request> {
+        if self.flags.load(Ordering::Acquire) & KICKED != 0 {
+            return Some(Request::End);
+        }
+        if !moves {
+            return None;
+        }
+        MigrationCause::from_code(self.cause.swap(0, Ordering::AcqRel)).map(Request::Move)
+    }
+
     /// Takes `flag` if it is set.
     fn take(&self, flag: u8) -> bool {
         self.flags.load(Ordering::Acquire) & flag != 0
@@ -125,6 +139,8 @@ impl Control {
 pub(crate) enum Signal {
     /// An operator's request.
     Request(Request),
+    /// The proxy is shutting down: the session says `BYE`.
+    Shutdown,
     /// A client of the session's user started waiting for a slot.
     WaiterArrived,
     /// The idle deadline armed with [`Registration::arm_idle`] passed (give or take the
@@ -151,13 +167,15 @@ pub struct SessionInfo {
 /// What the registry keeps of a session; its [`SessionInfo`] is made when asked for. Kept
 /// small: the map holds one per live session, and up to twice as many slots.
 struct Entry {
-    /// Lower-cased.
-    user: Box<str>,
+    /// Lower-cased; shared with the session (and the pool's slots of the user).
+    user: Arc<str>,
     client: SocketAddr,
     /// Shared with the backend's other sessions.
     backend: BackendId,
     since: SystemTime,
     control: Arc<Control>,
+    /// What tells the session the proxy is shutting down, watched by the sweep.
+    shutdown: Option<CancellationToken>,
 }
 
 impl Entry {
@@ -211,8 +229,9 @@ impl Inner {
     }
 }
 
-/// Once a second, wakes the sessions whose idle deadline passed: one timer for the whole
-/// proxy instead of one per session (a timer entry and a 100-byte allocation each). Ends
+/// Once a second, wakes the sessions whose idle deadline passed or whose shutdown token was
+/// cancelled: one timer for the whole proxy instead of a timer and a cancellation future in
+/// every session (a timer entry, a 100-byte allocation and 72 bytes of future each). Ends
 /// with the registry.
 async fn sweep(inner: Weak<Inner>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
@@ -223,8 +242,20 @@ async fn sweep(inner: Weak<Inner>) {
             return;
         };
         let now = inner.millis(Instant::now());
+        // Sessions share their token, as a rule: it is read once per token met in a row.
+        let mut token: Option<(&CancellationToken, bool)> = None;
         for e in lock(&inner.sessions).values() {
             let c = &e.control;
+            if let Some(shutdown) = &e.shutdown {
+                let cancelled = match token {
+                    Some((t, cancelled)) if t == shutdown => cancelled,
+                    _ => shutdown.is_cancelled(),
+                };
+                token = Some((shutdown, cancelled));
+                if cancelled && c.flags.load(Ordering::Relaxed) & SHUTDOWN == 0 {
+                    c.raise(SHUTDOWN);
+                }
+            }
             if c.due.load(Ordering::Relaxed) <= now {
                 // Raised once: the session arms its next deadline itself.
                 c.due.store(u64::MAX, Ordering::Relaxed);
@@ -264,13 +295,28 @@ impl SessionRegistry {
         client: SocketAddr,
         backend: &BackendId,
     ) -> Registration {
+        self.register_until(id, Arc::from(user.to_lowercase()), client, backend, None)
+    }
+
+    /// [`SessionRegistry::register`] of a `user` already lower-cased (shared with the
+    /// session), and the session hears [`Signal::Shutdown`] (within the sweep's second) once
+    /// `shutdown` is cancelled.
+    pub(crate) fn register_until(
+        &self,
+        id: u64,
+        user: Arc<str>,
+        client: SocketAddr,
+        backend: &BackendId,
+        shutdown: Option<&CancellationToken>,
+    ) -> Registration {
         let control = Arc::new(Control::default());
         let entry = Entry {
-            user: user.to_lowercase().into_boxed_str(),
+            user,
             client,
             backend: backend.clone(),
             since: SystemTime::now(),
             control: Arc::clone(&control),
+            shutdown: shutdown.cloned(),
         };
         lock(&self.inner.sessions).insert(id, entry);
         Registration {
@@ -375,11 +421,16 @@ impl Registration {
     /// kick is reported, and a move asked meanwhile stays asked for a later call. One waiter
     /// at a time: a session waits on its registration from one place.
     pub async fn requested(&self, moves: bool) -> Request {
-        loop {
-            if let Signal::Request(request) = self.signalled(moves, false).await {
-                return request;
+        let c = &*self.control;
+        std::future::poll_fn(|cx| {
+            // Listening before looking: what is raised in between is not missed.
+            c.waker.register(cx.waker());
+            match c.request(moves) {
+                Some(request) => Poll::Ready(request),
+                None => Poll::Pending,
             }
-        }
+        })
+        .await
     }
 
     /// Resolves once an operator ended the session (move requests are left for
@@ -388,8 +439,8 @@ impl Registration {
         self.requested(false).await;
     }
 
-    /// Resolves with the next thing that reached the session from outside: a kick (at once,
-    /// and every time after), a move (with `moves`; otherwise it stays asked), a waiting
+    /// Resolves with the next thing that reached the session from outside: a kick or the
+    /// proxy's shutdown (at once, and every time after), a move (with `moves`; otherwise it stays asked), a waiting
     /// client of its user, its idle deadline (with `timers`; otherwise they stay raised).
     /// Small (a reference and two flags), unlike a `Notified` per cause.
     pub(crate) fn signalled(
@@ -401,13 +452,11 @@ impl Registration {
         std::future::poll_fn(move |cx| {
             // Listening before looking: what is raised in between is not missed.
             c.waker.register(cx.waker());
-            if c.flags.load(Ordering::Acquire) & KICKED != 0 {
-                return Poll::Ready(Signal::Request(Request::End));
+            if c.flags.load(Ordering::Acquire) & SHUTDOWN != 0 {
+                return Poll::Ready(Signal::Shutdown);
             }
-            if moves
-                && let Some(cause) = MigrationCause::from_code(c.cause.swap(0, Ordering::AcqRel))
-            {
-                return Poll::Ready(Signal::Request(Request::Move(cause)));
+            if let Some(request) = c.request(moves) {
+                return Poll::Ready(Signal::Request(request));
             }
             if timers {
                 if c.take(DUE) {
@@ -625,6 +674,48 @@ mod tests {
             assert_eq!(
                 signalled_within(&b, true, soon).await,
                 Some(Signal::Request(Request::End))
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_shutdown_token_reaches_its_sessions_within_a_sweep() {
+        let reg = SessionRegistry::new();
+        let stop = CancellationToken::new();
+        let other = CancellationToken::new();
+        let a = reg.register_until(1, Arc::from("a"), addr(), &BackendId::new("m"), Some(&stop));
+        let b = reg.register_until(
+            2,
+            Arc::from("b"),
+            addr(),
+            &BackendId::new("m"),
+            Some(&other),
+        );
+        let c = reg.register(3, "c", addr(), &BackendId::new("m"));
+        // The sweep runs once a deadline is armed; none of these is due.
+        for r in [&a, &b, &c] {
+            r.arm_idle(Instant::now() + Duration::from_secs(3600));
+        }
+        stop.cancel();
+        let start = Instant::now();
+        let heard = signalled_within(&a, true, Duration::from_secs(5)).await;
+        assert_eq!(heard, Some(Signal::Shutdown));
+        assert!(start.elapsed() <= SWEEP_EVERY, "{:?}", start.elapsed());
+        // Heard every time after; not an operator's request (no spinning on it either).
+        assert_eq!(
+            signalled_within(&a, true, Duration::from_millis(20)).await,
+            Some(Signal::Shutdown)
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), a.requested(true))
+                .await
+                .is_err()
+        );
+        // Other tokens, and sessions without one, are not told.
+        for r in [&b, &c] {
+            assert_eq!(
+                signalled_within(r, true, Duration::from_secs(3)).await,
+                None
             );
         }
     }

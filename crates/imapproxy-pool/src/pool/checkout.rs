@@ -98,7 +98,7 @@ impl SessionPool {
         let (backend, be) = self.backend(name).ok_or_else(|| Error::UnknownBackend {
             name: name.to_owned(),
         })?;
-        let user: Arc<str> = Arc::from(creds.username.to_lowercase());
+        let user = self.inner.user_key(&creds.username);
         let digest = if sasl {
             self.inner.key.unmatchable(&creds.username)?
         } else {

@@ -76,6 +76,12 @@ impl PooledSession {
         self.reused
     }
 
+    /// The user it is logged in as, lower-cased: the key of the user's slots, shared by the
+    /// user's sessions.
+    pub fn user(&self) -> &Arc<str> {
+        &self.slot.user
+    }
+
     /// The backend's name.
     pub fn backend(&self) -> &str {
         &self.lease.backend

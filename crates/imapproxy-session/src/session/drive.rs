@@ -82,12 +82,11 @@ impl Session {
                 let end = loop {
                     tokio::select! {
                         end = &mut relay => break Some(end),
-                        _ = self.shutdown.cancelled() => break None,
                         // One small future for everything from outside. While a move is under
                         // way a later one stays asked, for the next relay (a drain asked while
                         // a move picks its backend is not lost).
                         signal = live.registration.signalled(asked.is_none(), true) => match signal {
-                            Signal::Request(Request::End) => break None,
+                            Signal::Request(Request::End) | Signal::Shutdown => break None,
                             Signal::Request(Request::Move(cause)) => {
                                 asked = Some(cause);
                                 relay.request_migration();

@@ -488,14 +488,23 @@ impl Session {
             .registry
             .state(backend_id)
             .map(|state| state.session_started());
-        let registration = self
-            .proxy
-            .sessions
-            .register(self.id, user_key, self.peer, backend_id);
+        // The pool's key for the user, shared by the user's sessions, when it is the same.
+        let user_key: Arc<str> = if **session.user() == *user_key {
+            Arc::clone(session.user())
+        } else {
+            Arc::from(user_key)
+        };
+        let registration = self.proxy.sessions.register_until(
+            self.id,
+            Arc::clone(&user_key),
+            self.peer,
+            backend_id,
+            Some(&self.shutdown),
+        );
         Ok(Next::LoggedIn(Box::new(LoggedIn {
             session,
             backend: backend_id.clone(),
-            user_key: user_key.to_owned(),
+            user_key,
             creds,
             pipelined: parser.take_remaining(),
             _guard: guard,

@@ -352,7 +352,7 @@ struct LoggedIn {
     session: PooledSession,
     /// The backend's name and the user (lower-cased), for moving the session later.
     backend: BackendId,
-    user_key: String,
+    user_key: Arc<str>,
     /// The client's credentials, kept (zeroized on drop) so that the session can log in on
     /// another backend when it moves; `None` after a relayed SASL login, which cannot be
     /// replayed.

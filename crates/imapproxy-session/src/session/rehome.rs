@@ -59,7 +59,7 @@ impl Cause {
 pub(super) struct Homed {
     pub(super) session: Option<PooledSession>,
     pub(super) backend: BackendId,
-    pub(super) user_key: String,
+    pub(super) user_key: Arc<str>,
     pub(super) creds: Option<Credentials>,
     pub(super) guard: Option<SessionGuard>,
 }
