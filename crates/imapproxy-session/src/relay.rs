@@ -48,6 +48,11 @@ use pump::{Action, BUF_SIZE, Observer, Pump, Side};
 /// How long the relay keeps delivering answers after the client closed its side.
 const EOF_LINGER: Duration = Duration::from_secs(5);
 
+/// `d` in whole milliseconds, at most `u32::MAX` (49 days).
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
 /// Why the relay stopped.
 #[derive(Debug)]
 pub(crate) enum RelayEnd {
@@ -74,12 +79,18 @@ pub(crate) enum RelayEnd {
     BackendError(io::Error),
 }
 
+/// What the relay counts over a session's life (kept by its [`Link`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    bytes_up: u64,
+    bytes_down: u64,
+    commands: u64,
+}
+
 /// What the relay counted and where each direction stands, for logging and for deciding reuse
 /// (the session's state proper is its [`SessionState`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct SessionFacts {
-    /// Commands sent and not yet answered.
-    pub outstanding: usize,
     /// Part of a client command was forwarded without its end.
     pub mid_command: bool,
     /// Part of a backend response was forwarded without its end: nothing may be written to
@@ -116,11 +127,13 @@ pub(crate) struct ResponsePolicy {
 /// and gets a new [`Relay`].
 pub(crate) struct Link {
     up: Pump,
-    /// The authenticated idle timeout (the linger once the client closed its side); its
-    /// deadline is watched by the registry's sweep (see [`Relay::idle_expired`]).
-    idle_timeout: Duration,
+    /// The authenticated idle timeout in milliseconds (the linger once the client closed its
+    /// side; beyond 49 days, 49 days): 4 bytes beside the flags rather than a `Duration`'s 16
+    /// of every idle session. Its deadline is watched by the registry's sweep (see
+    /// [`Relay::idle_expired`]).
+    idle_timeout_ms: u32,
     last_client: Instant,
-    facts: SessionFacts,
+    counts: Counts,
     state: SessionState,
     /// The client's `LOGOUT`, answered by the proxy once everything before it is answered.
     /// Boxed: a session keeps this slot for its whole life and needs it once.
@@ -145,9 +158,9 @@ impl Link {
     ) -> Self {
         let mut link = Self {
             up: Pump::new(Direction::Client),
-            idle_timeout,
+            idle_timeout_ms: millis(idle_timeout),
             last_client: Instant::now(),
-            facts: SessionFacts::default(),
+            counts: Counts::default(),
             state: SessionState::new(),
             logout: None,
             intercept_logout,
@@ -159,7 +172,7 @@ impl Link {
             // Commands pipelined behind LOGIN: tracked like any other (RFC 9051 §5.5).
             let Link {
                 up,
-                facts,
+                counts,
                 state,
                 logout,
                 ..
@@ -167,7 +180,7 @@ impl Link {
             up.buffer_mut().extend_from_slice(&client_leftover);
             up.scan(&mut Commands {
                 metrics: None,
-                facts,
+                counts,
                 state,
                 logout,
                 intercept_logout,
@@ -180,16 +193,18 @@ impl Link {
     /// What the relay learned so far. `down` is the backend direction of the relay that ran
     /// last (`None`: nothing of it is pending).
     fn facts_with(&self, down_idle: bool) -> SessionFacts {
-        let mut facts = self.facts;
-        facts.outstanding = self.state.outstanding();
-        facts.mid_command = !self.up.at_boundary() || !self.up.drained();
-        facts.mid_response = !down_idle;
-        facts
+        SessionFacts {
+            mid_command: !self.up.at_boundary() || !self.up.drained(),
+            mid_response: !down_idle,
+            bytes_up: self.counts.bytes_up,
+            bytes_down: self.counts.bytes_down,
+            commands: self.counts.commands,
+        }
     }
 
     /// When the session times out unless the client is heard from again.
     pub(crate) fn idle_deadline(&self) -> Instant {
-        self.last_client + self.idle_timeout
+        self.last_client + Duration::from_millis(self.idle_timeout_ms.into())
     }
 
     /// The session's state.
@@ -300,7 +315,7 @@ impl<'a, C: ReadReady, B: ReadReady> Relay<'a, C, B> {
                 up,
                 state,
                 swallow_continuation,
-                facts,
+                counts,
                 ..
             } = &mut *link;
             down.scan(&mut Responses {
@@ -311,7 +326,7 @@ impl<'a, C: ReadReady, B: ReadReady> Relay<'a, C, B> {
                 swallow_continuation,
                 backend_bye: &mut backend_bye,
                 delivering: &mut delivering,
-                bytes_down: &mut facts.bytes_down,
+                bytes_down: &mut counts.bytes_down,
             });
         }
         registration.arm_idle(link.idle_deadline());
@@ -518,9 +533,9 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
         } = this;
         let Link {
             up,
-            idle_timeout,
+            idle_timeout_ms,
             last_client,
-            facts,
+            counts,
             state,
             logout,
             intercept_logout,
@@ -542,7 +557,7 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
                     swallow_continuation,
                     backend_bye,
                     delivering,
-                    bytes_down: &mut facts.bytes_down,
+                    bytes_down: &mut counts.bytes_down,
                 },
             );
             match down_result {
@@ -564,7 +579,7 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
             if !*client_eof {
                 let mut commands = Commands {
                     metrics: Some(metrics),
-                    facts,
+                    counts,
                     state,
                     logout,
                     intercept_logout: *intercept_logout,
@@ -578,7 +593,7 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
                         // by FIN, say) still reach it if it only half-closed; wait a little.
                         *client_eof = true;
                         *last_client = Instant::now();
-                        *idle_timeout = EOF_LINGER;
+                        *idle_timeout_ms = millis(EOF_LINGER);
                         registration.arm_idle(*last_client + EOF_LINGER);
                     }
                     Poll::Ready(Err(Side::Src(e))) => {
@@ -616,7 +631,7 @@ impl<C: ReadReady, B: ReadReady> Future for Relay<'_, C, B> {
 struct Commands<'l> {
     /// For the bytes relayed (`None` while only framing what came with the login).
     metrics: Option<&'l CommandMetrics>,
-    facts: &'l mut SessionFacts,
+    counts: &'l mut Counts,
     state: &'l mut SessionState,
     logout: &'l mut Option<Box<Tag>>,
     intercept_logout: bool,
@@ -629,7 +644,7 @@ impl Observer for Commands<'_> {
         let FrameKind::Command(name) = frame.kind else {
             return Action::Forward;
         };
-        self.facts.commands += 1;
+        self.counts.commands += 1;
         // The proxy answers LOGOUT itself (once everything before it is answered) so that the
         // backend session can be reused; a desynchronised session cannot know when that is,
         // so its LOGOUT goes to the server.
@@ -654,7 +669,7 @@ impl Observer for Commands<'_> {
     }
 
     fn on_written(&mut self, n: usize) {
-        self.facts.bytes_up += n as u64;
+        self.counts.bytes_up += n as u64;
         if let Some(metrics) = self.metrics {
             metrics.relayed_to_backend(n);
         }

@@ -112,21 +112,25 @@ impl Desync {
     }
 }
 
-/// The selected mailbox (or the one being selected) as the server described it.
+/// The selected mailbox (or the one being selected) as the server described it. UIDVALIDITY,
+/// UIDNEXT and message counts are 32-bit numbers (RFC 9051 §9 `nz-number`, `number`): one the
+/// server sends beyond that is not kept (unknown, so the session cannot move rather than
+/// move on a wrong number), and every selected mailbox costs 80 bytes, not 112.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Mailbox {
     /// The `SELECT`/`EXAMINE` argument as the client sent it, when it was an atom or a
     /// quoted string on the command line.
     pub name: Option<Box<[u8]>>,
     pub read_only: bool,
-    pub uidvalidity: Option<u64>,
+    pub uidvalidity: Option<u32>,
     /// UIDNEXT when the mailbox was selected (the baseline of [`Mailbox::expunged`]).
-    pub uidnext: Option<u64>,
+    pub uidnext: Option<u32>,
+    /// A 63-bit mod-sequence (RFC 7162 §7).
     pub highest_modseq: Option<u64>,
     /// Messages the client knows of now: EXISTS as last said, less the EXPUNGEs since.
-    pub exists: Option<u64>,
+    pub exists: Option<u32>,
     /// EXISTS when the mailbox was selected.
-    pub exists_at_select: Option<u64>,
+    pub exists_at_select: Option<u32>,
     /// `* n EXPUNGE` responses the client received since the mailbox was selected.
     pub expunged: u64,
 }
@@ -139,7 +143,7 @@ impl Mailbox {
     /// the client has seen every removal, and the messages it does not know of yet all come
     /// after the ones it knows. A UID the server skipped counts as a removal: the proof then
     /// fails, which ends the session rather than risk wrong sequence numbers.
-    pub(crate) fn numbering_holds(&self, exists: u64, uidnext: u64) -> bool {
+    pub(crate) fn numbering_holds(&self, exists: u32, uidnext: u32) -> bool {
         let (Some(e0), Some(u0), Some(known)) = (self.exists_at_select, self.uidnext, self.exists)
         else {
             return false;
@@ -147,16 +151,55 @@ impl Mailbox {
         let Some(assigned) = uidnext.checked_sub(u0) else {
             return false;
         };
-        // Server-sent numbers: no arithmetic on them may overflow.
-        let removed = e0.checked_add(assigned).and_then(|t| t.checked_sub(exists));
+        // Server-sent numbers: no arithmetic on them may overflow (in 64 bits none can).
+        let removed = (u64::from(e0) + u64::from(assigned)).checked_sub(u64::from(exists));
         removed == Some(self.expunged) && exists >= known
+    }
+}
+
+/// The tag of a command in flight: inline up to 22 bytes (the tags clients send), boxed
+/// beyond, so that a command in flight (and the `IDLE` every waiting session keeps) takes 96
+/// bytes rather than the 136 of a [`Tag`]'s inline 64.
+#[derive(Clone, Debug)]
+pub(crate) enum PendingTag {
+    Inline {
+        len: u8,
+        bytes: [u8; PendingTag::INLINE],
+    },
+    Boxed(Box<[u8]>),
+}
+
+impl PendingTag {
+    const INLINE: usize = 22;
+
+    fn new(tag: &Tag) -> Self {
+        let t = tag.as_bytes();
+        match u8::try_from(t.len()) {
+            Ok(len) if t.len() <= Self::INLINE => {
+                let mut bytes = [0; Self::INLINE];
+                bytes[..t.len()].copy_from_slice(t);
+                Self::Inline { len, bytes }
+            }
+            _ => Self::Boxed(t.into()),
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or(bytes),
+            Self::Boxed(b) => b,
+        }
+    }
+
+    fn is(&self, tag: &Tag) -> bool {
+        self.as_bytes() == tag.as_bytes()
     }
 }
 
 /// A command sent and not answered yet.
 #[derive(Clone, Debug)]
 struct Pending {
-    tag: Tag,
+    tag: PendingTag,
     /// For its latency metrics.
     name: CommandName,
     timing: CommandTiming,
@@ -171,7 +214,7 @@ struct Pending {
 /// A command in flight when the backend connection was lost.
 #[derive(Debug)]
 pub(crate) struct InFlight {
-    pub tag: Tag,
+    pub tag: PendingTag,
     /// The command's bytes, when it is safe to send again and no byte of any response
     /// reached the client since it was sent.
     pub replay: Option<Box<[u8]>>,
@@ -182,7 +225,9 @@ pub(crate) struct InFlight {
 }
 
 /// Commands that may be sent twice without a different outcome (issue #9): reads, and
-/// `STORE` of absolute flag values.
+/// `STORE` of absolute flag values. `IDLE` is not among them: a re-home starts it again from
+/// its tag alone (see `InFlight::idle`), so its bytes are not kept by every session that
+/// waits in it.
 fn replay_safe(name: CommandName, message: &[u8]) -> bool {
     use CommandName as C;
     match name {
@@ -202,8 +247,7 @@ fn replay_safe(name: CommandName, message: &[u8]) -> bool {
         | C::Capability
         | C::Namespace
         | C::Select
-        | C::Examine
-        | C::Idle => true,
+        | C::Examine => true,
         // `tag [UID] STORE set FLAGS[.SILENT] (...)`: the data item is the fourth or fifth word.
         C::Store | C::UidStore => message
             .split(|&b| b == b' ')
@@ -356,7 +400,7 @@ impl SessionState {
             .filter(|m| m.len() <= MAX_REPLAY && frame.literals == 0 && replay_safe(name, m))
             .map(Box::<[u8]>::from);
         self.push_pending(Pending {
-            tag,
+            tag: PendingTag::new(&tag),
             name,
             timing: CommandTiming::received(at),
             effect,
@@ -388,7 +432,7 @@ impl SessionState {
 
     /// Whether a command with this tag is in flight.
     pub(crate) fn is_outstanding(&self, tag: &Tag) -> bool {
-        self.outstanding.iter().any(|p| p.tag == *tag)
+        self.outstanding.iter().any(|p| p.tag.is(tag))
     }
 
     /// A server response; `message` is the whole response when the relay held all of it.
@@ -495,7 +539,7 @@ impl SessionState {
     }
 
     /// Tracks a command sent. The first gets room for itself alone (a `VecDeque` would make
-    /// room for four, 544 bytes where an idle session in `IDLE` needs 136).
+    /// room for four, 384 bytes where an idle session in `IDLE` needs 96).
     fn push_pending(&mut self, pending: Pending) {
         if self.outstanding.capacity() == 0 {
             self.outstanding.reserve_exact(1);
@@ -504,7 +548,7 @@ impl SessionState {
     }
 
     /// The client's `IDLE` (with `tag`) goes on on a new connection.
-    pub(crate) fn idle_resumed(&mut self, tag: Tag) {
+    pub(crate) fn idle_resumed(&mut self, tag: PendingTag) {
         let mut timing = CommandTiming::received(Instant::now());
         timing.forwarded(Instant::now());
         self.push_pending(Pending {
@@ -525,7 +569,7 @@ impl SessionState {
     }
 
     /// The mailbox as a new connection selected it: from now on the baseline.
-    pub(crate) fn reselected(&mut self, exists: u64, uidnext: u64, highest_modseq: Option<u64>) {
+    pub(crate) fn reselected(&mut self, exists: u32, uidnext: u32, highest_modseq: Option<u64>) {
         if let Some(m) = self.selected.as_mut() {
             m.exists = Some(exists);
             m.exists_at_select = Some(exists);
@@ -562,7 +606,7 @@ impl SessionState {
         let Some(pending) = self
             .outstanding
             .iter()
-            .position(|p| p.tag == tag)
+            .position(|p| p.tag.is(&tag))
             .and_then(|i| self.outstanding.remove(i))
         else {
             self.worsen(Condition::Desynchronised(Desync::UnknownTag));
@@ -625,7 +669,7 @@ impl SessionState {
             UntaggedKind::Status(_) => self.on_code(line),
             UntaggedKind::Exists => {
                 if let Some((n, _)) = response::numbered(line) {
-                    self.mailbox_mut().exists = Some(n);
+                    self.mailbox_mut().exists = u32::try_from(n).ok();
                 }
             }
             UntaggedKind::Expunge => {
@@ -658,9 +702,9 @@ impl SessionState {
             // RFC 7162 §3.2.11: the previous mailbox is closed; a new one is being selected.
             self.selected = None;
         } else if code.is("UIDVALIDITY") {
-            self.mailbox_mut().uidvalidity = code.number();
+            self.mailbox_mut().uidvalidity = code.number().and_then(|n| u32::try_from(n).ok());
         } else if code.is("UIDNEXT") {
-            self.mailbox_mut().uidnext = code.number();
+            self.mailbox_mut().uidnext = code.number().and_then(|n| u32::try_from(n).ok());
         } else if code.is("HIGHESTMODSEQ") {
             self.mailbox_mut().highest_modseq = code.number();
         }
@@ -822,6 +866,30 @@ mod tests {
     }
 
     #[test]
+    fn tags_in_flight_keep_every_byte_inline_or_boxed() {
+        for len in [1, PendingTag::INLINE, PendingTag::INLINE + 1, Tag::MAX_LEN] {
+            let bytes: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let tag = Tag::new(&bytes).unwrap();
+            let held = PendingTag::new(&tag);
+            assert_eq!(held.as_bytes(), &bytes[..], "{len}");
+            assert!(held.is(&tag));
+            assert_eq!(
+                matches!(held, PendingTag::Inline { .. }),
+                len <= PendingTag::INLINE
+            );
+            let other = Tag::new(
+                &bytes[..len - 1]
+                    .iter()
+                    .chain(b"Z")
+                    .copied()
+                    .collect::<Vec<_>>(),
+            );
+            assert!(!held.is(&other.unwrap()), "{len}");
+        }
+        assert_eq!(std::mem::size_of::<Pending>(), 96);
+    }
+
+    #[test]
     fn sequence_numbers_hold_only_when_every_removal_was_seen() {
         let mut s = SessionState::new();
         feed(&mut s, Direction::Client, b"a SELECT INBOX\r\n");
@@ -840,7 +908,7 @@ mod tests {
         assert!(!m.numbering_holds(6, 8), "one added, one expunged");
         assert!(!m.numbering_holds(5, 5), "UIDNEXT went back");
         assert!(
-            !m.numbering_holds(u64::MAX, u64::MAX),
+            !m.numbering_holds(u32::MAX, u32::MAX),
             "absurd numbers are no proof"
         );
         // The client saw one EXPUNGE and one new message.
@@ -850,6 +918,19 @@ mod tests {
         assert!(m.numbering_holds(5, 7));
         assert!(m.numbering_holds(6, 8));
         assert!(!m.numbering_holds(4, 7), "a second expunge");
+
+        // Beyond 32 bits (RFC 9051 §9): not kept, so no proof either.
+        let mut s = SessionState::new();
+        feed(&mut s, Direction::Client, b"b SELECT INBOX\r\n");
+        feed(
+            &mut s,
+            Direction::Server,
+            b"* 5 EXISTS\r\n* OK [UIDVALIDITY 4294967296] x\r\n* OK [UIDNEXT 4294967297] x\r\n\
+              b OK [READ-WRITE] x\r\n",
+        );
+        let m = s.selected().unwrap().clone();
+        assert_eq!((m.uidvalidity, m.uidnext, m.exists), (None, None, Some(5)));
+        assert!(!m.numbering_holds(5, 6));
     }
 
     #[test]

@@ -76,8 +76,8 @@ impl BackendConn {
             limits: target.response_limits,
             capabilities: Capabilities::default(),
             next_tag: 0,
-            io_timeout: target.io_timeout,
-            login_timeout: target.login_timeout,
+            io_timeout_ms: super::millis(target.io_timeout),
+            login_timeout_ms: super::millis(target.login_timeout),
             addr: target.addr.clone(),
         };
         let greeting = tokio::time::timeout(target.greeting_timeout, conn.read_message())

@@ -39,7 +39,7 @@ impl BackendConn {
         creds: &Credentials,
         id_fields: &[(String, String)],
     ) -> Result<(), Error> {
-        tokio::time::timeout(self.login_timeout, self.login_exchange(creds, id_fields))
+        tokio::time::timeout(self.login_timeout(), self.login_exchange(creds, id_fields))
             .await
             .unwrap_or_else(|_| Err(self.timed_out("login")))
     }

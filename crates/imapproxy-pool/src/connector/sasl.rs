@@ -58,7 +58,7 @@ impl BackendConn {
             }
         }
         out.extend(b"\r\n");
-        let step = tokio::time::timeout(self.login_timeout, async {
+        let step = tokio::time::timeout(self.login_timeout(), async {
             self.write_all(out.as_slice()).await?;
             self.skip_id_answer(id_tag).await?;
             self.sasl_read(&tag).await
@@ -84,7 +84,7 @@ impl BackendConn {
             push_sasl_data(&mut out, response);
         }
         out.extend(b"\r\n");
-        tokio::time::timeout(self.login_timeout, async {
+        tokio::time::timeout(self.login_timeout(), async {
             self.write_all(out.as_slice()).await?;
             self.sasl_read(tag).await
         })
@@ -95,7 +95,7 @@ impl BackendConn {
     /// Cancels the exchange tagged `tag` with `*` (RFC 9051 §6.2.2) and waits for the
     /// backend's (`BAD`) answer.
     pub async fn sasl_cancel(&mut self, tag: &str) -> Result<(), Error> {
-        tokio::time::timeout(self.login_timeout, async {
+        tokio::time::timeout(self.login_timeout(), async {
             self.write_all(b"*\r\n").await?;
             self.read_response(tag).await.map(|_| ())
         })

@@ -5,7 +5,7 @@ use imapproxy_codec::capability::default_post_login_drop;
 use imapproxy_codec::framer::Direction;
 
 use super::pump::Pump;
-use super::{Commands, ResponsePolicy, Responses, SessionFacts};
+use super::{Commands, Counts, ResponsePolicy, Responses};
 use crate::command_metrics::{CommandMetrics, Delivering};
 use crate::state::SessionState;
 
@@ -21,7 +21,7 @@ use crate::state::SessionState;
 pub struct ChunkBench {
     up: Pump,
     down: Pump,
-    facts: SessionFacts,
+    counts: Counts,
     state: SessionState,
     logout: Option<Box<Tag>>,
     swallow_continuation: bool,
@@ -43,7 +43,7 @@ impl ChunkBench {
         Self {
             up: Pump::new(Direction::Client),
             down: Pump::new(Direction::Server),
-            facts: SessionFacts::default(),
+            counts: Counts::default(),
             state: SessionState::new(),
             logout: None,
             swallow_continuation: false,
@@ -63,7 +63,7 @@ impl ChunkBench {
         self.up.buffer_mut().extend_from_slice(chunk);
         let mut obs = Commands {
             metrics: Some(&self.metrics),
-            facts: &mut self.facts,
+            counts: &mut self.counts,
             state: &mut self.state,
             logout: &mut self.logout,
             intercept_logout: true,
@@ -85,7 +85,7 @@ impl ChunkBench {
             swallow_continuation: &mut self.swallow_continuation,
             backend_bye: &mut self.backend_bye,
             delivering: &mut self.delivering,
-            bytes_down: &mut self.facts.bytes_down,
+            bytes_down: &mut self.counts.bytes_down,
         };
         self.down.read(chunk.len(), &mut obs);
         self.down.write_all_to_sink(&mut obs)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::registry::{MigrationCause, Request, Signal};
 use crate::relay::{Link, SessionFacts};
 use crate::state::Condition;
-use rehome::{Cause, Homed};
+use rehome::{Cause, Homed, KeptCredentials};
 
 const BYE_KICKED: &[u8] =
     b"* BYE [UNAVAILABLE] Session ended by the administrator, please reconnect.\r\n";
@@ -43,7 +43,7 @@ impl Session {
                 session: Some(session),
                 backend,
                 user_key,
-                creds,
+                creds: creds.as_ref().map(KeptCredentials::keep),
                 guard: _guard,
             };
             (homed, registration, link, leftover)
@@ -63,9 +63,10 @@ impl Session {
             // started waiting for a slot (no timer while nobody waits, so an idle session
             // costs no wake-ups). Only once someone waits does a timer run, until the session
             // has been quiet for `park_after`.
-            let parking = self.proxy.settings.park_after;
             let mut park_check: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-            if parking.is_some() && self.proxy.pool.has_waiters(&live.homed.user_key) {
+            if self.proxy.settings.park_after.is_some()
+                && self.proxy.pool.has_waiters(&live.homed.user_key)
+            {
                 // Someone already waits (a re-home, say): look at once.
                 park_check = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
             }
@@ -98,7 +99,9 @@ impl Session {
                             }
                             // A client of this user started waiting: check from now on.
                             Signal::WaiterArrived => {
-                                if parking.is_some() && park_check.is_none() {
+                                if self.proxy.settings.park_after.is_some()
+                                    && park_check.is_none()
+                                {
                                     park_check = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
                                 }
                             }
@@ -111,7 +114,7 @@ impl Session {
                                 None => std::future::pending().await,
                             }
                         }, if park_check.is_some() => {
-                            let quiet = parking.unwrap_or_default();
+                            let quiet = self.proxy.settings.park_after.unwrap_or_default();
                             if !self.proxy.pool.has_waiters(&live.homed.user_key) {
                                 // Nobody waits (any more): back to the signal, no timer.
                                 park_check = None;
