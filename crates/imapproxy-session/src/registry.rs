@@ -2,7 +2,9 @@
 //!
 //! A session registers once its backend login succeeded and stays registered until its relay
 //! ends (the [`Registration`] guard deregisters on drop, whatever the path out). Each entry
-//! carries what an operator asks of it, heard through [`Registration::requested`]:
+//! carries what reaches the session from outside, heard through one small future
+//! ([`Registration::requested`] for an operator's requests; the relay also hears the proxy's
+//! shutdown, its idle deadline and a waiting client of its user):
 //! [`SessionRegistry::kick_user`] has the relay end the session with `BYE` (RFC 9051 §7.1.5),
 //! so the client reconnects, possibly to another backend; [`SessionRegistry::migrate_user`]
 //! and [`SessionRegistry::migrate_backend`] instead ask sessions to move to another backend
@@ -222,9 +224,26 @@ impl Inner {
         }
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                rt.spawn(sweep(Arc::downgrade(self)));
+                let inner = Arc::downgrade(self);
+                rt.spawn(async move {
+                    // However the sweep ends (its runtime shut down, say), the next deadline
+                    // armed starts another.
+                    let _restart = Restart(inner.clone());
+                    sweep(inner).await;
+                });
             }
             Err(_) => self.sweeping.store(false, Ordering::Release),
+        }
+    }
+}
+
+/// Clears [`Inner::sweeping`] when the sweep's task ends or is dropped.
+struct Restart(Weak<Inner>);
+
+impl Drop for Restart {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.sweeping.store(false, Ordering::Release);
         }
     }
 }
@@ -256,9 +275,14 @@ async fn sweep(inner: Weak<Inner>) {
                     c.raise(SHUTDOWN);
                 }
             }
-            if c.due.load(Ordering::Relaxed) <= now {
-                // Raised once: the session arms its next deadline itself.
-                c.due.store(u64::MAX, Ordering::Relaxed);
+            let due = c.due.load(Ordering::Relaxed);
+            // Raised once: the session arms its next deadline itself (one it armed since
+            // the load above stands).
+            if due <= now
+                && c.due
+                    .compare_exchange(due, u64::MAX, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
                 c.raise(DUE);
             }
         }
@@ -379,12 +403,22 @@ impl SessionRegistry {
         n
     }
 
-    /// Tells every live session of `user` (lower-cased) that a client of the user started
-    /// waiting for one of its slots: a session quiet between commands may then park.
-    pub(crate) fn waiter_arrived(&self, user: &str) {
-        for e in lock(&self.inner.sessions).values() {
-            if *e.user == *user {
-                e.control.raise(WAITER);
+    /// What tells every live session of a user (lower-cased) that a client of the user
+    /// started waiting for one of its slots, so that a session quiet between commands may
+    /// park: for [`SessionPool::on_waiter`](imapproxy_pool::SessionPool::on_waiter), which
+    /// calls it for a user's first waiter only. It looks at every session (no index by user:
+    /// that would cost every session memory), about 50 µs at 10,000 sessions; it holds the
+    /// registry weakly.
+    pub(crate) fn waiter_hook(&self) -> impl Fn(&str) + Send + Sync + 'static {
+        let inner = Arc::downgrade(&self.inner);
+        move |user| {
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            for e in lock(&inner.sessions).values() {
+                if *e.user == *user {
+                    e.control.raise(WAITER);
+                }
             }
         }
     }
@@ -631,7 +665,8 @@ mod tests {
         let a = reg.register(1, "Alice", addr(), &BackendId::new("mail1"));
         let b = reg.register(2, "bob", addr(), &BackendId::new("mail1"));
         let soon = Duration::from_millis(20);
-        reg.waiter_arrived("alice");
+        let waiter_arrived = reg.waiter_hook();
+        waiter_arrived("alice");
         assert_eq!(
             signalled_within(&a, true, soon).await,
             Some(Signal::WaiterArrived)
@@ -639,7 +674,7 @@ mod tests {
         assert_eq!(signalled_within(&a, true, soon).await, None, "taken");
         assert_eq!(signalled_within(&b, true, soon).await, None, "another user");
         // Without timers it is not reported, and stays raised for a later wait.
-        reg.waiter_arrived("alice");
+        waiter_arrived("alice");
         assert_eq!(signalled_within(&a, false, soon).await, None);
         assert_eq!(
             signalled_within(&a, true, soon).await,
@@ -668,7 +703,7 @@ mod tests {
         );
         // A kick comes first, and is heard every time.
         b.arm_idle(Instant::now());
-        reg.waiter_arrived("bob");
+        waiter_arrived("bob");
         assert!(reg.kick(2));
         for _ in 0..2 {
             assert_eq!(

@@ -199,9 +199,10 @@ async fn a_silent_logged_in_client_is_logged_out_after_the_idle_timeout() {
     let mut idling = TestClient::connect(proxy.plain).await.unwrap();
     assert!(idling.login(&user, &pass).await.unwrap().tagged_ok());
     assert!(idling.cmd("s", "SELECT INBOX").await.unwrap().tagged_ok());
+    // Each clock starts before the session's last word: its deadline comes after it.
+    let idle_from = std::time::Instant::now();
     idling.send_raw(b"i IDLE\r\n").await.unwrap();
     assert!(idling.read_line().await.unwrap().starts_with(b"+"));
-    let idle_from = std::time::Instant::now();
     let mut silent = TestClient::connect(proxy.plain).await.unwrap();
     let silent_from = std::time::Instant::now();
     assert!(silent.login(&user, &pass).await.unwrap().tagged_ok());
@@ -215,7 +216,8 @@ async fn a_silent_logged_in_client_is_logged_out_after_the_idle_timeout() {
         }
         talking
     });
-    for (c, from) in [(&mut silent, silent_from), (&mut idling, idle_from)] {
+    // The IDLE session's deadline comes first: read first, each against its own clock.
+    for (c, from) in [(&mut idling, idle_from), (&mut silent, silent_from)] {
         c.set_timeout(Duration::from_secs(10));
         let bye = String::from_utf8_lossy(&c.read_line().await.unwrap()).into_owned();
         // After its deadline, not before; within the sweep's second and scheduling slack.

@@ -82,6 +82,9 @@ impl Session {
                 );
                 let end = loop {
                     tokio::select! {
+                        // The relay first: bytes the client sent are read before its idle
+                        // deadline is looked at.
+                        biased;
                         end = &mut relay => break Some(end),
                         // One small future for everything from outside. While a move is under
                         // way a later one stays asked, for the next relay (a drain asked while

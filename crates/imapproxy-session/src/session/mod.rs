@@ -112,8 +112,9 @@ impl Proxy {
         let sessions = SessionRegistry::new();
         // Sessions that could park hear of a waiting client of their user through the
         // registry (one small future per session for everything from outside).
-        let registry = sessions.clone();
-        pool.on_waiter(move |user| registry.waiter_arrived(user));
+        if settings.park_after.is_some() {
+            pool.on_waiter(sessions.waiter_hook());
+        }
         let throttle = Throttle::new(settings.limits.throttle.clone());
         let limits = Arc::new(ConnectionLimits::new(settings.limits.connections.clone()));
         Ok(Self {
