@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
@@ -86,8 +86,6 @@ struct Control {
     flags: AtomicU8,
     /// A [`MigrationCause`] code, 0 when none is pending.
     cause: AtomicU8,
-    /// The idle deadline in milliseconds of the registry's clock; `u64::MAX` when none.
-    due: AtomicU64,
 }
 
 impl Default for Control {
@@ -96,7 +94,6 @@ impl Default for Control {
             waker: AtomicWaker::new(),
             flags: AtomicU8::new(0),
             cause: AtomicU8::new(0),
-            due: AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -178,6 +175,11 @@ struct Entry {
     control: Arc<Control>,
     /// What tells the session the proxy is shutting down, watched by the sweep.
     shutdown: Option<CancellationToken>,
+    /// [`SHUTDOWN`] was raised.
+    shutdown_told: bool,
+    /// The idle deadline in milliseconds of the registry's clock (`u64::MAX`: none), kept
+    /// here rather than in the `Control` so that the sweep reads the table in order.
+    due: u64,
 }
 
 impl Entry {
@@ -261,29 +263,30 @@ async fn sweep(inner: Weak<Inner>) {
             return;
         };
         let now = inner.millis(Instant::now());
-        // Sessions share their token, as a rule: it is read once per token met in a row.
-        let mut token: Option<(&CancellationToken, bool)> = None;
-        for e in lock(&inner.sessions).values() {
-            let c = &e.control;
+        let mut sessions = lock(&inner.sessions);
+        // Sessions share their token, as a rule: it is read once per token met in a row. What
+        // is looked at of every session lies in the table itself (a pass over 10,000 sessions
+        // reads memory in order); only a session to wake is followed to its `Control`.
+        let mut token: Option<(CancellationToken, bool)> = None;
+        for e in sessions.values_mut() {
             if let Some(shutdown) = &e.shutdown {
-                let cancelled = match token {
-                    Some((t, cancelled)) if t == shutdown => cancelled,
-                    _ => shutdown.is_cancelled(),
+                let cancelled = match &token {
+                    Some((t, cancelled)) if t == shutdown => *cancelled,
+                    _ => {
+                        let cancelled = shutdown.is_cancelled();
+                        token = Some((shutdown.clone(), cancelled));
+                        cancelled
+                    }
                 };
-                token = Some((shutdown, cancelled));
-                if cancelled && c.flags.load(Ordering::Relaxed) & SHUTDOWN == 0 {
-                    c.raise(SHUTDOWN);
+                if cancelled && !e.shutdown_told {
+                    e.shutdown_told = true;
+                    e.control.raise(SHUTDOWN);
                 }
             }
-            let due = c.due.load(Ordering::Relaxed);
-            // Raised once: the session arms its next deadline itself (one it armed since
-            // the load above stands).
-            if due <= now
-                && c.due
-                    .compare_exchange(due, u64::MAX, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                c.raise(DUE);
+            if e.due <= now {
+                // Raised once: the session arms its next deadline itself.
+                e.due = u64::MAX;
+                e.control.raise(DUE);
             }
         }
     }
@@ -341,6 +344,8 @@ impl SessionRegistry {
             since: SystemTime::now(),
             control: Arc::clone(&control),
             shutdown: shutdown.cloned(),
+            shutdown_told: false,
+            due: u64::MAX,
         };
         lock(&self.inner.sessions).insert(id, entry);
         Registration {
@@ -508,7 +513,9 @@ impl Registration {
     /// registry's sweep, once a second), replacing any deadline armed before.
     pub(crate) fn arm_idle(&self, deadline: Instant) {
         let ms = self.registry.millis(deadline);
-        self.control.due.store(ms, Ordering::Relaxed);
+        if let Some(e) = lock(&self.registry.sessions).get_mut(&self.id) {
+            e.due = ms;
+        }
         self.registry.start_sweep();
     }
 
