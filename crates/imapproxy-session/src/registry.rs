@@ -479,8 +479,9 @@ impl Registration {
     }
 
     /// Resolves with the next thing that reached the session from outside: a kick or the
-    /// proxy's shutdown (at once, and every time after), a move (with `moves`; otherwise it stays asked), a waiting
-    /// client of its user, its idle deadline (with `timers`; otherwise they stay raised).
+    /// proxy's shutdown (at once, and every time after), a move (with `moves`; otherwise it
+    /// stays asked), a waiting client of its user, its idle deadline (with `timers`;
+    /// otherwise they stay raised).
     /// Small (a reference and two flags), unlike a `Notified` per cause.
     pub(crate) fn signalled(
         &self,

@@ -98,7 +98,6 @@ impl SessionPool {
         let (backend, be) = self.backend(name).ok_or_else(|| Error::UnknownBackend {
             name: name.to_owned(),
         })?;
-        let user = self.inner.user_key(&creds.username);
         let digest = if sasl {
             self.inner.key.unmatchable(&creds.username)?
         } else {
@@ -109,7 +108,7 @@ impl SessionPool {
         let settings = &self.inner.settings;
         let counters = &self.inner.counters;
 
-        let mut plan = self.plan(&user, &backend, digest);
+        let (user, mut plan) = self.plan(creds.username.to_lowercase(), &backend, digest);
         loop {
             match plan {
                 // Boxed, as is the warm take in `login`: a revival (1.2 KB of state) is one
@@ -169,19 +168,25 @@ impl SessionPool {
 
     /// Decides, under the users lock, how a checkout proceeds: a cached session of the same
     /// credentials, a free slot, the slot of the user's oldest cached session, or the queue.
-    fn plan(&self, user: &Arc<str>, backend: &Arc<str>, digest: Digest) -> Plan {
+    /// Returns the user's key with it: `user` (lower-cased) as the users map holds it, shared
+    /// with the user's other sessions while the pool knows the user (one allocation per user
+    /// rather than per session).
+    fn plan(&self, user: String, backend: &Arc<str>, digest: Digest) -> (Arc<str>, Plan) {
         let settings = &self.inner.settings;
         let mut users = lock(&self.inner.users);
-        let state = users.entry(Arc::clone(user)).or_default();
+        let user = users
+            .get_key_value(user.as_str())
+            .map_or_else(|| Arc::from(user), |(known, _)| Arc::clone(known));
+        let state = users.entry(Arc::clone(&user)).or_default();
         let hit = state
             .idle
             .iter()
             .position(|s| s.lease.backend == *backend && s.lease.digest.matches(&digest));
-        if let Some(i) = hit.filter(|_| settings.reuse) {
+        let plan = if let Some(i) = hit.filter(|_| settings.reuse) {
             Plan::Reuse(Box::new(state.idle.swap_remove(i)))
         } else if state.slots < settings.max_per_user {
             state.slots += 1;
-            Plan::New(self.inner.slot(user), None)
+            Plan::New(self.inner.slot(&user), None)
         } else if !state.idle.is_empty() {
             // Every slot is held, some by cached sessions nobody asked for: close the
             // oldest and take its slot (the user's count does not change).
@@ -204,7 +209,8 @@ impl SessionPool {
                 tx,
             });
             Plan::Wait(id, rx, first)
-        }
+        };
+        (user, plan)
     }
 
     /// A fresh backend session under `slot`: makes room under `max_connections` (closing the

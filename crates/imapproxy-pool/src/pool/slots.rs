@@ -93,15 +93,6 @@ impl Inner {
         }
     }
 
-    /// `user` lower-cased, shared with the user's other sessions while the pool knows the
-    /// user (one allocation per user rather than per session).
-    pub(super) fn user_key(&self, user: &str) -> Arc<str> {
-        let key = user.to_lowercase();
-        lock(&self.users)
-            .get_key_value(key.as_str())
-            .map_or_else(|| Arc::from(key), |(known, _)| Arc::clone(known))
-    }
-
     pub(super) fn slot(self: &Arc<Self>, user: &Arc<str>) -> UserSlot {
         UserSlot {
             pool: Arc::downgrade(self),

@@ -100,11 +100,10 @@ impl Session {
                                     break Some(end);
                                 }
                             }
-                            // A client of this user started waiting: check from now on.
+                            // A client of this user started waiting (only heard with parking
+                            // on: the hook is installed then): check from now on.
                             Signal::WaiterArrived => {
-                                if self.proxy.settings.park_after.is_some()
-                                    && park_check.is_none()
-                                {
+                                if park_check.is_none() {
                                     park_check = Some(Box::pin(tokio::time::sleep(Duration::ZERO)));
                                 }
                             }
