@@ -8,6 +8,8 @@ mod admin;
 mod build;
 mod config;
 mod fleet;
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+mod heap;
 mod server;
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 mod trim;
@@ -45,7 +47,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let threads = cfg.server.threads.resolve();
+    // Before any thread: this may execute the binary again (same process), and then returns
+    // only there.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    let heap = matches!(cli.command, Some(Command::Run) | None)
+        .then(|| heap::prepare(cfg.server.heap_compact, threads));
     server::init_logging(&cfg.log);
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if let Some(heap) = heap {
+        heap.log();
+    }
     match cli.command {
         Some(Command::Check) => match build::Built::from_config(&cfg) {
             Ok(_) => {
@@ -65,7 +77,6 @@ fn main() -> ExitCode {
                      backend 127.0.0.1:143, self-signed certificate)"
                 );
             }
-            let threads = cfg.server.threads.resolve();
             tracing::info!(threads, "starting the runtime");
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads.get())

@@ -312,6 +312,85 @@ fn sigterm_drains_then_says_bye_and_exits_cleanly() {
     assert!(exit.success(), "{exit:?}");
 }
 
+/// glibc's allocator set compact (`heap.rs`): the binary executes itself again once at start,
+/// keeping its process id, with `GLIBC_TUNABLES` for its thread count, unless the
+/// configuration turns it off or the operator set `GLIBC_TUNABLES`; sessions work each way.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn the_heap_settings_are_applied_at_start_unless_turned_off_or_set_by_the_operator() {
+    const MARKER: &str = "IMAPPROXY_HEAP_COMPACTED";
+    const OURS: &str = "glibc.malloc.tcache_count=0:glibc.malloc.mxfast=0:glibc.malloc.arena_max=2";
+    const THEIRS: &str = "glibc.malloc.arena_max=3";
+    /// A start: the `[server]` lines and environment given, the marker and the first setting
+    /// of `GLIBC_TUNABLES` expected.
+    struct Start {
+        server: &'static str,
+        env: &'static [(&'static str, &'static str)],
+        marker: Option<&'static str>,
+        tunables: Option<&'static str>,
+    }
+    let cases = [
+        // Six worker threads: an arena per four.
+        Start {
+            server: "",
+            env: &[],
+            marker: Some(OURS),
+            tunables: Some(OURS),
+        },
+        Start {
+            server: "heap_compact = false\n",
+            env: &[],
+            marker: None,
+            tunables: None,
+        },
+        Start {
+            server: "",
+            env: &[("GLIBC_TUNABLES", THEIRS)],
+            marker: None,
+            tunables: Some(THEIRS),
+        },
+    ];
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (user, pass) = dovecot().user(13);
+    for Start {
+        server,
+        env,
+        marker,
+        tunables,
+    } in cases
+    {
+        let plain = loopback();
+        let config = format!(
+            "[[listeners]]\naddr = \"{plain}\"\ntls = \"none\"\nallow_plaintext_auth = true\n\n\
+             [[backends]]\nname = \"mail1\"\naddr = \"{}\"\n\n[server]\nthreads = 6\n{server}",
+            dovecot().imap_addr()
+        );
+        let binary = common::Binary::start_with_env(&config, &[plain], env);
+        rt.block_on(async {
+            let mut c = TestClient::connect(plain).await.unwrap();
+            assert!(c.login(&user, &pass).await.unwrap().tagged_ok());
+            assert!(c.cmd("s", "SELECT INBOX").await.unwrap().tagged_ok());
+        });
+        // The process that was started (same id) now runs with this environment. glibc
+        // rewrites its copy of GLIBC_TUNABLES in place as it parses it: only the first
+        // setting is sure to read back whole.
+        let environ = std::fs::read(format!("/proc/{}/environ", binary.pid())).unwrap();
+        let var = |name: &str| {
+            environ.split(|&b| b == 0).find_map(|v| {
+                let v = std::str::from_utf8(v).ok()?;
+                v.strip_prefix(name)?.strip_prefix('=').map(str::to_owned)
+            })
+        };
+        assert_eq!(var(MARKER).as_deref(), marker, "{config}");
+        let first = |t: &str| t.split(':').next().unwrap().to_owned();
+        assert_eq!(
+            var("GLIBC_TUNABLES").map(|t| first(&t)),
+            tunables.map(first),
+            "{config}"
+        );
+    }
+}
+
 /// `curl` against the admin endpoint: (HTTP status, body).
 fn admin(proxy: &ProxyProcess, method: &str, path: &str, token: bool) -> (u16, String) {
     common::admin_request(proxy.admin, method, path, token.then_some(ADMIN_TOKEN), &[])

@@ -165,7 +165,13 @@ pub fn load(path: Option<&Path>) -> Result<Config, Box<figment::Error>> {
         // when the file is missing.
         fig = fig.merge(Toml::file_exact(path));
     }
-    fig = fig.merge(Env::prefixed("IMAPPROXY_").split("__").ignore(&["config"]));
+    // Not settings: `IMAPPROXY_CONFIG` (the file, read by the command line) and
+    // `IMAPPROXY_HEAP_COMPACTED` (the marker of `heap.rs`).
+    fig = fig.merge(
+        Env::prefixed("IMAPPROXY_")
+            .split("__")
+            .ignore(&["config", "heap_compacted"]),
+    );
     fig.extract().map_err(Box::new)
 }
 

@@ -20,6 +20,11 @@ pub struct ServerConfig {
     /// is unwelcome (HAProxy's `no-memory-trimming`).
     #[serde(default = "default_true")]
     pub heap_trim: bool,
+    /// Set glibc's allocator for many small long-lived sessions: no per-thread caches, no
+    /// fast bins, an arena per four worker threads (glibc builds; see `heap.rs`). On by
+    /// default; read at start only. An operator's own `GLIBC_TUNABLES` wins.
+    #[serde(default = "default_true")]
+    pub heap_compact: bool,
 }
 
 impl Default for ServerConfig {
@@ -27,6 +32,7 @@ impl Default for ServerConfig {
         Self {
             threads: WorkerThreads::default(),
             heap_trim: true,
+            heap_compact: true,
         }
     }
 }

@@ -31,10 +31,16 @@ impl Binary {
     /// Writes `config`, starts the binary on it and waits until every address of `wait_for`
     /// accepts connections.
     pub fn start(config: &str, wait_for: &[SocketAddr]) -> Self {
+        Self::start_with_env(config, wait_for, &[])
+    }
+
+    /// [`Binary::start`] with these variables added to its environment.
+    pub fn start_with_env(config: &str, wait_for: &[SocketAddr], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("imapproxy.toml");
         std::fs::write(&path, config).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_imapproxy"))
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(&path)
             .env(
