@@ -77,10 +77,9 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
     let maintenance = tokio::spawn(proxy.pool().clone().maintain());
     // Freed heap pages go back to the system after a burst (glibc keeps them otherwise).
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    let trimmer = cfg
-        .server
-        .heap_trim
-        .then(|| tokio::spawn(crate::trim::run()));
+    if cfg.server.heap_trim {
+        crate::trim::start();
+    }
     // Active checks of every backend; stopped (dropped) at shutdown.
     let mut health = proxy
         .upstreams()
@@ -195,10 +194,6 @@ pub async fn run(cfg: Config, config_path: Option<PathBuf>) -> Result<(), String
     // Cached backend sessions get a polite LOGOUT.
     proxy.pool().close_all();
     maintenance.abort();
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if let Some(trimmer) = trimmer {
-        trimmer.abort();
-    }
     drop(health);
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop_admin.cancel();

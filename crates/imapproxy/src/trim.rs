@@ -161,8 +161,26 @@ impl Statm {
     }
 }
 
-/// Runs until aborted: trims the heap when [`Watch`] says so.
-pub(crate) async fn run() {
+/// The trimming thread's stack: it formats a debug line at most, and glibc's walk of the
+/// arenas needs little.
+const STACK: usize = 128 * 1024;
+
+/// Starts the thread that trims the heap when [`Watch`] says so, until the process ends. A
+/// thread of its own, started with the process: the look and the trim walk the arenas
+/// holding their locks, which no runtime worker should wait for, and a blocking thread
+/// started on demand would pay its stack (and tokio's pool its threads) in the middle of
+/// the burst that is being measured.
+pub(crate) fn start() {
+    let spawned = std::thread::Builder::new()
+        .name("heap-trim".into())
+        .stack_size(STACK)
+        .spawn(run);
+    if let Err(e) = spawned {
+        warn!(error = %e, "heap trimming off: cannot start its thread");
+    }
+}
+
+fn run() {
     let (mut statm, start) = match Statm::open() {
         Ok(mut statm) => match statm.resident() {
             Some(start) => (statm, start),
@@ -177,10 +195,8 @@ pub(crate) async fn run() {
         }
     };
     let mut watch = Watch::new(start);
-    let mut tick = tokio::time::interval(CHECK_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        std::thread::sleep(CHECK_EVERY);
         // An unreadable look (should it happen) is skipped.
         let Some(now) = statm.resident() else {
             continue;
@@ -188,18 +204,11 @@ pub(crate) async fn run() {
         if !watch.still(now) {
             continue;
         }
-        // Both walk the arenas holding their locks: on a blocking thread, not a worker.
-        let Ok(heap) = tokio::task::spawn_blocking(heap_use).await else {
-            debug!("heap trimming stopped: the runtime is shutting down");
-            return;
-        };
+        let heap = heap_use();
         if !watch.due(now, heap.free) {
             continue;
         }
-        let Ok(took) = tokio::task::spawn_blocking(trim).await else {
-            debug!("heap trimming stopped: the runtime is shutting down");
-            return;
-        };
+        let took = trim();
         let after = statm.resident().unwrap_or(now);
         debug!(
             resident_before = now,
