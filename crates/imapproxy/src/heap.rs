@@ -20,17 +20,29 @@
 //! arena four to one, so that a many-core host does not queue on one lock.
 //!
 //! The cache can only be set before the process's first allocation, from the environment
-//! (`GLIBC_TUNABLES`). So at start, before any thread, the binary executes itself again:
-//! the same process id, arguments and environment, plus `GLIBC_TUNABLES` and a marker that
-//! stops it from doing so twice (glibc drops `GLIBC_TUNABLES` itself for a binary that
-//! gains privileges, file capabilities say: then the process runs on glibc's defaults).
+//! (`GLIBC_TUNABLES`). So at start, before any thread, the binary executes itself again
+//! through `/proc/self/exe` (the file it was started from, even if an upgrade replaced it
+//! since): the same process id, arguments and environment, plus `GLIBC_TUNABLES` and a marker
+//! that stops it from doing so twice; it then names itself again as it was named (exec
+//! would call it `exe`, which `pgrep`, `killall` and monitoring go by). It does not where it
+//! cannot work, and says so in the log:
+//! - a process that gained privileges (setuid, or file capabilities such as
+//!   `cap_net_bind_service` to bind port 143): glibc ignores malloc settings there (2.36
+//!   drops some, 2.39 all). Give the capability with systemd's `AmbientCapabilities=`
+//!   instead;
+//! - a binary started through the dynamic loader (`ld-linux-x86-64.so.2 imapproxy ...`):
+//!   `/proc/self/exe` is the loader, which would not take the proxy's arguments.
+//!
 //! An operator's own `GLIBC_TUNABLES` is left as it is (set it empty to keep glibc's defaults
 //! without a configuration file: under a debugger or valgrind, say), and `[server]
 //! heap_compact = false` turns this off.
+#![allow(unsafe_code)]
 
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::num::NonZeroUsize;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 
 use tracing::{info, warn};
@@ -41,6 +53,8 @@ const MARKER: &str = "IMAPPROXY_HEAP_COMPACTED";
 const TUNABLES: &str = "GLIBC_TUNABLES";
 /// Worker threads per arena.
 const THREADS_PER_ARENA: usize = 4;
+/// The longest name the kernel keeps for a thread (`comm`), its terminating zero left out.
+const NAME_MAX: usize = 15;
 
 /// What [`prepare`] found or did, to be logged once logging is up.
 #[derive(Debug)]
@@ -51,11 +65,27 @@ pub(crate) enum Outcome {
     Operators,
     /// Running with these settings.
     Compact(String),
-    /// Executed again with these settings, but they are not in the environment now (glibc
-    /// drops them for a binary that gains privileges).
+    /// Executed again with these settings, but they are not in the environment as asked.
     Dropped(String),
+    /// Not executed again: the process gained privileges, where glibc ignores the settings.
+    Privileged,
+    /// Not executed again: started through the dynamic loader.
+    Loader,
     /// Executing again failed: glibc's defaults.
     Failed(std::io::Error),
+}
+
+/// What the process found at start.
+#[derive(Debug, Default)]
+struct Start {
+    /// The marker's value: this is the process executed again.
+    marker: Option<OsString>,
+    /// `GLIBC_TUNABLES`.
+    tunables: Option<OsString>,
+    /// The kernel's `AT_SECURE`: setuid, setgid or file capabilities.
+    privileged: bool,
+    /// `/proc/self/exe` is the dynamic loader.
+    loader: bool,
 }
 
 /// The settings for `threads` worker threads.
@@ -65,29 +95,32 @@ fn tunables(threads: NonZeroUsize) -> String {
 }
 
 /// Executes the binary again with the compact settings, unless that was done already, is
-/// turned off, or the operator set their own. Returns only when it did not execute again.
-/// Call it before any thread starts.
+/// turned off, the operator set their own, or it cannot work. Returns only when it did not
+/// execute again. Call it before any thread starts.
 pub(crate) fn prepare(enabled: bool, threads: NonZeroUsize) -> Outcome {
-    decide(
-        enabled,
-        threads,
-        std::env::var_os(MARKER),
-        std::env::var_os(TUNABLES),
-        exec_again,
-    )
+    let start = Start {
+        marker: std::env::var_os(MARKER),
+        tunables: std::env::var_os(TUNABLES),
+        privileged: privileged(),
+        loader: std::env::current_exe().is_ok_and(|exe| is_loader(&exe)),
+    };
+    let outcome = decide(enabled, threads, start, exec_again);
+    if matches!(outcome, Outcome::Compact(_) | Outcome::Dropped(_)) {
+        rename();
+    }
+    outcome
 }
 
-/// [`prepare`]'s decision, the environment and the execution passed in.
+/// [`prepare`]'s decision, what the process found and the execution passed in.
 fn decide(
     enabled: bool,
     threads: NonZeroUsize,
-    marker: Option<OsString>,
-    operators: Option<OsString>,
+    start: Start,
     exec: impl FnOnce(&str) -> std::io::Error,
 ) -> Outcome {
-    if let Some(asked) = marker {
+    if let Some(asked) = start.marker {
         let asked = asked.to_string_lossy().into_owned();
-        return if operators.is_some_and(|t| t == *asked) {
+        return if start.tunables.is_some_and(|t| t == *asked) {
             Outcome::Compact(asked)
         } else {
             Outcome::Dropped(asked)
@@ -96,10 +129,31 @@ fn decide(
     if !enabled {
         return Outcome::Off;
     }
-    if operators.is_some() {
+    if start.tunables.is_some() {
         return Outcome::Operators;
     }
+    if start.privileged {
+        return Outcome::Privileged;
+    }
+    if start.loader {
+        return Outcome::Loader;
+    }
     Outcome::Failed(exec(&tunables(threads)))
+}
+
+/// Whether the kernel started this process in secure mode (`AT_SECURE`): setuid, setgid, or
+/// file capabilities. glibc ignores malloc settings there.
+fn privileged() -> bool {
+    // SAFETY: `getauxval` takes a key and returns a number (0 for a key the kernel did not
+    // pass); it reads the auxiliary vector glibc saved at start and touches no memory of ours.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
+/// Whether `exe` is the dynamic loader (`ld-linux-x86-64.so.2`, `ld-linux-aarch64.so.1`,
+/// `ld.so`): the binary was started through it.
+fn is_loader(exe: &Path) -> bool {
+    exe.file_name()
+        .is_some_and(|name| name.as_bytes().starts_with(b"ld-") || name == "ld.so")
 }
 
 /// Replaces this process's image with itself, `tunables` added to its environment. Returns
@@ -117,6 +171,21 @@ fn exec_again(tunables: &str) -> std::io::Error {
         .exec()
 }
 
+/// The process's name as the kernel gave it at the first start: the file name of its
+/// first argument, cut to what `comm` keeps.
+fn name_from(arg0: &OsString) -> Option<CString> {
+    let name = Path::new(arg0).file_name()?.as_bytes();
+    CString::new(name.get(..NAME_MAX).unwrap_or(name)).ok()
+}
+
+/// Names the process (its main thread, before any other starts) as it was named before it
+/// executed `/proc/self/exe`, which the kernel called `exe`. A failure leaves `exe`.
+fn rename() {
+    if let Some(name) = std::env::args_os().next().as_ref().and_then(name_from) {
+        let _ = rustix::thread::set_name(&name);
+    }
+}
+
 impl Outcome {
     /// One line in the log, once logging is up.
     pub(crate) fn log(&self) {
@@ -126,8 +195,16 @@ impl Outcome {
             Self::Compact(tunables) => info!(%tunables, "heap: compact allocator settings"),
             Self::Dropped(tunables) => warn!(
                 %tunables,
-                "heap: glibc ignored the compact allocator settings (a binary with file \
-                 capabilities or setuid?); running on its defaults"
+                "heap: the compact allocator settings did not reach the process; running on \
+                 glibc's defaults"
+            ),
+            Self::Privileged => warn!(
+                "heap: started with privileges (setuid or file capabilities), where glibc \
+                 ignores allocator settings: glibc's defaults (give capabilities with \
+                 systemd's AmbientCapabilities= instead)"
+            ),
+            Self::Loader => info!(
+                "heap: started through the dynamic loader, not executed again: glibc's defaults"
             ),
             Self::Failed(error) => warn!(
                 %error,
@@ -150,10 +227,18 @@ mod tests {
         panic!("executed again")
     }
 
+    fn again(asked: &str, tunables: Option<&str>) -> Start {
+        Start {
+            marker: Some(asked.into()),
+            tunables: tunables.map(OsString::from),
+            ..Start::default()
+        }
+    }
+
     #[test]
     fn executes_again_once_with_an_arena_per_four_threads() {
         let mut asked = String::new();
-        let out = decide(true, threads(2), None, None, |t| {
+        let out = decide(true, threads(2), Start::default(), |t| {
             asked = t.to_owned();
             std::io::Error::other("exec refused")
         });
@@ -167,43 +252,78 @@ mod tests {
         assert!(tunables(threads(64)).ends_with("arena_max=16"));
 
         // Executed again: the marker says so, and it does not go round again.
-        let t = OsString::from(&asked);
-        let out = decide(true, threads(2), Some(t.clone()), Some(t.clone()), never);
+        let out = decide(true, threads(2), again(&asked, Some(&asked)), never);
         assert!(
             matches!(&out, Outcome::Compact(s) if *s == asked),
             "{out:?}"
         );
         // Even when the configuration now says otherwise.
-        let out = decide(false, threads(2), Some(t.clone()), Some(t.clone()), never);
+        let out = decide(false, threads(2), again(&asked, Some(&asked)), never);
         assert!(matches!(out, Outcome::Compact(_)), "{out:?}");
-        // glibc dropped the variable: said, not retried.
-        let out = decide(true, threads(2), Some(t), None, never);
+        // The settings did not arrive whole (glibc 2.36 drops some in secure mode): said,
+        // not retried.
+        let out = decide(true, threads(2), again(&asked, None), never);
+        assert!(matches!(out, Outcome::Dropped(_)), "{out:?}");
+        let out = decide(
+            true,
+            threads(2),
+            again(
+                &asked,
+                Some("glibc.malloc.mxfast=0:glibc.malloc.arena_max=1"),
+            ),
+            never,
+        );
         assert!(matches!(out, Outcome::Dropped(_)), "{out:?}");
     }
 
     #[test]
-    fn leaves_the_operators_settings_and_a_disabled_heap_alone() {
-        let theirs = Some(OsString::from("glibc.malloc.arena_max=8"));
-        assert!(matches!(
-            decide(true, threads(2), None, theirs.clone(), never),
-            Outcome::Operators
-        ));
-        assert!(matches!(
-            decide(false, threads(2), None, theirs, never),
-            Outcome::Off
-        ));
-        assert!(matches!(
-            decide(false, threads(2), None, None, never),
-            Outcome::Off
-        ));
-        // Not the settings asked for: said, not retried.
-        let out = decide(
-            true,
-            threads(2),
-            Some(OsString::from(tunables(threads(2)))),
-            Some(OsString::from("glibc.malloc.arena_max=8")),
-            never,
+    fn leaves_the_operators_settings_a_disabled_heap_and_a_privileged_start_alone() {
+        let theirs = || Start {
+            tunables: Some("glibc.malloc.arena_max=8".into()),
+            ..Start::default()
+        };
+        let out = decide(true, threads(2), theirs(), never);
+        assert!(matches!(out, Outcome::Operators), "{out:?}");
+        let out = decide(false, threads(2), theirs(), never);
+        assert!(matches!(out, Outcome::Off), "{out:?}");
+        let out = decide(false, threads(2), Start::default(), never);
+        assert!(matches!(out, Outcome::Off), "{out:?}");
+        // glibc ignores the settings in a privileged process; the loader would not take the
+        // proxy's arguments.
+        let privileged = Start {
+            privileged: true,
+            ..Start::default()
+        };
+        let out = decide(true, threads(2), privileged, never);
+        assert!(matches!(out, Outcome::Privileged), "{out:?}");
+        let loader = Start {
+            loader: true,
+            ..Start::default()
+        };
+        let out = decide(true, threads(2), loader, never);
+        assert!(matches!(out, Outcome::Loader), "{out:?}");
+    }
+
+    #[test]
+    fn knows_the_loader_and_the_name_the_kernel_gave() {
+        assert!(is_loader(Path::new("/lib64/ld-linux-x86-64.so.2")));
+        assert!(is_loader(Path::new("/lib/ld-linux-aarch64.so.1")));
+        assert!(is_loader(Path::new("/lib/ld.so")));
+        assert!(!is_loader(Path::new("/usr/sbin/imapproxy")));
+        assert!(!is_loader(Path::new("/opt/ldap-proxy")));
+        // This test process was not started in secure mode.
+        assert!(!privileged());
+
+        let name = |a: &str| name_from(&OsString::from(a));
+        assert_eq!(
+            name("/usr/sbin/imapproxy").unwrap().as_bytes(),
+            b"imapproxy"
         );
-        assert!(matches!(out, Outcome::Dropped(_)), "{out:?}");
+        assert_eq!(name("imapproxy").unwrap().as_bytes(), b"imapproxy");
+        assert_eq!(
+            name("./a-very-long-binary-name").unwrap().as_bytes(),
+            b"a-very-long-bin"
+        );
+        assert_eq!(name("/"), None);
     }
 }

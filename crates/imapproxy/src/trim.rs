@@ -14,7 +14,8 @@
 //! `malloc_trim` too, when it releases its pools; `[server] heap_trim = false` turns this off,
 //! as `no-memory-trimming` does there.
 //!
-//! The binary's one `unsafe`: two glibc calls that take no pointers.
+//! One of the binary's two `unsafe` modules (with `heap.rs`): two glibc calls that take no
+//! pointers.
 #![allow(unsafe_code)]
 
 use std::fs::File;

@@ -313,7 +313,7 @@ fn sigterm_drains_then_says_bye_and_exits_cleanly() {
 }
 
 /// glibc's allocator set compact (`heap.rs`): the binary executes itself again once at start,
-/// keeping its process id, with `GLIBC_TUNABLES` for its thread count, unless the
+/// keeping its process id and name, with `GLIBC_TUNABLES` for its thread count, unless the
 /// configuration turns it off or the operator set `GLIBC_TUNABLES`; sessions work each way.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
@@ -382,6 +382,9 @@ fn the_heap_settings_are_applied_at_start_unless_turned_off_or_set_by_the_operat
             })
         };
         assert_eq!(var(MARKER).as_deref(), marker, "{config}");
+        // Named as it was started, not `exe` (what executing /proc/self/exe names it).
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", binary.pid())).unwrap();
+        assert_eq!(comm.trim_end(), "imapproxy", "{config}");
         let first = |t: &str| t.split(':').next().unwrap().to_owned();
         assert_eq!(
             var("GLIBC_TUNABLES").map(|t| first(&t)),

@@ -34,12 +34,15 @@ impl Binary {
         Self::start_with_env(config, wait_for, &[])
     }
 
-    /// [`Binary::start`] with these variables added to its environment.
+    /// [`Binary::start`] with these variables added to its environment (and glibc's
+    /// allocator settings of the test's own environment left out).
     pub fn start_with_env(config: &str, wait_for: &[SocketAddr], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("imapproxy.toml");
         std::fs::write(&path, config).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_imapproxy"))
+            .env_remove("GLIBC_TUNABLES")
+            .env_remove("IMAPPROXY_HEAP_COMPACTED")
             .envs(env.iter().copied())
             .arg("--config")
             .arg(&path)
