@@ -36,7 +36,6 @@
 //! An operator's own `GLIBC_TUNABLES` is left as it is (set it empty to keep glibc's defaults
 //! without a configuration file: under a debugger or valgrind, say), and `[server]
 //! heap_compact = false` turns this off.
-#![allow(unsafe_code)]
 
 use std::ffi::{CString, OsString};
 use std::num::NonZeroUsize;
@@ -143,6 +142,7 @@ fn decide(
 
 /// Whether the kernel started this process in secure mode (`AT_SECURE`): setuid, setgid, or
 /// file capabilities. glibc ignores malloc settings there.
+#[allow(unsafe_code)]
 fn privileged() -> bool {
     // SAFETY: `getauxval` takes a key and returns a number (0 for a key the kernel did not
     // pass); it reads the auxiliary vector glibc saved at start and touches no memory of ours.
