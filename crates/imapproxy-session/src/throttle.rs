@@ -239,9 +239,14 @@ impl Entry {
     }
 }
 
-/// A password that logged its user in: its keyed digest, and when.
+/// The length of the keyed digest of a password (HMAC-SHA256).
+const DIGEST_LEN: usize = 32;
+
+/// A password that logged its user in: its keyed digest, and when. Kept for every user who
+/// logged in lately, so kept small: the digest's bytes, not ring's 72-byte `Tag` (an entry of
+/// [`Table::proven`] is 64 bytes with its key, was 112).
 struct Proof {
-    tag: hmac::Tag,
+    tag: [u8; DIGEST_LEN],
     at: Instant,
 }
 
@@ -251,7 +256,7 @@ struct Table {
     /// Unproven attempts at a backend per user (lower-cased).
     unproven: HashMap<String, u32>,
     /// The last password that logged each user in (lower-cased).
-    proven: HashMap<String, Proof>,
+    proven: HashMap<Box<str>, Proof>,
 }
 
 struct Shared {
@@ -325,7 +330,7 @@ impl Attempt {
             shared.forgive(&mut table, &self.user, ip);
         }
         if let Some(tag) = tag {
-            shared.prove(&mut table, &self.user, tag, now);
+            shared.prove(&mut table, &self.user, &tag, now);
         }
         drop(table);
         shared.settled.notify_waiters();
@@ -772,18 +777,22 @@ impl Shared {
         let proven_for = self.settings.load().proven_for;
         table.proven.get(user).is_some_and(|proof| {
             now.duration_since(proof.at) <= proven_for
-                && constant_time_eq(presented.as_ref(), proof.tag.as_ref())
+                && constant_time_eq(presented.as_ref(), &proof.tag)
         })
     }
 
-    fn prove(&self, table: &mut Table, user: &str, tag: hmac::Tag, now: Instant) {
+    fn prove(&self, table: &mut Table, user: &str, tag: &hmac::Tag, now: Instant) {
+        // Always 32 bytes (the key is HMAC-SHA256); anything else is not remembered.
+        let Ok(tag) = <[u8; DIGEST_LEN]>::try_from(tag.as_ref()) else {
+            return;
+        };
         if !table.proven.contains_key(user) {
             self.make_room(table, now);
             if table.entries.len() + table.proven.len() >= self.settings.load().max_tracked {
                 return;
             }
         }
-        table.proven.insert(user.to_owned(), Proof { tag, at: now });
+        table.proven.insert(user.into(), Proof { tag, at: now });
     }
 
     /// A refused password is no longer proven (it changed on the backend).
@@ -855,6 +864,18 @@ mod tests {
 
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+
+    #[test]
+    fn a_proof_is_the_digest_and_an_instant() {
+        // What every user who logged in lately costs in the table, beside the user's name.
+        assert_eq!(std::mem::size_of::<(Box<str>, Proof)>(), 64);
+        // Every digest fits a proof (else `prove` would remember nothing).
+        let t = Throttle::new(settings());
+        assert_eq!(
+            t.shared.digest("user", b"password").as_ref().len(),
+            DIGEST_LEN
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn user_blocked_only_from_the_failing_address_and_lifted_after_block() {
