@@ -14,8 +14,8 @@
 //! `malloc_trim` too, when it releases its pools; `[server] heap_trim = false` turns this off,
 //! as `no-memory-trimming` does there.
 //!
-//! One of the binary's two `unsafe` modules (with `heap.rs`): two glibc calls that take no
-//! pointers.
+//! Two glibc calls that take no pointers: with `heap.rs`'s `getauxval`, the binary's only
+//! `unsafe`.
 #![allow(unsafe_code)]
 
 use std::fs::File;
