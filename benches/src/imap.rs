@@ -28,7 +28,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Plain TCP or TLS from the first byte (RFC 8314 implicit TLS).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Security {
     /// No TLS.
     Plain,

@@ -48,6 +48,7 @@
 mod admin;
 mod bulk;
 mod burst;
+mod cgroup;
 mod clients;
 mod error;
 mod failover;
@@ -60,6 +61,7 @@ mod peers;
 mod pipeline;
 mod proxy;
 mod report;
+mod scaling;
 mod webmail;
 
 use std::path::PathBuf;
@@ -121,6 +123,9 @@ enum Scenario {
     /// direct Dovecot: latency, sessions/s, bulk MB/s, memory per idle session and a
     /// one-user burst, as one markdown table of ratios (target/loadbench/peers.md).
     Peers(peers::PeersArgs),
+    /// Sessions/s and bulk MB/s with 1 and 2 proxy worker threads, each given the same CPU
+    /// quota per thread (a cgroup), and the proxy's CPU per session and per GB at each.
+    Scaling(scaling::ScalingArgs),
 }
 
 fn main() -> ExitCode {
@@ -157,6 +162,7 @@ fn run(cli: &Cli) -> Result<(), BenchError> {
             Scenario::Fleet(a) => fleet::run(&binary, cli.runs, a).await,
             Scenario::Many(a) => many::run(&binary, cli.runs, a).await,
             Scenario::Peers(a) => peers::run(&binary, cli.runs, a).await,
+            Scenario::Scaling(a) => scaling::run(&binary, cli.runs, a).await,
         }
     })
 }

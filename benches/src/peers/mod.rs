@@ -14,7 +14,7 @@
 mod auth_http;
 mod bulk;
 mod burst;
-mod disturbance;
+pub(crate) mod disturbance;
 mod haproxy;
 mod idle;
 mod nginx;
@@ -40,6 +40,9 @@ use crate::proxy::target_dir;
 use crate::report::{unix_time, write_json};
 use table::{LoadRecord, Row};
 use target::{Column, Installed, PeerName};
+
+pub(crate) use sessions::{DOVECOT_LIMITS, reasons_text};
+pub(crate) use table::utc_text;
 
 /// The parts of the comparison, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

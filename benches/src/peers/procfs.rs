@@ -112,6 +112,28 @@ pub fn process_cpu_ns(pid: u32) -> Option<u64> {
     (!times.is_empty()).then(|| times.iter().sum())
 }
 
+/// Context switches of every thread of `pid` so far (`voluntary_ctxt_switches` and
+/// `nonvoluntary_ctxt_switches` of each `/proc/<pid>/task/<tid>/status`); `None` when
+/// `pid` is gone.
+pub fn context_switches(pid: u32) -> Option<u64> {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let counts: Vec<u64> = tasks
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
+        .map(|text| {
+            text.lines()
+                .filter_map(|l| {
+                    let v = l
+                        .strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))?;
+                    v.trim().parse::<u64>().ok()
+                })
+                .sum()
+        })
+        .collect();
+    (!counts.is_empty()).then(|| counts.iter().sum())
+}
+
 /// Sum of `Pss` over `root`'s tree, in KiB; `None` when `root` is gone. Processes that
 /// exit while the tree is read are skipped.
 pub fn tree_pss_kib(root: u32) -> Option<u64> {

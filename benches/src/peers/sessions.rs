@@ -22,7 +22,7 @@ use crate::webmail::{self, SESSION_TIMEOUT, count_logins, pool_section};
 
 /// Process and client limits well above 20 clients' sessions and what the pooling
 /// proxies cache for 100 users (as in `webmail`).
-const DOVECOT_LIMITS: &str = "default_client_limit = 4000\n\
+pub const DOVECOT_LIMITS: &str = "default_client_limit = 4000\n\
                               default_process_limit = 1000\n\
                               service imap {\n  process_limit = 2000\n}\n";
 

@@ -1,0 +1,187 @@
+//! A CPU quota for one process: a cgroup of its own with a CFS bandwidth limit, so that a
+//! scenario can give the proxy a fixed share of a core per worker thread and keep the
+//! rest of the machine for the load generator and Dovecot.
+//!
+//! Both cgroup layouts are handled: the unified hierarchy (v2, `cpu.max`, the `cpu`
+//! controller enabled for the root's children) and the v1 `cpu` controller
+//! (`cpu.cfs_period_us` / `cpu.cfs_quota_us`). Either needs root, or a delegated
+//! hierarchy; without one the scenario says so and runs without the quota.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// The CFS period: short, so that a throttled proxy pauses for a few milliseconds at a
+/// time instead of most of a 100 ms default period.
+const PERIOD_US: u64 = 20_000;
+/// The kernel's smallest quota.
+const MIN_QUOTA_US: u64 = 1_000;
+
+/// Where the quota is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// `/sys/fs/cgroup/<group>/cpu.max`.
+    Unified,
+    /// `/sys/fs/cgroup/cpu/<group>/cpu.cfs_quota_us`.
+    V1,
+}
+
+/// A cgroup made for one process; removed when dropped (after the process has gone).
+#[derive(Debug)]
+pub struct CpuQuota {
+    dir: PathBuf,
+    layout: Layout,
+    cores: f64,
+}
+
+/// How often the group's processes were held back, between two readings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Throttling {
+    /// CFS periods in which the group ran.
+    pub periods: u64,
+    /// Of those, the periods in which it used up its quota and waited.
+    pub throttled: u64,
+}
+
+impl Throttling {
+    /// The share of periods in which the quota ran out (0 to 1), when any period passed.
+    pub fn share(self) -> Option<f64> {
+        (self.periods > 0).then(|| self.throttled as f64 / self.periods as f64)
+    }
+
+    /// What happened between `earlier` and `self`.
+    pub fn since(self, earlier: Throttling) -> Throttling {
+        Throttling {
+            periods: self.periods.saturating_sub(earlier.periods),
+            throttled: self.throttled.saturating_sub(earlier.throttled),
+        }
+    }
+}
+
+impl CpuQuota {
+    /// A new cgroup limited to `cores` cores' worth of CPU time (over all its threads).
+    pub fn create(cores: f64) -> Result<CpuQuota, String> {
+        if !(cores.is_finite() && cores > 0.0) {
+            return Err(format!("a CPU quota of {cores} cores"));
+        }
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "loadbench-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let (dir, layout) = locate(&name)?;
+        fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let quota = CpuQuota { dir, layout, cores };
+        quota.set_limit()?;
+        Ok(quota)
+    }
+
+    fn set_limit(&self) -> Result<(), String> {
+        let quota_us = ((self.cores * PERIOD_US as f64).round() as u64).max(MIN_QUOTA_US);
+        match self.layout {
+            Layout::Unified => write(
+                &self.dir.join("cpu.max"),
+                &format!("{quota_us} {PERIOD_US}"),
+            ),
+            Layout::V1 => {
+                write(&self.dir.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
+                write(&self.dir.join("cpu.cfs_quota_us"), &quota_us.to_string())
+            }
+        }
+    }
+
+    /// Moves process `pid` (all its threads) into the group.
+    pub fn add(&self, pid: u32) -> Result<(), String> {
+        write(&self.dir.join("cgroup.procs"), &pid.to_string())
+    }
+
+    /// The group's throttling counters so far (`cpu.stat`).
+    pub fn throttling(&self) -> Option<Throttling> {
+        let text = fs::read_to_string(self.dir.join("cpu.stat")).ok()?;
+        let field = |key: &str| -> Option<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+        };
+        Some(Throttling {
+            periods: field("nr_periods")?,
+            throttled: field("nr_throttled")?,
+        })
+    }
+}
+
+impl Drop for CpuQuota {
+    fn drop(&mut self) {
+        // The process was killed and reaped before this drops; its threads may take a
+        // moment to leave the group.
+        for _ in 0..50 {
+            if fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "loadbench: could not remove the cgroup {}",
+            self.dir.display()
+        );
+    }
+}
+
+/// The directory for a new group called `name`, in whichever layout has the `cpu`
+/// controller.
+fn locate(name: &str) -> Result<(PathBuf, Layout), String> {
+    let root = Path::new("/sys/fs/cgroup");
+    let controllers = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    if controllers.split_whitespace().any(|c| c == "cpu") {
+        // Enable the controller for the root's children (already on under systemd).
+        let subtree = root.join("cgroup.subtree_control");
+        let enabled = fs::read_to_string(&subtree).unwrap_or_default();
+        if !enabled.split_whitespace().any(|c| c == "cpu") {
+            write(&subtree, "+cpu")?;
+        }
+        return Ok((root.join(name), Layout::Unified));
+    }
+    let v1 = root.join("cpu");
+    if v1.join("cpu.cfs_quota_us").exists() {
+        return Ok((v1.join(name), Layout::V1));
+    }
+    Err("no cgroup with the cpu controller under /sys/fs/cgroup".to_owned())
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    fs::write(path, text).map_err(|e| format!("write {text:?} to {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttling_share_and_difference() {
+        let a = Throttling {
+            periods: 100,
+            throttled: 40,
+        };
+        let b = Throttling {
+            periods: 300,
+            throttled: 220,
+        };
+        assert_eq!(
+            b.since(a),
+            Throttling {
+                periods: 200,
+                throttled: 180
+            }
+        );
+        assert_eq!(b.since(a).share(), Some(0.9));
+        assert_eq!(Throttling::default().share(), None);
+    }
+
+    #[test]
+    fn a_quota_needs_a_positive_number_of_cores() {
+        for cores in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(CpuQuota::create(cores).is_err(), "{cores}");
+        }
+    }
+}
