@@ -38,6 +38,9 @@
 //! - `many`: 10,000 logged-in sessions on a proxy with one runtime thread: sessions/s to
 //!   open them, proxy `VmRSS` per session in IDLE, NOOP latency (p50/p99/max) and the
 //!   proxy's CPU while they idle and poll at 1,000 NOOP/s, against direct Dovecot.
+//! - `scaling`: sessions/s and bulk MB/s of the proxy with 1 and 2 runtime worker threads,
+//!   each proxy in a cgroup with a CPU quota per thread (the proxy is the bottleneck on a
+//!   small machine), and its CPU per session and per GB at each.
 //! - `peers`: direct Dovecot, imapproxy and whichever of HAProxy, nginx's mail proxy and
 //!   up-imapproxy are installed, interleaved: one-client latency, sessions/s of 20
 //!   clients, bulk MB/s, memory per idle session, a one-user burst; one markdown table of

@@ -89,6 +89,14 @@ pub const LOAD_SCENARIOS: &[LoadScenario] = &[
         bin: "loadbench",
         args: &["many", "--fit-fd-limit"],
     },
+    // Sessions/s and bulk MB/s with 1 and 2 proxy worker threads, each proxy given 0.15
+    // cores per thread (a cgroup CPU quota: the proxy is the bottleneck, the clients and
+    // Dovecot keep the rest of the machine; without root, no quota); about 2 minutes.
+    LoadScenario {
+        package: "imapproxy-bench",
+        bin: "loadbench",
+        args: &["scaling"],
+    },
     // Direct Dovecot, imapproxy and the installed peers (HAProxy, nginx mail, up-imapproxy;
     // missing ones are skipped and named), interleaved: latency, sessions/s, bulk, idle
     // memory, burst; one markdown table in target/loadbench/peers.md. About 11 minutes
