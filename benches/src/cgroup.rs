@@ -12,11 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-/// The CFS period: short, so that a throttled proxy pauses for a few milliseconds at a
-/// time instead of most of a 100 ms default period.
-const PERIOD_US: u64 = 20_000;
-/// The kernel's smallest quota.
-const MIN_QUOTA_US: u64 = 1_000;
+/// The kernel's smallest CFS period and quota.
+const MIN_US: u64 = 1_000;
+/// The kernel's largest CFS period.
+const MAX_PERIOD_US: u64 = 1_000_000;
 
 /// Where the quota is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +32,7 @@ pub struct CpuQuota {
     dir: PathBuf,
     layout: Layout,
     cores: f64,
+    period_us: u64,
 }
 
 /// How often the group's processes were held back, between two readings.
@@ -60,11 +60,17 @@ impl Throttling {
 }
 
 impl CpuQuota {
-    /// A new cgroup limited to `cores` cores' worth of CPU time (over all its threads).
-    pub fn create(cores: f64) -> Result<CpuQuota, String> {
+    /// A new cgroup limited to `cores` cores' worth of CPU time (over all its threads) in
+    /// every CFS period of `period`.
+    pub fn create(cores: f64, period: Duration) -> Result<CpuQuota, String> {
         if !(cores.is_finite() && cores > 0.0) {
             return Err(format!("a CPU quota of {cores} cores"));
         }
+        let period_us = u64::try_from(period.as_micros()).unwrap_or(u64::MAX);
+        if !(MIN_US..=MAX_PERIOD_US).contains(&period_us) {
+            return Err(format!("a CFS period of {period:?} (1 ms to 1 s)"));
+        }
+        quota_us(cores, period_us)?;
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "loadbench-{}-{}",
@@ -73,20 +79,26 @@ impl CpuQuota {
         );
         let (dir, layout) = locate(&name)?;
         fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let quota = CpuQuota { dir, layout, cores };
+        let quota = CpuQuota {
+            dir,
+            layout,
+            cores,
+            period_us,
+        };
         quota.set_limit()?;
         Ok(quota)
     }
 
     fn set_limit(&self) -> Result<(), String> {
-        let quota_us = ((self.cores * PERIOD_US as f64).round() as u64).max(MIN_QUOTA_US);
+        let period_us = self.period_us;
+        let quota_us = quota_us(self.cores, period_us)?;
         match self.layout {
             Layout::Unified => write(
                 &self.dir.join("cpu.max"),
-                &format!("{quota_us} {PERIOD_US}"),
+                &format!("{quota_us} {period_us}"),
             ),
             Layout::V1 => {
-                write(&self.dir.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
+                write(&self.dir.join("cpu.cfs_period_us"), &period_us.to_string())?;
                 write(&self.dir.join("cpu.cfs_quota_us"), &quota_us.to_string())
             }
         }
@@ -126,6 +138,19 @@ impl Drop for CpuQuota {
             self.dir.display()
         );
     }
+}
+
+/// The quota for `cores` cores in a period of `period_us`, in µs. Refused under the
+/// kernel's smallest quota: rounding up would give more CPU than asked for.
+fn quota_us(cores: f64, period_us: u64) -> Result<u64, String> {
+    let quota = (cores * period_us as f64).round();
+    if quota < MIN_US as f64 {
+        return Err(format!(
+            "{cores} cores of a {period_us} µs period is under the kernel's smallest quota \
+             ({MIN_US} µs): use a longer period"
+        ));
+    }
+    Ok(quota as u64)
 }
 
 /// The directory for a new group called `name`, in whichever layout has the `cpu`
@@ -179,9 +204,19 @@ mod tests {
     }
 
     #[test]
-    fn a_quota_needs_a_positive_number_of_cores() {
+    fn a_quota_needs_a_positive_number_of_cores_and_a_period_the_kernel_takes() {
+        let period = Duration::from_millis(20);
         for cores in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-            assert!(CpuQuota::create(cores).is_err(), "{cores}");
+            assert!(CpuQuota::create(cores, period).is_err(), "{cores}");
         }
+        for period in [Duration::from_micros(999), Duration::from_secs(2)] {
+            assert!(CpuQuota::create(0.5, period).is_err(), "{period:?}");
+        }
+        // 0.15 cores of 5 ms would be 750 µs: refused, not rounded up to 0.2 cores.
+        assert!(CpuQuota::create(0.15, Duration::from_millis(5)).is_err());
+        assert_eq!(quota_us(0.15, 5_000).ok(), None);
+        assert_eq!(quota_us(0.2, 5_000), Ok(1_000));
+        assert_eq!(quota_us(0.15, 100_000), Ok(15_000));
+        assert_eq!(quota_us(2.0, 100_000), Ok(200_000));
     }
 }

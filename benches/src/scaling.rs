@@ -69,6 +69,11 @@ pub struct ScalingArgs {
     /// quota.
     #[arg(long, default_value_t = 0.15)]
     core_share: f64,
+    /// The quota's CFS period in milliseconds (1 to 1,000): the proxy runs for its share
+    /// of each period, then waits for the next. The default is the kernel's, and that of
+    /// a container's CPU limit under Docker or Kubernetes.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    period_ms: u64,
     /// Worker-thread counts to compare; ratios are to the first.
     #[arg(long, value_delimiter = ',', default_values_t = [1u32, 2],
           value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -104,6 +109,12 @@ pub struct ScalingArgs {
     /// disturbed.
     #[arg(long, default_value_t = 0.25)]
     disturbed_cores: f64,
+}
+
+impl ScalingArgs {
+    fn period(&self) -> Duration {
+        Duration::from_millis(self.period_ms)
+    }
 }
 
 /// One row of the table: a part over one transport.
@@ -198,7 +209,7 @@ pub async fn run(binary: &Path, runs: u32, args: &ScalingArgs) -> Result<(), Ben
     if args.thread_counts.is_empty() || args.only.is_empty() {
         return Err(BenchError::protocol("scaling", "nothing to measure"));
     }
-    let quota = args.core_share > 0.0 && quota_available(args.core_share);
+    let quota = args.core_share > 0.0 && quota_available(args.core_share, args.period());
     let users = args.users as usize;
     let sessions = if args.only.contains(&Part::Sessions) {
         Some(Arc::new(
@@ -231,7 +242,10 @@ pub async fn run(binary: &Path, runs: u32, args: &ScalingArgs) -> Result<(), Ben
         "scaling: proxy threads {:?}, {}; {} runs",
         args.thread_counts,
         if quota {
-            format!("{} cores of CPU per thread (cgroup quota)", args.core_share)
+            format!(
+                "{} cores of CPU per thread (cgroup quota, {} ms period)",
+                args.core_share, args.period_ms
+            )
         } else {
             "no CPU quota".to_owned()
         },
@@ -291,8 +305,8 @@ pub async fn run(binary: &Path, runs: u32, args: &ScalingArgs) -> Result<(), Ben
 }
 
 /// Whether a cgroup with a CPU quota can be made here (says why not).
-fn quota_available(cores: f64) -> bool {
-    match CpuQuota::create(cores) {
+fn quota_available(cores: f64, period: Duration) -> bool {
+    match CpuQuota::create(cores, period) {
         Ok(_) => true,
         Err(e) => {
             println!("scaling: no CPU quota ({e}); measuring without one");
@@ -323,8 +337,11 @@ async fn start(
 ) -> Result<Started, BenchError> {
     let quota = if setup.quota {
         Some(
-            CpuQuota::create(setup.args.core_share * f64::from(threads))
-                .map_err(|e| BenchError::protocol("CPU quota", e))?,
+            CpuQuota::create(
+                setup.args.core_share * f64::from(threads),
+                setup.args.period(),
+            )
+            .map_err(|e| BenchError::protocol("CPU quota", e))?,
         )
     } else {
         None
@@ -590,8 +607,8 @@ fn markdown(
             .join(", "),
         if setup.quota {
             format!(
-                "each proxy in a cgroup with {} cores of CPU per thread",
-                setup.args.core_share
+                "each proxy in a cgroup with {} cores of CPU per thread ({} ms period)",
+                setup.args.core_share, setup.args.period_ms
             )
         } else {
             "no CPU quota".to_owned()
@@ -711,6 +728,7 @@ fn summary(
         "scenario": "scaling",
         "runs": runs,
         "core_share": setup.quota.then_some(setup.args.core_share),
+        "period_ms": setup.quota.then_some(setup.args.period_ms),
         "clients": setup.args.clients,
         "users": setup.args.users,
         "bulk_sessions": setup.args.bulk_sessions,
