@@ -4,8 +4,10 @@
 //!
 //! Both cgroup layouts are handled: the unified hierarchy (v2, `cpu.max`, the `cpu`
 //! controller enabled for the root's children) and the v1 `cpu` controller
-//! (`cpu.cfs_period_us` / `cpu.cfs_quota_us`). Either needs root, or a delegated
-//! hierarchy; without one the scenario says so and runs without the quota.
+//! (`cpu.cfs_period_us` / `cpu.cfs_quota_us`). The group is made under the cgroup root,
+//! which needs root; on v2 this enables the `cpu` controller for the root's children
+//! (systemd has it on already) and leaves it on. Without either, the scenario says so and
+//! runs without the quota.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -63,14 +65,7 @@ impl CpuQuota {
     /// A new cgroup limited to `cores` cores' worth of CPU time (over all its threads) in
     /// every CFS period of `period`.
     pub fn create(cores: f64, period: Duration) -> Result<CpuQuota, String> {
-        if !(cores.is_finite() && cores > 0.0) {
-            return Err(format!("a CPU quota of {cores} cores"));
-        }
-        let period_us = u64::try_from(period.as_micros()).unwrap_or(u64::MAX);
-        if !(MIN_US..=MAX_PERIOD_US).contains(&period_us) {
-            return Err(format!("a CFS period of {period:?} (1 ms to 1 s)"));
-        }
-        quota_us(cores, period_us)?;
+        let period_us = Self::check(cores, period)?;
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "loadbench-{}-{}",
@@ -87,6 +82,19 @@ impl CpuQuota {
         };
         quota.set_limit()?;
         Ok(quota)
+    }
+
+    /// Whether the kernel takes `cores` cores per `period`; the period in µs when it does.
+    pub fn check(cores: f64, period: Duration) -> Result<u64, String> {
+        if !(cores.is_finite() && cores > 0.0) {
+            return Err(format!("a CPU quota of {cores} cores"));
+        }
+        let period_us = u64::try_from(period.as_micros()).unwrap_or(u64::MAX);
+        if !(MIN_US..=MAX_PERIOD_US).contains(&period_us) {
+            return Err(format!("a CFS period of {period:?} (1 ms to 1 s)"));
+        }
+        quota_us(cores, period_us)?;
+        Ok(period_us)
     }
 
     fn set_limit(&self) -> Result<(), String> {

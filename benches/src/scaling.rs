@@ -2,31 +2,33 @@
 //! threads (`[server] threads`), and its CPU time per session and per GB at each.
 //!
 //! On a machine with few cores the load generator and Dovecot share them with the proxy,
-//! so a second thread cannot give the proxy a second core: on two cores, the earlier
-//! measurement without limits went from 1,283 to 1,155 webmail sessions/s. So each
-//! configuration runs the proxy in a cgroup of its own with a CPU quota of
-//! `--core-share` cores per worker thread (1 thread: 0.15 cores, 2 threads: 0.30), and
-//! the rest of the machine is left to the clients and Dovecot. The proxy is then the
-//! bottleneck (the table shows the share of CFS periods in which it used up its quota),
-//! and throughput with 2 threads over throughput with 1 is how it scales with the CPU it
-//! is given.
+//! so a second thread cannot give the proxy a second core (on two cores, without a quota,
+//! the proxy uses half a core and the machine is full). So each configuration runs the
+//! proxy in a cgroup of its own with a CPU quota of `--core-share` cores per worker thread
+//! (1 thread: 0.15 cores, 2 threads: 0.30), and the rest of the machine is left to the
+//! clients and Dovecot. The proxy is then the bottleneck (the tables show the share of CFS
+//! periods in which it used up its quota), and throughput with 2 threads and 0.30 cores
+//! over throughput with 1 thread and 0.15 is how it scales with the CPU it is given.
 //!
-//! Two readings answer different questions:
-//! - **throughput, 2 threads ÷ 1**: 2.0 is linear. The quota is on the group's total, so a
-//!   lock that serialised the threads completely would still fit 0.30 cores of work into
-//!   the time; this ratio shows what running on two threads costs in work (cross-thread
-//!   wake-ups, stolen tasks, shared counters), not contention.
-//! - **proxy CPU per unit** (µs per session, ms per GB; every thread's `schedstat`): the
-//!   same at 1 and 2 threads when a second thread adds no work of its own.
+//! A quota below one core could be used by one thread alone, so a **control** runs too:
+//! 1 thread with the 2 threads' quota. 2 threads over that control, at the same CPU, is
+//! what the second thread itself costs (cross-thread wake-ups, stolen tasks, shared
+//! counters), apart from the CPU it brings.
 //!
-//! `--core-share 0` runs without a quota (what the machine gives); a quota needs root or a
-//! delegated cgroup, and the scenario says when it has none.
+//! What a quota cannot show: how far a lock that serialised the threads would limit
+//! throughput, since that limit (one core) is above the quota. Contention's cost in CPU
+//! (futex waits, cache lines moving between cores) does show, in the proxy's CPU per unit.
+//!
+//! `--core-share 0` runs without a quota (what the machine gives). A quota needs root: the
+//! group is made under the cgroup root (v2 `cpu.max`, or the v1 `cpu` controller).
 //!
 //! Parts: `sessions` (the `peers` scenario's closed-loop webmail sessions, 20 clients over
 //! 100 users, plain and implicit TLS with a full handshake each) and `bulk` (`UID FETCH
-//! 1:* BODY.PEEK[]` on 4 concurrent sessions, so that both threads have work, plain and
-//! TLS). Configurations alternate within each run, in an order rotated from run to run; a
-//! fresh proxy per measurement.
+//! 1:* BODY.PEEK[]` on 4 concurrent sessions, so that the sessions can spread over the
+//! threads, plain and TLS, whole rounds for at least `--bulk-secs`). Configurations
+//! alternate within each run, in an order rotated from run to run; a fresh proxy per
+//! measurement. Ratios are medians of the per-run ratios (each run measures every
+//! configuration back to back).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -48,7 +50,7 @@ use crate::imap::{
     login_select,
 };
 use crate::peers::disturbance::Probe;
-use crate::peers::procfs;
+use crate::peers::{procfs, reasons_text, rotated, utc_text};
 use crate::proxy::{self, ProxyProcess};
 use crate::report::{median, unix_time, write_json};
 use crate::webmail::{self, SESSION_TIMEOUT, pool_section};
@@ -67,17 +69,21 @@ pub enum Part {
 pub struct ScalingArgs {
     /// Cores' worth of CPU the proxy gets per worker thread (a cgroup CPU quota); 0: no
     /// quota.
-    #[arg(long, default_value_t = 0.15)]
+    #[arg(long, default_value_t = 0.15, value_parser = parse_share)]
     core_share: f64,
     /// The quota's CFS period in milliseconds (1 to 1,000): the proxy runs for its share
-    /// of each period, then waits for the next. The default is the kernel's, and that of
-    /// a container's CPU limit under Docker or Kubernetes.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    /// of each period, then waits for the next. Short periods keep the proxy's bursts
+    /// short (at the kernel's 100 ms, both threads take both cores for 15 ms while the
+    /// clients and Dovecot wait, then all wait on them).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
     period_ms: u64,
     /// Worker-thread counts to compare; ratios are to the first.
     #[arg(long, value_delimiter = ',', default_values_t = [1u32, 2],
           value_parser = clap::value_parser!(u32).range(1..=64))]
     thread_counts: Vec<u32>,
+    /// Leave out the control (the first thread count with each other count's quota).
+    #[arg(long)]
+    no_control: bool,
     /// Parts to run.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Part::Sessions, Part::Bulk])]
     only: Vec<Part>,
@@ -102,9 +108,10 @@ pub struct ScalingArgs {
     /// Size of each bulk message, KiB.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(4..=16_384))]
     size_kib: u32,
-    /// Timed fetches per bulk session and measurement (after one untimed).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
-    fetches: u32,
+    /// Timed bulk fetching lasts at least this long (whole rounds, every session fetching
+    /// once per round, after one untimed round).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=600))]
+    bulk_secs: u64,
     /// Other processes' CPU plus steal (cores) from which a measurement counts as
     /// disturbed.
     #[arg(long, default_value_t = 0.25)]
@@ -117,7 +124,99 @@ impl ScalingArgs {
     }
 }
 
-/// One row of the table: a part over one transport.
+/// `--core-share`: a finite number of cores, 0 or more.
+fn parse_share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("{text:?} is not a number of cores (0 or more)")),
+    }
+}
+
+/// One proxy configuration: worker threads and CPU quota (cores; `None`: no quota).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Config {
+    threads: u32,
+    cores: Option<f64>,
+}
+
+impl Config {
+    fn label(self) -> String {
+        let threads = if self.threads == 1 {
+            "1 thread".to_owned()
+        } else {
+            format!("{} threads", self.threads)
+        };
+        match self.cores {
+            Some(c) => format!("{threads}, {c:.2} cores"),
+            None => threads,
+        }
+    }
+}
+
+/// The configurations: each thread count with its quota, then the controls (the first
+/// count with each other count's quota).
+fn configs(counts: &[u32], share: Option<f64>, control: bool) -> Vec<Config> {
+    let mut unique: Vec<u32> = Vec::new();
+    for &t in counts {
+        if !unique.contains(&t) {
+            unique.push(t);
+        }
+    }
+    let mut out: Vec<Config> = unique
+        .iter()
+        .map(|&t| Config {
+            threads: t,
+            cores: share.map(|s| s * f64::from(t)),
+        })
+        .collect();
+    if let (Some(s), true, Some((&first, rest))) = (share, control, unique.split_first()) {
+        out.extend(rest.iter().map(|&t| Config {
+            threads: first,
+            cores: Some(s * f64::from(t)),
+        }));
+    }
+    out
+}
+
+/// A ratio the tables show: configuration `num` over configuration `den`, per run.
+#[derive(Debug, Clone)]
+struct Comparison {
+    label: String,
+    num: usize,
+    den: usize,
+}
+
+/// For each thread count after the first: its throughput over the first's, and over the
+/// control's (same CPU) when there is one.
+fn comparisons(configs: &[Config]) -> Vec<Comparison> {
+    let Some(base) = configs.first().copied() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, c) in configs.iter().enumerate().skip(1) {
+        if c.threads == base.threads {
+            continue; // a control
+        }
+        out.push(Comparison {
+            label: format!("{} ÷ {}", c.threads, base.threads),
+            num: i,
+            den: 0,
+        });
+        let control = configs
+            .iter()
+            .position(|k| k.threads == base.threads && c.cores.is_some() && k.cores == c.cores);
+        if let Some(k) = control {
+            out.push(Comparison {
+                label: format!("{} ÷ {}, same CPU", c.threads, base.threads),
+                num: i,
+                den: k,
+            });
+        }
+    }
+    out
+}
+
+/// One row of the tables: a part over one transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Row {
     part: Part,
@@ -130,15 +229,11 @@ impl Row {
             Part::Sessions => "sessions/s",
             Part::Bulk => "bulk MB/s",
         };
-        format!("{what} {}", security_name(self.security))
-    }
-
-    /// What the proxy's context switches are counted per.
-    fn switch_unit(self) -> &'static str {
-        match self.part {
-            Part::Sessions => "session",
-            Part::Bulk => "MB",
-        }
+        let security = match self.security {
+            Security::Plain => "plain",
+            Security::Tls => "TLS",
+        };
+        format!("{what} {security}")
     }
 
     /// The unit of the proxy's CPU per unit of work.
@@ -148,12 +243,13 @@ impl Row {
             Part::Bulk => "ms/GB",
         }
     }
-}
 
-fn security_name(s: Security) -> &'static str {
-    match s {
-        Security::Plain => "plain",
-        Security::Tls => "TLS",
+    /// What the proxy's context switches are counted per.
+    fn switch_unit(self) -> &'static str {
+        match self.part {
+            Part::Sessions => "session",
+            Part::Bulk => "MB",
+        }
     }
 }
 
@@ -162,19 +258,25 @@ fn security_name(s: Security) -> &'static str {
 struct Reading {
     /// Sessions/s or MB/s.
     throughput: f64,
-    /// Proxy CPU per session (µs) or per GB (ms).
-    cpu_per_unit: f64,
+    /// Proxy CPU per session (µs) or per GB (ms), when its threads could be read.
+    cpu_per_unit: Option<f64>,
     /// Cores' worth of CPU the proxy used over the measurement.
-    proxy_cores: f64,
+    proxy_cores: Option<f64>,
     /// The proxy's context switches (its threads', voluntary and not) per session or
     /// per MB.
-    switches_per_unit: f64,
+    switches_per_unit: Option<f64>,
     /// Share of CFS periods in which the quota ran out.
     throttled: Option<f64>,
-    /// Sessions or fetches that failed.
+    /// Sessions or fetches that failed inside the measurement.
     failed: u64,
     disturbed: bool,
 }
+
+/// A figure of a reading, when it has one.
+type Metric<'a> = &'a dyn Fn(&Reading) -> Option<f64>;
+
+/// Every measurement of one row and configuration, by run.
+type Readings = BTreeMap<(Row, usize), BTreeMap<u32, Reading>>;
 
 /// The servers every measurement shares.
 struct Setup<'a> {
@@ -182,20 +284,12 @@ struct Setup<'a> {
     args: &'a ScalingArgs,
     sessions: Option<Arc<Dovecot>>,
     bulk: Option<Dovecot>,
-    /// Whether the quota can be set here.
-    quota: bool,
 }
 
 /// A proxy, in its quota's cgroup when there is one; the process stops first.
 struct Started {
     proxy: ProxyProcess,
     quota: Option<CpuQuota>,
-}
-
-impl Started {
-    fn throttling(&self) -> Option<Throttling> {
-        self.quota.as_ref().and_then(CpuQuota::throttling)
-    }
 }
 
 /// Runs the scenario.
@@ -209,7 +303,13 @@ pub async fn run(binary: &Path, runs: u32, args: &ScalingArgs) -> Result<(), Ben
     if args.thread_counts.is_empty() || args.only.is_empty() {
         return Err(BenchError::protocol("scaling", "nothing to measure"));
     }
-    let quota = args.core_share > 0.0 && quota_available(args.core_share, args.period());
+    let share = if args.core_share > 0.0 {
+        quota_share(args)?
+    } else {
+        None
+    };
+    let configs = configs(&args.thread_counts, share, !args.no_control);
+    let comparisons = comparisons(&configs);
     let users = args.users as usize;
     let sessions = if args.only.contains(&Part::Sessions) {
         Some(Arc::new(
@@ -236,20 +336,15 @@ pub async fn run(binary: &Path, runs: u32, args: &ScalingArgs) -> Result<(), Ben
         args,
         sessions,
         bulk,
-        quota,
     };
     println!(
-        "scaling: proxy threads {:?}, {}; {} runs",
-        args.thread_counts,
-        if quota {
-            format!(
-                "{} cores of CPU per thread (cgroup quota, {} ms period)",
-                args.core_share, args.period_ms
-            )
-        } else {
-            "no CPU quota".to_owned()
-        },
-        runs
+        "scaling: {}; {}; {runs} runs",
+        configs
+            .iter()
+            .map(|c| c.label())
+            .collect::<Vec<_>>()
+            .join(" / "),
+        quota_text(args, share)
     );
     let mut rows: Vec<Row> = Vec::new();
     for part in [Part::Sessions, Part::Bulk] {
@@ -259,97 +354,138 @@ pub async fn run(binary: &Path, runs: u32, args: &ScalingArgs) -> Result<(), Ben
             }
         }
     }
-    let mut readings: BTreeMap<(Row, u32), Vec<Reading>> = BTreeMap::new();
+    let mut readings = Readings::new();
+    let mut notes: Vec<String> = Vec::new();
+    let order: Vec<usize> = (0..configs.len()).collect();
     for r in 1..=runs {
         for row in &rows {
-            for threads in rotated(&args.thread_counts, r) {
-                let reading = match row.part {
-                    Part::Sessions => measure_sessions(&setup, row.security, threads).await,
-                    Part::Bulk => measure_bulk(&setup, row.security, threads).await,
-                }?;
-                eprintln!(
-                    "  run {r}: {:<18} {threads} thread(s): {:8.1}, proxy {:7.1} {}, {:.2} cores, \
-                     {:.1} context switches per {}{}{}{}",
-                    row.name(),
-                    reading.throughput,
-                    reading.cpu_per_unit,
-                    row.cpu_unit(),
-                    reading.proxy_cores,
-                    reading.switches_per_unit,
-                    row.switch_unit(),
-                    reading
-                        .throttled
-                        .map_or_else(String::new, |t| format!(", throttled {:.0} %", t * 100.0)),
-                    if reading.failed > 0 {
-                        format!(", {} failed", reading.failed)
-                    } else {
-                        String::new()
-                    },
-                    if reading.disturbed {
-                        "  [disturbed]"
-                    } else {
-                        ""
-                    },
-                );
-                readings.entry((*row, threads)).or_default().push(reading);
+            for i in rotated(&order, r) {
+                let Some(config) = configs.get(i).copied() else {
+                    continue;
+                };
+                let measured = match row.part {
+                    Part::Sessions => measure_sessions(&setup, row.security, config).await,
+                    Part::Bulk => measure_bulk(&setup, row.security, config).await,
+                };
+                match measured {
+                    Ok((reading, mut more)) => {
+                        print_reading(r, *row, config, &reading);
+                        for n in more.drain(..) {
+                            notes.push(format!("run {r}, {}, {}: {n}", row.name(), config.label()));
+                        }
+                        readings.entry((*row, i)).or_default().insert(r, reading);
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "  run {r}: {:<18} {}: failed: {e}",
+                            row.name(),
+                            config.label()
+                        );
+                        notes.push(format!(
+                            "run {r}, {}, {}: failed: {e}",
+                            row.name(),
+                            config.label()
+                        ));
+                    }
+                }
                 // Let Dovecot's processes of the sessions just closed exit.
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
-    let table = markdown(&setup, &rows, &readings, runs);
-    println!("\n{table}");
-    let path = write_json("scaling", &summary(&setup, &rows, &readings, runs, &table))?;
+    let report = Report {
+        args,
+        share,
+        configs: &configs,
+        comparisons: &comparisons,
+        rows: &rows,
+        readings: &readings,
+        runs,
+    };
+    let text = report.markdown(&notes);
+    println!("\n{text}");
+    let path = write_json("scaling", &report.json(&notes, &text))?;
     println!("summary: {}", path.display());
     Ok(())
 }
 
-/// Whether a cgroup with a CPU quota can be made here (says why not).
-fn quota_available(cores: f64, period: Duration) -> bool {
-    match CpuQuota::create(cores, period) {
-        Ok(_) => true,
+/// The share per thread when a quota can be made here; `None` (said why) when this
+/// machine has no cgroup with the cpu controller or we may not make one. A share the
+/// kernel cannot take is an error.
+fn quota_share(args: &ScalingArgs) -> Result<Option<f64>, BenchError> {
+    let most = args.thread_counts.iter().copied().max().unwrap_or(1);
+    let least = args.thread_counts.iter().copied().min().unwrap_or(1);
+    // The arithmetic first, so that a bad share is never mistaken for a missing cgroup.
+    for threads in [least, most] {
+        CpuQuota::check(args.core_share * f64::from(threads), args.period())
+            .map_err(|e| BenchError::protocol("--core-share / --period-ms", e))?;
+    }
+    match CpuQuota::create(args.core_share, args.period()) {
+        Ok(_) => Ok(Some(args.core_share)),
         Err(e) => {
             println!("scaling: no CPU quota ({e}); measuring without one");
-            false
+            Ok(None)
         }
     }
 }
 
-/// `items` rotated left by `run - 1`: each configuration goes first in turn.
-fn rotated(items: &[u32], run: u32) -> Vec<u32> {
-    let n = items.len().max(1);
-    let k = (run as usize).saturating_sub(1) % n;
-    items
-        .iter()
-        .cycle()
-        .skip(k)
-        .take(items.len())
-        .copied()
-        .collect()
+fn quota_text(args: &ScalingArgs, share: Option<f64>) -> String {
+    match share {
+        Some(s) => format!(
+            "each proxy in a cgroup with {s} cores of CPU per worker thread ({} ms CFS period)",
+            args.period_ms
+        ),
+        None => "no CPU quota".to_owned(),
+    }
 }
 
-/// Starts the proxy with `threads` worker threads, `extra` configuration, and its quota.
+fn print_reading(run: u32, row: Row, config: Config, reading: &Reading) {
+    let opt = |x: Option<f64>, decimals: usize| {
+        x.map_or_else(|| "—".to_owned(), |v| format!("{v:.decimals$}"))
+    };
+    eprintln!(
+        "  run {run}: {:<18} {:<22} {:8.1}, proxy {} {}, {} cores, {} context switches per {}{}{}{}",
+        row.name(),
+        config.label(),
+        reading.throughput,
+        opt(reading.cpu_per_unit, 1),
+        row.cpu_unit(),
+        opt(reading.proxy_cores, 2),
+        opt(reading.switches_per_unit, 1),
+        row.switch_unit(),
+        reading.throttled.map_or_else(String::new, |t| format!(
+            ", quota out in {:.0} % of periods",
+            t * 100.0
+        )),
+        if reading.failed > 0 {
+            format!(", {} failed", reading.failed)
+        } else {
+            String::new()
+        },
+        if reading.disturbed {
+            "  [disturbed]"
+        } else {
+            ""
+        },
+    );
+}
+
+/// Starts the proxy in `config` with `extra` configuration, in its quota's cgroup.
 async fn start(
     setup: &Setup<'_>,
     dovecot: &Dovecot,
-    threads: u32,
+    config: Config,
     extra: &str,
 ) -> Result<Started, BenchError> {
-    let quota = if setup.quota {
-        Some(
-            CpuQuota::create(
-                setup.args.core_share * f64::from(threads),
-                setup.args.period(),
-            )
-            .map_err(|e| BenchError::protocol("CPU quota", e))?,
-        )
-    } else {
-        None
-    };
+    let quota = config
+        .cores
+        .map(|cores| CpuQuota::create(cores, setup.args.period()))
+        .transpose()
+        .map_err(|e| BenchError::protocol("CPU quota", e))?;
     let (cert, key) = dovecot.server_cert_paths();
-    let config = format!("{extra}\n[server]\nthreads = {threads}\n");
+    let toml = format!("{extra}\n[server]\nthreads = {}\n", config.threads);
     let proxy =
-        ProxyProcess::start_with(setup.binary, dovecot.imap_addr(), &cert, &key, &config).await?;
+        ProxyProcess::start_with(setup.binary, dovecot.imap_addr(), &cert, &key, &toml).await?;
     if let Some(q) = &quota {
         q.add(proxy.pid())
             .map_err(|e| BenchError::protocol("CPU quota", e))?;
@@ -357,22 +493,26 @@ async fn start(
     Ok(Started { proxy, quota })
 }
 
-/// One sessions window through a fresh proxy.
+fn listener(started: &Started, security: Security) -> SocketAddr {
+    match security {
+        Security::Plain => started.proxy.plain,
+        Security::Tls => started.proxy.implicit,
+    }
+}
+
+/// One sessions window through a fresh proxy; the reading and notes on failures.
 async fn measure_sessions(
     setup: &Setup<'_>,
     security: Security,
-    threads: u32,
-) -> Result<Reading, BenchError> {
+    config: Config,
+) -> Result<(Reading, Vec<String>), BenchError> {
     let args = setup.args;
     let dovecot = setup
         .sessions
         .as_ref()
         .ok_or_else(|| BenchError::protocol("scaling", "no sessions Dovecot"))?;
-    let started = start(setup, dovecot, threads, &pool_section(8)).await?;
-    let addr: SocketAddr = match security {
-        Security::Plain => started.proxy.plain,
-        Security::Tls => started.proxy.implicit,
-    };
+    let started = start(setup, dovecot, config, &pool_section(8)).await?;
+    let addr = listener(&started, security);
     let window = Window::new(
         Duration::from_secs(args.warmup_secs),
         Duration::from_secs(args.secs),
@@ -400,57 +540,94 @@ async fn measure_sessions(
             "scaling sessions",
             format!(
                 "no session succeeded: {}; proxy output: {}",
-                crate::peers::reasons_text(&tally.reasons),
+                reasons_text(&tally.reasons),
                 started.proxy.log().trim()
             ),
         ));
     }
+    let mut notes = Vec::new();
+    if tally.failed > 0 {
+        notes.push(format!(
+            "{} sessions failed in the window: {}",
+            tally.failed,
+            reasons_text(&tally.reasons)
+        ));
+    }
+    if tally.failed_outside > 0 {
+        notes.push(format!(
+            "{} sessions failed outside the window",
+            tally.failed_outside
+        ));
+    }
     let n = tally.ok.len() as f64;
     let spent = after.since(&before);
-    Ok(Reading {
-        throughput: n / window.secs(),
-        cpu_per_unit: spent.cpu_ns as f64 / 1e3 / n,
-        proxy_cores: spent.cores(),
-        switches_per_unit: spent.switches as f64 / n,
-        throttled: spent.throttling.and_then(Throttling::share),
-        failed: tally.failed,
-        disturbed: load.disturbed(args.disturbed_cores),
-    })
+    Ok((
+        Reading {
+            throughput: n / window.secs(),
+            cpu_per_unit: spent.cpu_ns.map(|ns| ns as f64 / 1e3 / n),
+            proxy_cores: spent.cores(),
+            switches_per_unit: spent.switches.map(|s| s as f64 / n),
+            throttled: spent.throttling.and_then(Throttling::share),
+            failed: tally.failed,
+            disturbed: load.disturbed(args.disturbed_cores),
+        },
+        notes,
+    ))
 }
 
-/// `--bulk-sessions` concurrent fetches through a fresh proxy.
+/// `--bulk-sessions` concurrent fetches through a fresh proxy; the reading and notes on
+/// failures.
 async fn measure_bulk(
     setup: &Setup<'_>,
     security: Security,
-    threads: u32,
-) -> Result<Reading, BenchError> {
+    config: Config,
+) -> Result<(Reading, Vec<String>), BenchError> {
     let args = setup.args;
     let dovecot = setup
         .bulk
         .as_ref()
         .ok_or_else(|| BenchError::protocol("scaling", "no bulk Dovecot"))?;
     // The pool's defaults, as in `bulk`.
-    let started = start(setup, dovecot, threads, "").await?;
-    let addr = match security {
-        Security::Plain => started.proxy.plain,
-        Security::Tls => started.proxy.implicit,
-    };
+    let started = start(setup, dovecot, config, "").await?;
+    let addr = listener(&started, security);
     let (user, pass) = dovecot.user(1);
     let tls = insecure_connector()?;
-    let messages = args.messages as usize;
-    let size = args.size_kib as usize * 1024;
+    let shape = Shape {
+        messages: args.messages as usize,
+        size: args.size_kib as usize * 1024,
+    };
     let mut conns = Vec::new();
     for _ in 0..args.bulk_sessions {
         let mut conn = ImapConn::connect(addr, security, &tls, "proxy", BULK_READ_BUF).await?;
         login_select(&mut conn, &user, &pass).await?;
         conns.push(conn);
     }
-    // One untimed fetch each, concurrently: Dovecot's cache, the page cache and every
-    // buffer at its working size.
-    let conns = fetch_rounds(conns, 1, messages, size).await?.0;
+    let mut notes = Vec::new();
+    // One untimed round: Dovecot's cache, the page cache and every buffer at its
+    // working size.
+    let warm = fetch_round(conns, shape).await?;
+    if warm.failed > 0 {
+        notes.push(format!(
+            "{} of {} sessions failed their untimed fetch: {}",
+            warm.failed,
+            args.bulk_sessions,
+            warm.errors.join("; ")
+        ));
+    }
+    let mut conns = warm.conns;
     let probe = Probe::start();
     let before = Snapshot::take(&started);
-    let (conns, bytes, failed) = fetch_rounds(conns, args.fetches, messages, size).await?;
+    let (mut bytes, mut failed) = (0u64, 0u64);
+    let least = Duration::from_secs(args.bulk_secs);
+    while !conns.is_empty() && before.at.elapsed() < least {
+        let round = fetch_round(conns, shape).await?;
+        bytes += round.bytes;
+        failed += round.failed;
+        if round.failed > 0 {
+            notes.push(format!("fetches failed: {}", round.errors.join("; ")));
+        }
+        conns = round.conns;
+    }
     let after = Snapshot::take(&started);
     let load = probe.finish();
     for mut conn in conns {
@@ -461,64 +638,79 @@ async fn measure_bulk(
         return Err(BenchError::protocol(
             "scaling bulk",
             format!(
-                "every fetch failed; proxy output: {}",
+                "no fetch succeeded; proxy output: {}",
                 started.proxy.log().trim()
             ),
         ));
     }
     let spent = after.since(&before);
-    let gb = bytes as f64 / 1e9;
-    Ok(Reading {
-        throughput: bytes as f64 / 1e6 / spent.secs,
-        cpu_per_unit: spent.cpu_ns as f64 / 1e6 / gb,
-        proxy_cores: spent.cores(),
-        switches_per_unit: spent.switches as f64 / (bytes as f64 / 1e6),
-        throttled: spent.throttling.and_then(Throttling::share),
-        failed,
-        disturbed: load.disturbed(args.disturbed_cores),
-    })
+    let (gb, mb) = (bytes as f64 / 1e9, bytes as f64 / 1e6);
+    Ok((
+        Reading {
+            throughput: mb / spent.secs.max(1e-9),
+            cpu_per_unit: spent.cpu_ns.map(|ns| ns as f64 / 1e6 / gb),
+            proxy_cores: spent.cores(),
+            switches_per_unit: spent.switches.map(|s| s as f64 / mb),
+            throttled: spent.throttling.and_then(Throttling::share),
+            failed,
+            disturbed: load.disturbed(args.disturbed_cores),
+        },
+        notes,
+    ))
 }
 
-/// `rounds` fetches on every connection, the connections concurrently; returns the
-/// connections still usable, the bytes fetched and the fetches that failed.
-async fn fetch_rounds(
-    conns: Vec<ImapConn>,
-    rounds: u32,
+/// The bulk mailbox: what a whole fetch must return.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
     messages: usize,
     size: usize,
-) -> Result<(Vec<ImapConn>, u64, u64), BenchError> {
+}
+
+/// What one round of fetches gave.
+struct Round {
+    /// The connections still usable.
+    conns: Vec<ImapConn>,
+    bytes: u64,
+    failed: u64,
+    errors: Vec<String>,
+}
+
+/// One fetch on every connection, the connections concurrently.
+async fn fetch_round(conns: Vec<ImapConn>, shape: Shape) -> Result<Round, BenchError> {
     let mut set = JoinSet::new();
     for mut conn in conns {
         set.spawn(async move {
-            let mut bytes = 0u64;
-            for _ in 0..rounds {
-                match fetch_all(&mut conn, "proxy", messages, size).await {
-                    Ok(n) => bytes += n,
-                    Err(e) => return (None, bytes, Some(e)),
-                }
+            match fetch_all(&mut conn, "proxy", shape.messages, shape.size).await {
+                Ok(n) => (Some(conn), n, None),
+                Err(e) => (None, 0, Some(e)),
             }
-            (Some(conn), bytes, None)
         });
     }
-    let (mut kept, mut bytes, mut failed) = (Vec::new(), 0u64, 0u64);
+    let mut round = Round {
+        conns: Vec::new(),
+        bytes: 0,
+        failed: 0,
+        errors: Vec::new(),
+    };
     while let Some(joined) = set.join_next().await {
         let (conn, n, err) =
             joined.map_err(|e| BenchError::protocol("bulk task", e.to_string()))?;
-        bytes += n;
-        kept.extend(conn);
+        round.bytes += n;
+        round.conns.extend(conn);
         if let Some(e) = err {
-            eprintln!("  bulk fetch failed: {e}");
-            failed += 1;
+            round.failed += 1;
+            round.errors.push(clients::reason(&e));
         }
     }
-    Ok((kept, bytes, failed))
+    Ok(round)
 }
 
-/// The proxy's CPU time, the group's throttling and the time, at one moment.
+/// The proxy's CPU time and context switches, the group's throttling and the time, at
+/// one moment.
 struct Snapshot {
     at: Instant,
-    cpu_ns: u64,
-    switches: u64,
+    cpu_ns: Option<u64>,
+    switches: Option<u64>,
     throttling: Option<Throttling>,
 }
 
@@ -526,17 +718,18 @@ impl Snapshot {
     fn take(started: &Started) -> Snapshot {
         Snapshot {
             at: Instant::now(),
-            cpu_ns: procfs::process_cpu_ns(started.proxy.pid()).unwrap_or(0),
-            switches: procfs::context_switches(started.proxy.pid()).unwrap_or(0),
-            throttling: started.throttling(),
+            cpu_ns: started.proxy.cpu_ns(),
+            switches: procfs::context_switches(started.proxy.pid()),
+            throttling: started.quota.as_ref().and_then(CpuQuota::throttling),
         }
     }
 
     fn since(&self, earlier: &Snapshot) -> Spent {
+        let diff = |a: Option<u64>, b: Option<u64>| Some(a?.saturating_sub(b?));
         Spent {
             secs: self.at.duration_since(earlier.at).as_secs_f64(),
-            cpu_ns: self.cpu_ns.saturating_sub(earlier.cpu_ns),
-            switches: self.switches.saturating_sub(earlier.switches),
+            cpu_ns: diff(self.cpu_ns, earlier.cpu_ns),
+            switches: diff(self.switches, earlier.switches),
             throttling: match (self.throttling, earlier.throttling) {
                 (Some(a), Some(b)) => Some(a.since(b)),
                 _ => None,
@@ -548,206 +741,298 @@ impl Snapshot {
 /// Between two snapshots.
 struct Spent {
     secs: f64,
-    cpu_ns: u64,
-    switches: u64,
+    cpu_ns: Option<u64>,
+    switches: Option<u64>,
     throttling: Option<Throttling>,
 }
 
 impl Spent {
-    fn cores(&self) -> f64 {
-        self.cpu_ns as f64 / 1e9 / self.secs.max(1e-9)
+    fn cores(&self) -> Option<f64> {
+        self.cpu_ns.map(|ns| ns as f64 / 1e9 / self.secs.max(1e-9))
     }
 }
 
-/// Medians of one row and thread count.
-#[derive(Debug, Clone, Copy)]
-struct Medians {
-    throughput: f64,
-    cpu_per_unit: f64,
-    proxy_cores: f64,
-    throttled: Option<f64>,
-}
-
-fn medians(readings: &[Reading]) -> Medians {
-    let pick = |f: fn(&Reading) -> f64| median(&readings.iter().map(f).collect::<Vec<_>>());
-    let throttled: Vec<f64> = readings.iter().filter_map(|r| r.throttled).collect();
-    Medians {
-        throughput: pick(|r| r.throughput),
-        cpu_per_unit: pick(|r| r.cpu_per_unit),
-        proxy_cores: pick(|r| r.proxy_cores),
-        throttled: (!throttled.is_empty()).then(|| median(&throttled)),
-    }
-}
-
-/// The table: per row, throughput at each thread count and its ratio to the first, the
-/// proxy's CPU per unit of work and its ratio, the cores it used and how often its quota
-/// ran out.
-fn markdown(
-    setup: &Setup<'_>,
-    rows: &[Row],
-    readings: &BTreeMap<(Row, u32), Vec<Reading>>,
+/// What the tables are made from.
+struct Report<'a> {
+    args: &'a ScalingArgs,
+    share: Option<f64>,
+    configs: &'a [Config],
+    comparisons: &'a [Comparison],
+    rows: &'a [Row],
+    readings: &'a Readings,
     runs: u32,
-) -> String {
-    let counts = &setup.args.thread_counts;
-    let first = counts.first().copied().unwrap_or(1);
-    let label = |t: u32| {
-        if t == 1 {
-            "1 thread".to_owned()
-        } else {
-            format!("{t} threads")
-        }
-    };
-    let mut out = String::new();
-    out.push_str(&format!(
-        "Scaling with the proxy's worker threads ({}), {}, medians of {runs} runs; {} CPUs ({}), {}.\n\n",
-        counts
-            .iter()
-            .map(|t| t.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        if setup.quota {
-            format!(
-                "each proxy in a cgroup with {} cores of CPU per thread ({} ms period)",
-                setup.args.core_share, setup.args.period_ms
-            )
-        } else {
-            "no CPU quota".to_owned()
-        },
-        procfs::cpus(),
-        procfs::cpu_model(),
-        crate::peers::utc_text(unix_time()),
-    ));
-    let mut header = "| row |".to_owned();
-    let mut rule = "|---|".to_owned();
-    for &t in counts {
-        header.push_str(&format!(" {} |", label(t)));
-        rule.push_str("---|");
-        if t != first {
-            header.push_str(&format!(" {t} ÷ {first} |"));
-            rule.push_str("---|");
-        }
-    }
-    header.push_str(" proxy CPU per unit | proxy cores used | quota used up |");
-    rule.push_str("---|---|---|");
-    out.push_str(&format!("{header}\n{rule}\n"));
-    for row in rows {
-        let per: Vec<(u32, Option<Medians>)> = counts
-            .iter()
-            .map(|&t| (t, readings.get(&(*row, t)).map(|r| medians(r))))
-            .collect();
-        let base = per.first().and_then(|(_, m)| *m);
-        let mut line = format!("| {} |", row.name());
-        for (t, m) in &per {
-            match m {
-                Some(m) => line.push_str(&format!(" {:.1} |", m.throughput)),
-                None => line.push_str(" — |"),
-            }
-            if *t != first {
-                match (m, base) {
-                    (Some(m), Some(b)) => {
-                        line.push_str(&format!(" {:.2}× |", m.throughput / b.throughput));
-                    }
-                    _ => line.push_str(" — |"),
-                }
-            }
-        }
-        let cpu = per
-            .iter()
-            .map(|(_, m)| m.map_or("—".to_owned(), |m| format!("{:.0}", m.cpu_per_unit)))
-            .collect::<Vec<_>>()
-            .join(" → ");
-        let cpu_ratio = match (per.last().and_then(|(_, m)| *m), base) {
-            (Some(l), Some(b)) if per.len() > 1 => {
-                format!(" ({:.2}×)", l.cpu_per_unit / b.cpu_per_unit)
-            }
-            _ => String::new(),
-        };
-        let cores = per
-            .iter()
-            .map(|(_, m)| m.map_or("—".to_owned(), |m| format!("{:.2}", m.proxy_cores)))
-            .collect::<Vec<_>>()
-            .join(" / ");
-        let throttled = per
-            .iter()
-            .map(|(_, m)| {
-                m.and_then(|m| m.throttled)
-                    .map_or("—".to_owned(), |t| format!("{:.0} %", t * 100.0))
-            })
-            .collect::<Vec<_>>()
-            .join(" / ");
-        line.push_str(&format!(
-            " {cpu} {}{cpu_ratio} | {cores} | {throttled} |",
-            row.cpu_unit()
-        ));
-        out.push_str(&line);
-        out.push('\n');
-    }
-    let disturbed: usize = readings.values().flatten().filter(|r| r.disturbed).count();
-    let failed: u64 = readings.values().flatten().map(|r| r.failed).sum();
-    out.push_str(&format!(
-        "\n{disturbed} of {} measurements disturbed by other load (≥ {} cores of other \
-         processes' CPU and steal); {failed} sessions or fetches failed.\n",
-        readings.values().map(Vec::len).sum::<usize>(),
-        setup.args.disturbed_cores
-    ));
-    out
 }
 
-fn summary(
-    setup: &Setup<'_>,
-    rows: &[Row],
-    readings: &BTreeMap<(Row, u32), Vec<Reading>>,
-    runs: u32,
-    table: &str,
-) -> serde_json::Value {
-    let rows_json: Vec<serde_json::Value> = rows
+/// The median of `f` over `readings`, leaving out those without a value.
+fn median_of(
+    readings: Option<&BTreeMap<u32, Reading>>,
+    f: impl Fn(&Reading) -> Option<f64>,
+) -> Option<f64> {
+    let xs: Vec<f64> = readings?.values().filter_map(f).collect();
+    (!xs.is_empty()).then(|| median(&xs))
+}
+
+/// The median over runs of `f(num) / f(den)`, over the runs that measured both.
+fn paired_ratio(
+    num: Option<&BTreeMap<u32, Reading>>,
+    den: Option<&BTreeMap<u32, Reading>>,
+    f: impl Fn(&Reading) -> Option<f64>,
+) -> Option<f64> {
+    let (num, den) = (num?, den?);
+    let xs: Vec<f64> = num
         .iter()
-        .map(|row| {
-            let per: Vec<serde_json::Value> = setup
-                .args
-                .thread_counts
-                .iter()
-                .map(|&t| {
-                    let rs = readings.get(&(*row, t)).cloned().unwrap_or_default();
-                    json!({
-                        "threads": t,
-                        "throughput": rs.iter().map(|r| r.throughput).collect::<Vec<_>>(),
-                        "cpu_per_unit": rs.iter().map(|r| r.cpu_per_unit).collect::<Vec<_>>(),
-                        "switches_per_unit": rs.iter().map(|r| r.switches_per_unit).collect::<Vec<_>>(),
-                        "proxy_cores": rs.iter().map(|r| r.proxy_cores).collect::<Vec<_>>(),
-                        "throttled": rs.iter().map(|r| r.throttled).collect::<Vec<_>>(),
-                        "failed": rs.iter().map(|r| r.failed).sum::<u64>(),
-                        "disturbed": rs.iter().map(|r| r.disturbed).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
-            json!({ "row": row.name(), "cpu_unit": row.cpu_unit(), "threads": per })
+        .filter_map(|(run, a)| {
+            let (x, y) = (f(a)?, f(den.get(run)?)?);
+            (y > 0.0).then(|| x / y)
         })
         .collect();
-    json!({
-        "scenario": "scaling",
-        "runs": runs,
-        "core_share": setup.quota.then_some(setup.args.core_share),
-        "period_ms": setup.quota.then_some(setup.args.period_ms),
-        "clients": setup.args.clients,
-        "users": setup.args.users,
-        "bulk_sessions": setup.args.bulk_sessions,
-        "messages": setup.args.messages,
-        "size_kib": setup.args.size_kib,
-        "rows": rows_json,
-        "table": table,
-    })
+    (!xs.is_empty()).then(|| median(&xs))
+}
+
+impl Report<'_> {
+    fn readings(&self, row: Row, config: usize) -> Option<&BTreeMap<u32, Reading>> {
+        self.readings.get(&(row, config))
+    }
+
+    /// One table: a row per part, a column per configuration (`cell` of its readings),
+    /// then, with `ratio_of`, the paired ratios of that figure for each comparison.
+    fn table(
+        &self,
+        title: &str,
+        cell: impl Fn(Row, Option<&BTreeMap<u32, Reading>>) -> String,
+        ratio_of: Option<Metric<'_>>,
+    ) -> String {
+        let mut header = format!("| {title} |");
+        let mut rule = "|---|".to_owned();
+        for c in self.configs {
+            header.push_str(&format!(" {} |", c.label()));
+            rule.push_str("---|");
+        }
+        if ratio_of.is_some() {
+            for k in self.comparisons {
+                header.push_str(&format!(" {} |", k.label));
+                rule.push_str("---|");
+            }
+        }
+        let mut out = format!("{header}\n{rule}\n");
+        for &row in self.rows {
+            let mut line = format!("| {} |", row.name());
+            for i in 0..self.configs.len() {
+                line.push_str(&format!(" {} |", cell(row, self.readings(row, i))));
+            }
+            if let Some(f) = ratio_of {
+                for k in self.comparisons {
+                    let r = paired_ratio(self.readings(row, k.num), self.readings(row, k.den), f);
+                    line.push_str(&format!(
+                        " {} |",
+                        r.map_or_else(|| "—".to_owned(), |r| format!("{r:.2}×"))
+                    ));
+                }
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
+    }
+
+    fn markdown(&self, notes: &[String]) -> String {
+        let mut out = format!(
+            "Scaling with the proxy's worker threads: {}; medians of {} runs, ratios the \
+             medians of per-run ratios; {} CPUs ({}), {}.\n\n",
+            quota_text(self.args, self.share),
+            self.runs,
+            procfs::cpus(),
+            procfs::cpu_model(),
+            utc_text(unix_time()),
+        );
+        let number = |x: Option<f64>, decimals: usize| {
+            x.map_or_else(|| "—".to_owned(), |v| format!("{v:.decimals$}"))
+        };
+        out.push_str(&self.table(
+            "throughput (↑)",
+            |_, rs| number(median_of(rs, |r| Some(r.throughput)), 1),
+            Some(&|r: &Reading| Some(r.throughput)),
+        ));
+        out.push('\n');
+        out.push_str(&self.table(
+            "proxy CPU per session (µs) or per GB (ms) (↓)",
+            |_, rs| number(median_of(rs, |r| r.cpu_per_unit), 0),
+            Some(&|r: &Reading| r.cpu_per_unit),
+        ));
+        out.push('\n');
+        out.push_str(&self.table(
+            "proxy cores used; periods its quota ran out",
+            |_, rs| {
+                let cores = number(median_of(rs, |r| r.proxy_cores), 2);
+                match median_of(rs, |r| r.throttled) {
+                    Some(t) => format!("{cores}; {:.0} %", t * 100.0),
+                    None => cores,
+                }
+            },
+            None,
+        ));
+        out.push('\n');
+        out.push_str(&self.table(
+            "proxy context switches per session or per MB",
+            |_, rs| number(median_of(rs, |r| r.switches_per_unit), 1),
+            None,
+        ));
+        let all: Vec<&Reading> = self.readings.values().flat_map(|m| m.values()).collect();
+        let disturbed = all.iter().filter(|r| r.disturbed).count();
+        let failed: u64 = all.iter().map(|r| r.failed).sum();
+        out.push_str(&format!(
+            "\n{disturbed} of {} measurements disturbed by other load (≥ {} cores of other \
+             processes' CPU and steal); {failed} sessions or fetches failed inside them.\n",
+            all.len(),
+            self.args.disturbed_cores
+        ));
+        for n in notes {
+            out.push_str(&format!("- {n}\n"));
+        }
+        out
+    }
+
+    fn json(&self, notes: &[String], table: &str) -> serde_json::Value {
+        let rows: Vec<serde_json::Value> = self
+            .rows
+            .iter()
+            .map(|&row| {
+                let per: Vec<serde_json::Value> = self
+                    .configs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        let rs: Vec<(u32, Reading)> = self
+                            .readings(row, i)
+                            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+                            .unwrap_or_default();
+                        json!({
+                            "threads": c.threads,
+                            "cores": c.cores,
+                            "runs": rs.iter().map(|(r, x)| json!({
+                                "run": r,
+                                "throughput": x.throughput,
+                                "cpu_per_unit": x.cpu_per_unit,
+                                "proxy_cores": x.proxy_cores,
+                                "switches_per_unit": x.switches_per_unit,
+                                "throttled": x.throttled,
+                                "failed": x.failed,
+                                "disturbed": x.disturbed,
+                            })).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                let ratios: Vec<serde_json::Value> = self
+                    .comparisons
+                    .iter()
+                    .map(|k| {
+                        let (a, b) = (self.readings(row, k.num), self.readings(row, k.den));
+                        json!({
+                            "label": k.label,
+                            "throughput": paired_ratio(a, b, |r| Some(r.throughput)),
+                            "cpu_per_unit": paired_ratio(a, b, |r| r.cpu_per_unit),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "row": row.name(),
+                    "cpu_unit": row.cpu_unit(),
+                    "configs": per,
+                    "ratios": ratios,
+                })
+            })
+            .collect();
+        json!({
+            "scenario": "scaling",
+            "runs": self.runs,
+            "core_share": self.share,
+            "period_ms": self.share.map(|_| self.args.period_ms),
+            "clients": self.args.clients,
+            "users": self.args.users,
+            "bulk_sessions": self.args.bulk_sessions,
+            "bulk_secs": self.args.bulk_secs,
+            "messages": self.args.messages,
+            "size_kib": self.args.size_kib,
+            "rows": rows,
+            "notes": notes,
+            "table": table,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn reading(throughput: f64) -> Reading {
+        Reading {
+            throughput,
+            cpu_per_unit: Some(1_000.0 / throughput),
+            proxy_cores: None,
+            switches_per_unit: None,
+            throttled: None,
+            failed: 0,
+            disturbed: false,
+        }
+    }
+
     #[test]
-    fn each_configuration_goes_first_in_turn() {
-        assert_eq!(rotated(&[1, 2], 1), vec![1, 2]);
-        assert_eq!(rotated(&[1, 2], 2), vec![2, 1]);
-        assert_eq!(rotated(&[1, 2], 3), vec![1, 2]);
-        assert_eq!(rotated(&[1, 2, 4], 3), vec![4, 1, 2]);
+    fn the_controls_run_the_first_count_with_each_other_counts_quota() {
+        let with = configs(&[1, 2, 2], Some(0.15), true);
+        let cores: Vec<(u32, Option<f64>)> = with.iter().map(|c| (c.threads, c.cores)).collect();
+        assert_eq!(
+            cores,
+            vec![(1, Some(0.15)), (2, Some(0.3)), (1, Some(0.3))],
+            "a repeated count is measured once"
+        );
+        assert_eq!(
+            with.get(2).map(|c| c.label()).as_deref(),
+            Some("1 thread, 0.30 cores")
+        );
+        let labels: Vec<(String, usize, usize)> = comparisons(&with)
+            .into_iter()
+            .map(|k| (k.label, k.num, k.den))
+            .collect();
+        assert_eq!(
+            labels,
+            vec![
+                ("2 ÷ 1".to_owned(), 1, 0),
+                ("2 ÷ 1, same CPU".to_owned(), 1, 2)
+            ]
+        );
+        // Without a quota there is no control: one thread could not be given more CPU.
+        let without = configs(&[1, 2], None, true);
+        assert_eq!(without.len(), 2);
+        assert_eq!(comparisons(&without).len(), 1);
+        assert_eq!(configs(&[1, 2], Some(0.15), false).len(), 2);
+    }
+
+    #[test]
+    fn ratios_pair_the_runs() {
+        // Run 2 of the numerator has no partner and is left out; the ratios of runs 1 and
+        // 3 are 2.0 and 1.5 (the ratio of the medians would be 2.0).
+        let num: BTreeMap<u32, Reading> =
+            [(1, reading(2.0)), (2, reading(9.0)), (3, reading(1.5))].into();
+        let den: BTreeMap<u32, Reading> = [(1, reading(1.0)), (3, reading(1.0))].into();
+        assert_eq!(
+            paired_ratio(Some(&num), Some(&den), |r| Some(r.throughput)),
+            Some(1.75)
+        );
+        assert_eq!(paired_ratio(Some(&num), None, |r| Some(r.throughput)), None);
+        assert_eq!(
+            median_of(Some(&num), |r| Some(r.throughput)),
+            Some(2.0),
+            "median of 2.0, 9.0, 1.5"
+        );
+        assert_eq!(median_of(Some(&num), |r| r.proxy_cores), None);
+    }
+
+    #[test]
+    fn a_core_share_is_a_finite_number_of_cores() {
+        assert_eq!(parse_share("0.15"), Ok(0.15));
+        assert_eq!(parse_share("0"), Ok(0.0));
+        for bad in ["-0.1", "NaN", "inf", "x", ""] {
+            assert!(parse_share(bad).is_err(), "{bad:?}");
+        }
     }
 }

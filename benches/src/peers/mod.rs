@@ -43,6 +43,7 @@ use target::{Column, Installed, PeerName};
 
 pub(crate) use sessions::{DOVECOT_LIMITS, reasons_text};
 pub(crate) use table::utc_text;
+pub(crate) use target::rotated;
 
 /// The parts of the comparison, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -120,18 +120,21 @@ pub fn context_switches(pid: u32) -> Option<u64> {
     let counts: Vec<u64> = tasks
         .flatten()
         .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
-        .map(|text| {
-            text.lines()
-                .filter_map(|l| {
-                    let v = l
-                        .strip_prefix("voluntary_ctxt_switches:")
-                        .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))?;
-                    v.trim().parse::<u64>().ok()
-                })
-                .sum()
-        })
+        .map(|text| status_switches(&text))
         .collect();
     (!counts.is_empty()).then(|| counts.iter().sum())
+}
+
+/// Voluntary plus involuntary context switches in one `/proc/.../status` text.
+fn status_switches(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| {
+            let v = l
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))?;
+            v.trim().parse::<u64>().ok()
+        })
+        .sum()
 }
 
 /// Sum of `Pss` over `root`'s tree, in KiB; `None` when `root` is gone. Processes that
@@ -224,6 +227,15 @@ pub fn cpu_model() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn context_switches_add_both_kinds() {
+        let status = "Name:\ttokio-rt-worker\nState:\tS (sleeping)\n\
+                      voluntary_ctxt_switches:\t1200\n\
+                      nonvoluntary_ctxt_switches:\t34\n";
+        assert_eq!(status_switches(status), 1234);
+        assert_eq!(status_switches("Name:\tx\n"), 0);
+    }
 
     #[test]
     fn stat_lines_with_odd_command_names_parse() {

@@ -128,7 +128,7 @@ impl Column {
 /// `columns` rotated left by `run - 1`: each run starts with the next column, so that
 /// no target is always measured first or last (drift, a cache warmed by the previous
 /// target).
-pub fn rotated(columns: &[Column], run: u32) -> Vec<Column> {
+pub fn rotated<T: Clone>(columns: &[T], run: u32) -> Vec<T> {
     let mut v = columns.to_vec();
     if !v.is_empty() {
         let k = (run.saturating_sub(1) as usize) % v.len();
@@ -421,7 +421,7 @@ mod tests {
             ]
         );
         assert_eq!(rotated(&cols, 4), cols);
-        assert!(rotated(&[], 3).is_empty());
+        assert!(rotated::<Column>(&[], 3).is_empty());
     }
 
     #[test]
