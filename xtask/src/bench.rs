@@ -91,7 +91,8 @@ pub const LOAD_SCENARIOS: &[LoadScenario] = &[
     },
     // Sessions/s and bulk MB/s with 1 and 2 proxy worker threads, each proxy given 0.15
     // cores per thread (a cgroup CPU quota: the proxy is the bottleneck, the clients and
-    // Dovecot keep the rest of the machine; without root, no quota); about 2 minutes.
+    // Dovecot keep the rest of the machine; without root, no quota), and 1 thread with the
+    // 2 threads' quota as a control; about 3 minutes.
     LoadScenario {
         package: "imapproxy-bench",
         bin: "loadbench",
