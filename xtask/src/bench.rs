@@ -192,6 +192,7 @@ mod tests {
             "pipeline",
             "fleet",
             "many",
+            "scaling",
             "peers",
         ];
         for s in LOAD_SCENARIOS {
