@@ -43,17 +43,14 @@ use tokio::task::JoinSet;
 
 use crate::bulk::{bulk_dovecot, fetch_all};
 use crate::cgroup::{CpuQuota, Throttling};
-use crate::clients::{self, Window, pick_user};
+use crate::clients::{self, Window};
 use crate::error::BenchError;
-use crate::imap::{
-    BULK_READ_BUF, ImapConn, Security, insecure_connector, insecure_connector_no_resumption,
-    login_select,
-};
+use crate::imap::{BULK_READ_BUF, ImapConn, Security, insecure_connector, login_select};
 use crate::peers::disturbance::Probe;
-use crate::peers::{procfs, reasons_text, rotated, utc_text};
+use crate::peers::{procfs, reasons_text, rotated, spawn_clients, utc_text};
 use crate::proxy::{self, ProxyProcess};
 use crate::report::{median, unix_time, write_json};
-use crate::webmail::{self, SESSION_TIMEOUT, pool_section};
+use crate::webmail::{self, pool_section};
 
 /// What a part measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
@@ -470,13 +467,20 @@ fn print_reading(run: u32, row: Row, config: Config, reading: &Reading) {
     );
 }
 
-/// Starts the proxy in `config` with `extra` configuration, in its quota's cgroup.
-async fn start(
-    setup: &Setup<'_>,
-    dovecot: &Dovecot,
+/// Starts the proxy in `config` in front of `part`'s Dovecot, in its quota's cgroup: the
+/// sessions part with `[pool] max_per_user = 8` (as in `peers`), bulk with the pool's
+/// defaults (as in `bulk`).
+async fn start<'s>(
+    setup: &'s Setup<'_>,
+    part: Part,
     config: Config,
-    extra: &str,
-) -> Result<Started, BenchError> {
+) -> Result<(&'s Dovecot, Started), BenchError> {
+    let (dovecot, extra) = match part {
+        Part::Sessions => (setup.sessions.as_deref(), pool_section(8)),
+        Part::Bulk => (setup.bulk.as_ref(), String::new()),
+    };
+    let dovecot =
+        dovecot.ok_or_else(|| BenchError::protocol("scaling", "no Dovecot for this part"))?;
     let quota = config
         .cores
         .map(|cores| CpuQuota::create(cores, setup.args.period()))
@@ -490,7 +494,7 @@ async fn start(
         q.add(proxy.pid())
             .map_err(|e| BenchError::protocol("CPU quota", e))?;
     }
-    Ok(Started { proxy, quota })
+    Ok((dovecot, Started { proxy, quota }))
 }
 
 fn listener(started: &Started, security: Security) -> SocketAddr {
@@ -507,27 +511,20 @@ async fn measure_sessions(
     config: Config,
 ) -> Result<(Reading, Vec<String>), BenchError> {
     let args = setup.args;
-    let dovecot = setup
-        .sessions
-        .as_ref()
-        .ok_or_else(|| BenchError::protocol("scaling", "no sessions Dovecot"))?;
-    let started = start(setup, dovecot, config, &pool_section(8)).await?;
+    let (dovecot, started) = start(setup, Part::Sessions, config).await?;
     let addr = listener(&started, security);
     let window = Window::new(
         Duration::from_secs(args.warmup_secs),
         Duration::from_secs(args.secs),
     );
-    let clients_n = args.clients as usize;
-    let accounts = Arc::new(dovecot.users().to_vec());
-    let tls = insecure_connector_no_resumption()?;
-    let set = clients::spawn(clients_n, window, SESSION_TIMEOUT, move |c, i| {
-        let (user, pass) = accounts
-            .get(pick_user(c, i, clients_n, accounts.len(), None))
-            .cloned()
-            .unwrap_or_default();
-        let tls = tls.clone();
-        async move { webmail::session(addr, security, &tls, "proxy", &user, &pass).await }
-    });
+    let set = spawn_clients(
+        dovecot,
+        addr,
+        security,
+        "proxy",
+        args.clients as usize,
+        window,
+    )?;
     tokio::time::sleep_until(window.from.into()).await;
     let probe = Probe::start();
     let before = Snapshot::take(&started);
@@ -583,12 +580,7 @@ async fn measure_bulk(
     config: Config,
 ) -> Result<(Reading, Vec<String>), BenchError> {
     let args = setup.args;
-    let dovecot = setup
-        .bulk
-        .as_ref()
-        .ok_or_else(|| BenchError::protocol("scaling", "no bulk Dovecot"))?;
-    // The pool's defaults, as in `bulk`.
-    let started = start(setup, dovecot, config, "").await?;
+    let (dovecot, started) = start(setup, Part::Bulk, config).await?;
     let addr = listener(&started, security);
     let (user, pass) = dovecot.user(1);
     let tls = insecure_connector()?;

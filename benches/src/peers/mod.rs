@@ -41,7 +41,7 @@ use crate::report::{unix_time, write_json};
 use table::{LoadRecord, Row};
 use target::{Column, Installed, PeerName};
 
-pub(crate) use sessions::{DOVECOT_LIMITS, reasons_text};
+pub(crate) use sessions::{DOVECOT_LIMITS, reasons_text, spawn_clients};
 pub(crate) use table::utc_text;
 pub(crate) use target::rotated;
 

@@ -9,16 +9,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imapproxy_testkit::Dovecot;
+use tokio::task::JoinSet;
 
 use super::disturbance::Probe;
 use super::table::{Better, LoadRecord, Row};
 use super::target::{Column, Stack, rotated};
 use super::{Ctx, Outcome, note_failure};
-use crate::clients::{self, Window, pick_user};
+use crate::clients::{self, Tally, Window, pick_user};
 use crate::error::BenchError;
 use crate::imap::{Security, insecure_connector_no_resumption};
 use crate::report::percentile;
-use crate::webmail::{self, SESSION_TIMEOUT, count_logins, pool_section};
+use crate::webmail::{self, SESSION_TIMEOUT, Sample, count_logins, pool_section};
 
 /// Process and client limits well above 20 clients' sessions and what the pooling
 /// proxies cache for 100 users (as in `webmail`).
@@ -178,19 +179,15 @@ async fn measure(
         Duration::from_secs(spec.warmup_secs),
         Duration::from_secs(spec.secs),
     );
-    let clients_n = spec.clients as usize;
-    let accounts = Arc::new(dovecot.users().to_vec());
-    let tls = insecure_connector_no_resumption()?;
-    let security = col.security();
     let name = col.name();
-    let set = clients::spawn(clients_n, window, SESSION_TIMEOUT, move |c, i| {
-        let (user, pass) = accounts
-            .get(pick_user(c, i, clients_n, accounts.len(), None))
-            .cloned()
-            .unwrap_or_default();
-        let tls = tls.clone();
-        async move { webmail::session(addr, security, &tls, name, &user, &pass).await }
-    });
+    let set = spawn_clients(
+        dovecot,
+        addr,
+        col.security(),
+        name,
+        spec.clients as usize,
+        window,
+    )?;
     tokio::time::sleep_until(window.from.into()).await;
     let probe = Probe::start();
     let before = count_logins(dovecot).await?;
@@ -230,6 +227,34 @@ async fn measure(
             reasons: tally.reasons,
         },
         disturbed,
+    ))
+}
+
+/// `clients` closed-loop clients running the webmail session (a full TLS handshake each
+/// time over TLS) against `addr` for `window`, over `dovecot`'s users round robin; collect
+/// them with [`clients::collect`].
+pub fn spawn_clients(
+    dovecot: &Dovecot,
+    addr: SocketAddr,
+    security: Security,
+    label: &'static str,
+    clients_n: usize,
+    window: Window,
+) -> Result<JoinSet<Tally<Sample>>, BenchError> {
+    let accounts = Arc::new(dovecot.users().to_vec());
+    let tls = insecure_connector_no_resumption()?;
+    Ok(clients::spawn(
+        clients_n,
+        window,
+        SESSION_TIMEOUT,
+        move |c, i| {
+            let (user, pass) = accounts
+                .get(pick_user(c, i, clients_n, accounts.len(), None))
+                .cloned()
+                .unwrap_or_default();
+            let tls = tls.clone();
+            async move { webmail::session(addr, security, &tls, label, &user, &pass).await }
+        },
     ))
 }
 
