@@ -148,6 +148,36 @@ impl Drop for CpuQuota {
     }
 }
 
+/// Removes the groups that earlier loadbench processes made and left behind (killed before
+/// their quotas dropped): `loadbench-<pid>-<n>` under either layout's root whose process is
+/// gone. The kernel refuses to remove a group that still holds a process. Returns how many
+/// went.
+pub fn remove_stale() -> usize {
+    let mut removed = 0;
+    for parent in [Path::new("/sys/fs/cgroup"), Path::new("/sys/fs/cgroup/cpu")] {
+        let Ok(entries) = fs::read_dir(parent) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(owner) else {
+                continue;
+            };
+            let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+            if !alive && fs::remove_dir(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+/// The loadbench process a group called `name` was made by (`loadbench-<pid>-<n>`).
+fn owner(name: &str) -> Option<u32> {
+    let (pid, n) = name.strip_prefix("loadbench-")?.split_once('-')?;
+    n.parse::<u32>().ok()?;
+    pid.parse().ok()
+}
+
 /// The quota for `cores` cores in a period of `period_us`, in µs. Refused under the
 /// kernel's smallest quota: rounding up would give more CPU than asked for.
 fn quota_us(cores: f64, period_us: u64) -> Result<u64, String> {
@@ -189,6 +219,21 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loadbench_groups_have_an_owner() {
+        assert_eq!(owner("loadbench-4242-0"), Some(4242));
+        assert_eq!(owner("loadbench-4242-17"), Some(4242));
+        for other in [
+            "loadbench-4242",
+            "loadbench-x-0",
+            "loadbench-4242-x",
+            "system.slice",
+            "user-4242-0",
+        ] {
+            assert_eq!(owner(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn throttling_share_and_difference() {

@@ -417,6 +417,10 @@ fn quota_share(args: &ScalingArgs) -> Result<Option<f64>, BenchError> {
         CpuQuota::check(args.core_share * f64::from(threads), args.period())
             .map_err(|e| BenchError::protocol("--core-share / --period-ms", e))?;
     }
+    let stale = crate::cgroup::remove_stale();
+    if stale > 0 {
+        println!("scaling: removed {stale} cgroup(s) left by loadbench runs that were killed");
+    }
     match CpuQuota::create(args.core_share, args.period()) {
         Ok(_) => Ok(Some(args.core_share)),
         Err(e) => {
