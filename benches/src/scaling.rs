@@ -3,7 +3,7 @@
 //!
 //! On a machine with few cores the load generator and Dovecot share them with the proxy,
 //! so a second thread cannot give the proxy a second core (on two cores, without a quota,
-//! the proxy uses half a core and the machine is full). So each configuration runs the
+//! the proxy uses 0.4 to 0.7 cores and the machine is full). So each configuration runs the
 //! proxy in a cgroup of its own with a CPU quota of `--core-share` cores per worker thread
 //! (1 thread: 0.15 cores, 2 threads: 0.30), and the rest of the machine is left to the
 //! clients and Dovecot. The proxy is then the bottleneck (the tables show the share of CFS
@@ -12,8 +12,8 @@
 //!
 //! A quota below one core could be used by one thread alone, so a **control** runs too:
 //! 1 thread with the 2 threads' quota. 2 threads over that control, at the same CPU, is
-//! what the second thread itself costs (cross-thread wake-ups, stolen tasks, shared
-//! counters), apart from the CPU it brings.
+//! what the second thread itself costs (cross-thread wake-ups, stolen tasks, shared cache
+//! lines), apart from the CPU it brings.
 //!
 //! What a quota cannot show: how far a lock that serialised the threads would limit
 //! throughput, since that limit (one core) is above the quota. Contention's cost in CPU
