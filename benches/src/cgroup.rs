@@ -33,7 +33,13 @@ enum Layout {
 pub struct CpuQuota {
     dir: PathBuf,
     layout: Layout,
-    cores: f64,
+    limit: Limit,
+}
+
+/// A quota the kernel takes: `quota_us` of CPU time in every `period_us`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    quota_us: u64,
     period_us: u64,
 }
 
@@ -65,7 +71,7 @@ impl CpuQuota {
     /// A new cgroup limited to `cores` cores' worth of CPU time (over all its threads) in
     /// every CFS period of `period`.
     pub fn create(cores: f64, period: Duration) -> Result<CpuQuota, String> {
-        let period_us = Self::check(cores, period)?;
+        let limit = Self::check(cores, period)?;
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let name = format!(
             "loadbench-{}-{}",
@@ -74,18 +80,13 @@ impl CpuQuota {
         );
         let (dir, layout) = locate(&name)?;
         fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let quota = CpuQuota {
-            dir,
-            layout,
-            cores,
-            period_us,
-        };
+        let quota = CpuQuota { dir, layout, limit };
         quota.set_limit()?;
         Ok(quota)
     }
 
-    /// Whether the kernel takes `cores` cores per `period`; the period in µs when it does.
-    pub fn check(cores: f64, period: Duration) -> Result<u64, String> {
+    /// Whether the kernel takes `cores` cores per `period`; the limit in µs when it does.
+    pub fn check(cores: f64, period: Duration) -> Result<Limit, String> {
         if !(cores.is_finite() && cores > 0.0) {
             return Err(format!("a CPU quota of {cores} cores"));
         }
@@ -93,13 +94,17 @@ impl CpuQuota {
         if !(MIN_US..=MAX_PERIOD_US).contains(&period_us) {
             return Err(format!("a CFS period of {period:?} (1 ms to 1 s)"));
         }
-        quota_us(cores, period_us)?;
-        Ok(period_us)
+        Ok(Limit {
+            quota_us: quota_us(cores, period_us)?,
+            period_us,
+        })
     }
 
     fn set_limit(&self) -> Result<(), String> {
-        let period_us = self.period_us;
-        let quota_us = quota_us(self.cores, period_us)?;
+        let Limit {
+            quota_us,
+            period_us,
+        } = self.limit;
         match self.layout {
             Layout::Unified => write(
                 &self.dir.join("cpu.max"),

@@ -440,19 +440,21 @@ fn quota_text(args: &ScalingArgs, share: Option<f64>) -> String {
     }
 }
 
+/// `x` with `decimals` decimals, or a dash when unknown.
+fn number(x: Option<f64>, decimals: usize) -> String {
+    x.map_or_else(|| "—".to_owned(), |v| format!("{v:.decimals$}"))
+}
+
 fn print_reading(run: u32, row: Row, config: Config, reading: &Reading) {
-    let opt = |x: Option<f64>, decimals: usize| {
-        x.map_or_else(|| "—".to_owned(), |v| format!("{v:.decimals$}"))
-    };
     eprintln!(
         "  run {run}: {:<18} {:<22} {:8.1}, proxy {} {}, {} cores, {} context switches per {}{}{}{}",
         row.name(),
         config.label(),
         reading.throughput,
-        opt(reading.cpu_per_unit, 1),
+        number(reading.cpu_per_unit, 1),
         row.cpu_unit(),
-        opt(reading.proxy_cores, 2),
-        opt(reading.switches_per_unit, 1),
+        number(reading.proxy_cores, 2),
+        number(reading.switches_per_unit, 1),
         row.switch_unit(),
         reading.throttled.map_or_else(String::new, |t| format!(
             ", quota out in {:.0} % of periods",
@@ -841,9 +843,6 @@ impl Report<'_> {
             procfs::cpu_model(),
             utc_text(unix_time()),
         );
-        let number = |x: Option<f64>, decimals: usize| {
-            x.map_or_else(|| "—".to_owned(), |v| format!("{v:.decimals$}"))
-        };
         out.push_str(&self.table(
             "throughput (↑)",
             |_, rs| number(median_of(rs, |r| Some(r.throughput)), 1),
