@@ -47,7 +47,8 @@ use crate::clients::{self, Window};
 use crate::error::BenchError;
 use crate::imap::{BULK_READ_BUF, ImapConn, Security, insecure_connector, login_select};
 use crate::peers::disturbance::Probe;
-use crate::peers::{procfs, reasons_text, rotated, spawn_clients, utc_text};
+use crate::peers::procfs::{self, ContextSwitches};
+use crate::peers::{reasons_text, rotated, spawn_clients, utc_text};
 use crate::proxy::{self, ProxyProcess};
 use crate::report::{median, unix_time, write_json};
 use crate::webmail::{self, pool_section};
@@ -262,6 +263,8 @@ struct Reading {
     /// The proxy's context switches (its threads', voluntary and not) per session or
     /// per MB.
     switches_per_unit: Option<f64>,
+    /// Of them, the voluntary ones: a thread went to sleep.
+    sleeps_per_unit: Option<f64>,
     /// Share of CFS periods in which the quota ran out.
     throttled: Option<f64>,
     /// Sessions or fetches that failed inside the measurement.
@@ -447,7 +450,7 @@ fn number(x: Option<f64>, decimals: usize) -> String {
 
 fn print_reading(run: u32, row: Row, config: Config, reading: &Reading) {
     eprintln!(
-        "  run {run}: {:<18} {:<22} {:8.1}, proxy {} {}, {} cores, {} context switches per {}{}{}{}",
+        "  run {run}: {:<18} {:<22} {:8.1}, proxy {} {}, {} cores, {} context switches ({} voluntary) per {}{}{}{}",
         row.name(),
         config.label(),
         reading.throughput,
@@ -455,6 +458,7 @@ fn print_reading(run: u32, row: Row, config: Config, reading: &Reading) {
         row.cpu_unit(),
         number(reading.proxy_cores, 2),
         number(reading.switches_per_unit, 1),
+        number(reading.sleeps_per_unit, 1),
         row.switch_unit(),
         reading.throttled.map_or_else(String::new, |t| format!(
             ", quota out in {:.0} % of periods",
@@ -569,7 +573,8 @@ async fn measure_sessions(
             throughput: n / window.secs(),
             cpu_per_unit: spent.cpu_ns.map(|ns| ns as f64 / 1e3 / n),
             proxy_cores: spent.cores(),
-            switches_per_unit: spent.switches.map(|s| s as f64 / n),
+            switches_per_unit: spent.switches.map(|s| s.total() as f64 / n),
+            sleeps_per_unit: spent.switches.map(|s| s.voluntary as f64 / n),
             throttled: spent.throttling.and_then(Throttling::share),
             failed: tally.failed,
             disturbed: load.disturbed(args.disturbed_cores),
@@ -648,7 +653,8 @@ async fn measure_bulk(
             throughput: mb / spent.secs.max(1e-9),
             cpu_per_unit: spent.cpu_ns.map(|ns| ns as f64 / 1e6 / gb),
             proxy_cores: spent.cores(),
-            switches_per_unit: spent.switches.map(|s| s as f64 / mb),
+            switches_per_unit: spent.switches.map(|s| s.total() as f64 / mb),
+            sleeps_per_unit: spent.switches.map(|s| s.voluntary as f64 / mb),
             throttled: spent.throttling.and_then(Throttling::share),
             failed,
             disturbed: load.disturbed(args.disturbed_cores),
@@ -708,7 +714,7 @@ async fn fetch_round(conns: Vec<ImapConn>, shape: Shape) -> Result<Round, BenchE
 struct Snapshot {
     at: Instant,
     cpu_ns: Option<u64>,
-    switches: Option<u64>,
+    switches: Option<ContextSwitches>,
     throttling: Option<Throttling>,
 }
 
@@ -727,7 +733,7 @@ impl Snapshot {
         Spent {
             secs: self.at.duration_since(earlier.at).as_secs_f64(),
             cpu_ns: diff(self.cpu_ns, earlier.cpu_ns),
-            switches: diff(self.switches, earlier.switches),
+            switches: self.switches.zip(earlier.switches).map(|(a, b)| a.since(b)),
             throttling: match (self.throttling, earlier.throttling) {
                 (Some(a), Some(b)) => Some(a.since(b)),
                 _ => None,
@@ -740,7 +746,7 @@ impl Snapshot {
 struct Spent {
     secs: f64,
     cpu_ns: Option<u64>,
-    switches: Option<u64>,
+    switches: Option<ContextSwitches>,
     throttling: Option<Throttling>,
 }
 
@@ -868,8 +874,14 @@ impl Report<'_> {
         ));
         out.push('\n');
         out.push_str(&self.table(
-            "proxy context switches per session or per MB",
-            |_, rs| number(median_of(rs, |r| r.switches_per_unit), 1),
+            "proxy context switches per session or per MB: all / voluntary (a thread went to sleep)",
+            |_, rs| {
+                format!(
+                    "{} / {}",
+                    number(median_of(rs, |r| r.switches_per_unit), 1),
+                    number(median_of(rs, |r| r.sleeps_per_unit), 1)
+                )
+            },
             None,
         ));
         let all: Vec<&Reading> = self.readings.values().flat_map(|m| m.values()).collect();
@@ -910,6 +922,7 @@ impl Report<'_> {
                                 "cpu_per_unit": x.cpu_per_unit,
                                 "proxy_cores": x.proxy_cores,
                                 "switches_per_unit": x.switches_per_unit,
+                                "voluntary_switches_per_unit": x.sleeps_per_unit,
                                 "throttled": x.throttled,
                                 "failed": x.failed,
                                 "disturbed": x.disturbed,
@@ -965,6 +978,7 @@ mod tests {
             cpu_per_unit: Some(1_000.0 / throughput),
             proxy_cores: None,
             switches_per_unit: None,
+            sleeps_per_unit: None,
             throttled: None,
             failed: 0,
             disturbed: false,

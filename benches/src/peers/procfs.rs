@@ -112,29 +112,62 @@ pub fn process_cpu_ns(pid: u32) -> Option<u64> {
     (!times.is_empty()).then(|| times.iter().sum())
 }
 
+/// Context switches of a process's threads, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContextSwitches {
+    /// The thread gave up the CPU itself: it went to sleep (`voluntary_ctxt_switches`).
+    pub voluntary: u64,
+    /// The thread was taken off the CPU while it could run: preempted, or its CPU quota ran
+    /// out (`nonvoluntary_ctxt_switches`).
+    pub involuntary: u64,
+}
+
+impl ContextSwitches {
+    /// Both kinds.
+    pub fn total(self) -> u64 {
+        self.voluntary + self.involuntary
+    }
+
+    /// The switches since `earlier` (none where a count went backwards).
+    pub fn since(self, earlier: ContextSwitches) -> ContextSwitches {
+        ContextSwitches {
+            voluntary: self.voluntary.saturating_sub(earlier.voluntary),
+            involuntary: self.involuntary.saturating_sub(earlier.involuntary),
+        }
+    }
+}
+
 /// Context switches of every thread of `pid` so far (`voluntary_ctxt_switches` and
 /// `nonvoluntary_ctxt_switches` of each `/proc/<pid>/task/<tid>/status`); `None` when
 /// `pid` is gone.
-pub fn context_switches(pid: u32) -> Option<u64> {
+pub fn context_switches(pid: u32) -> Option<ContextSwitches> {
     let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let counts: Vec<u64> = tasks
+    let counts: Vec<ContextSwitches> = tasks
         .flatten()
         .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
         .map(|text| status_switches(&text))
         .collect();
-    (!counts.is_empty()).then(|| counts.iter().sum())
+    (!counts.is_empty()).then(|| {
+        counts
+            .iter()
+            .fold(ContextSwitches::default(), |sum, c| ContextSwitches {
+                voluntary: sum.voluntary + c.voluntary,
+                involuntary: sum.involuntary + c.involuntary,
+            })
+    })
 }
 
-/// Voluntary plus involuntary context switches in one `/proc/.../status` text.
-fn status_switches(text: &str) -> u64 {
-    text.lines()
-        .filter_map(|l| {
-            let v = l
-                .strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))?;
-            v.trim().parse::<u64>().ok()
-        })
-        .sum()
+/// The context switches in one `/proc/.../status` text (a missing line counts 0).
+fn status_switches(text: &str) -> ContextSwitches {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    ContextSwitches {
+        voluntary: field("voluntary_ctxt_switches:"),
+        involuntary: field("nonvoluntary_ctxt_switches:"),
+    }
 }
 
 /// Sum of `Pss` over `root`'s tree, in KiB; `None` when `root` is gone. Processes that
@@ -229,12 +262,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn context_switches_add_both_kinds() {
+    fn context_switches_keep_both_kinds() {
         let status = "Name:\ttokio-rt-worker\nState:\tS (sleeping)\n\
                       voluntary_ctxt_switches:\t1200\n\
                       nonvoluntary_ctxt_switches:\t34\n";
-        assert_eq!(status_switches(status), 1234);
-        assert_eq!(status_switches("Name:\tx\n"), 0);
+        let switches = status_switches(status);
+        assert_eq!(
+            switches,
+            ContextSwitches {
+                voluntary: 1200,
+                involuntary: 34
+            }
+        );
+        assert_eq!(switches.total(), 1234);
+        assert_eq!(status_switches("Name:\tx\n"), ContextSwitches::default());
+        let earlier = ContextSwitches {
+            voluntary: 1000,
+            involuntary: 40,
+        };
+        assert_eq!(
+            switches.since(earlier),
+            ContextSwitches {
+                voluntary: 200,
+                involuntary: 0
+            }
+        );
+    }
+
+    #[test]
+    fn this_process_has_switched_context() {
+        let switches = context_switches(std::process::id()).expect("our own /proc entry");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        let later = context_switches(std::process::id()).expect("our own /proc entry");
+        assert!(
+            later.voluntary > switches.voluntary,
+            "a sleep is a voluntary switch"
+        );
     }
 
     #[test]
