@@ -290,14 +290,22 @@ mod tests {
     }
 
     #[test]
-    fn this_process_has_switched_context() {
-        let switches = context_switches(std::process::id()).expect("our own /proc entry");
+    fn a_sleep_is_a_voluntary_switch_and_counts_in_the_process() {
+        // This thread's own counts: the process's total can drop when another test's
+        // thread exits between two reads, this thread's cannot.
+        let own =
+            || status_switches(&fs::read_to_string("/proc/thread-self/status").expect("readable"));
+        let before = own();
         std::thread::sleep(std::time::Duration::from_millis(1));
-        let later = context_switches(std::process::id()).expect("our own /proc entry");
+        let after = own();
         assert!(
-            later.voluntary > switches.voluntary,
+            after.voluntary > before.voluntary,
             "a sleep is a voluntary switch"
         );
+        // The process's sum, read after, holds at least this thread's share.
+        let process = context_switches(std::process::id()).expect("our own /proc entry");
+        assert!(process.voluntary >= after.voluntary);
+        assert!(process.involuntary >= after.involuntary);
     }
 
     #[test]
