@@ -567,20 +567,13 @@ async fn measure_sessions(
         ));
     }
     let n = tally.ok.len() as f64;
-    let spent = after.since(&before);
-    Ok((
-        Reading {
-            throughput: n / window.secs(),
-            cpu_per_unit: spent.cpu_ns.map(|ns| ns as f64 / 1e3 / n),
-            proxy_cores: spent.cores(),
-            switches_per_unit: spent.switches.map(|s| s.total() as f64 / n),
-            sleeps_per_unit: spent.switches.map(|s| s.voluntary as f64 / n),
-            throttled: spent.throttling.and_then(Throttling::share),
-            failed: tally.failed,
-            disturbed: load.disturbed(args.disturbed_cores),
-        },
-        notes,
-    ))
+    let reading = after.since(&before).reading(
+        n / window.secs(),
+        n,
+        tally.failed,
+        load.disturbed(args.disturbed_cores),
+    );
+    Ok((reading, notes))
 }
 
 /// `--bulk-sessions` concurrent fetches through a fresh proxy; the reading and notes on
@@ -647,20 +640,10 @@ async fn measure_bulk(
         ));
     }
     let spent = after.since(&before);
-    let (gb, mb) = (bytes as f64 / 1e9, bytes as f64 / 1e6);
-    Ok((
-        Reading {
-            throughput: mb / spent.secs.max(1e-9),
-            cpu_per_unit: spent.cpu_ns.map(|ns| ns as f64 / 1e6 / gb),
-            proxy_cores: spent.cores(),
-            switches_per_unit: spent.switches.map(|s| s.total() as f64 / mb),
-            sleeps_per_unit: spent.switches.map(|s| s.voluntary as f64 / mb),
-            throttled: spent.throttling.and_then(Throttling::share),
-            failed,
-            disturbed: load.disturbed(args.disturbed_cores),
-        },
-        notes,
-    ))
+    let mb = bytes as f64 / 1e6;
+    let throughput = mb / spent.secs.max(1e-9);
+    let reading = spent.reading(throughput, mb, failed, load.disturbed(args.disturbed_cores));
+    Ok((reading, notes))
 }
 
 /// The bulk mailbox: what a whole fetch must return.
@@ -734,10 +717,10 @@ impl Snapshot {
             secs: self.at.duration_since(earlier.at).as_secs_f64(),
             cpu_ns: diff(self.cpu_ns, earlier.cpu_ns),
             switches: self.switches.zip(earlier.switches).map(|(a, b)| a.since(b)),
-            throttling: match (self.throttling, earlier.throttling) {
-                (Some(a), Some(b)) => Some(a.since(b)),
-                _ => None,
-            },
+            throttling: self
+                .throttling
+                .zip(earlier.throttling)
+                .map(|(a, b)| a.since(b)),
         }
     }
 }
@@ -751,8 +734,20 @@ struct Spent {
 }
 
 impl Spent {
-    fn cores(&self) -> Option<f64> {
-        self.cpu_ns.map(|ns| ns as f64 / 1e9 / self.secs.max(1e-9))
+    /// The reading of `units` sessions or MB done in this interval at `throughput`. The CPU
+    /// per unit is in µs per session or per MB, which is ms per GB.
+    fn reading(&self, throughput: f64, units: f64, failed: u64, disturbed: bool) -> Reading {
+        let per_unit = |x: u64| x as f64 / units;
+        Reading {
+            throughput,
+            cpu_per_unit: self.cpu_ns.map(|ns| per_unit(ns) / 1e3),
+            proxy_cores: self.cpu_ns.map(|ns| ns as f64 / 1e9 / self.secs.max(1e-9)),
+            switches_per_unit: self.switches.map(|s| per_unit(s.total())),
+            sleeps_per_unit: self.switches.map(|s| per_unit(s.voluntary)),
+            throttled: self.throttling.and_then(Throttling::share),
+            failed,
+            disturbed,
+        }
     }
 }
 

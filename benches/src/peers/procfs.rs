@@ -141,20 +141,15 @@ impl ContextSwitches {
 /// `nonvoluntary_ctxt_switches` of each `/proc/<pid>/task/<tid>/status`); `None` when
 /// `pid` is gone.
 pub fn context_switches(pid: u32) -> Option<ContextSwitches> {
-    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let counts: Vec<ContextSwitches> = tasks
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
         .flatten()
         .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
         .map(|text| status_switches(&text))
-        .collect();
-    (!counts.is_empty()).then(|| {
-        counts
-            .iter()
-            .fold(ContextSwitches::default(), |sum, c| ContextSwitches {
-                voluntary: sum.voluntary + c.voluntary,
-                involuntary: sum.involuntary + c.involuntary,
-            })
-    })
+        .reduce(|sum, c| ContextSwitches {
+            voluntary: sum.voluntary + c.voluntary,
+            involuntary: sum.involuntary + c.involuntary,
+        })
 }
 
 /// The context switches in one `/proc/.../status` text (a missing line counts 0).
